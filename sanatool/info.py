@@ -1,0 +1,52 @@
+"""What a model dir holds, from JSON and safetensors headers only (fast on any size, no torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sanatool.checkpoint import chain_summary, open_model_dir, params_per_block
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe_model(spec: str | os.PathLike) -> dict[str, Any]:
+    """A JSON-ready description of a model dir: components, shape, params, dtype, shards, provenance."""
+    model = open_model_dir(spec)
+    tdir = model.transformer
+    config = tdir.config
+    components = {}
+    for name, (library, cls) in model.components.items():
+        folder = model.path / name if model.kind == "pipeline" else model.path
+        components[name] = {
+            "library": library,
+            "class": cls,
+            "bytes": _dir_bytes(folder) if folder.is_dir() and name != "transformer" else tdir.total_bytes,
+        }
+    per_block = params_per_block(tdir)
+    return {
+        "path": str(model.path),
+        "kind": model.kind,
+        "components": components,
+        "class": config["_class_name"],
+        "depth": tdir.num_layers,
+        "hidden_size": tdir.hidden_size,
+        "attention_heads": config["num_attention_heads"],
+        "attention_head_dim": config["attention_head_dim"],
+        "cross_attention_heads": config.get("num_cross_attention_heads"),
+        "caption_channels": config["caption_channels"],
+        "latent_channels": config["in_channels"],
+        "params": tdir.num_params,
+        "params_per_block": per_block,
+        "params_outside_blocks": tdir.num_params - per_block * tdir.num_layers,
+        "dtypes": tdir.dtypes(),
+        "qk_norm": tdir.qk_norm,
+        "shards": len(tdir.shard_files),
+        "bytes": tdir.total_bytes,
+        "fingerprint": tdir.fingerprint(),
+        "history": chain_summary(model.provenance, fallback_origin=model.path.name),
+        "provenance": model.provenance.get("chain", []),
+    }

@@ -1,0 +1,88 @@
+"""Atomic outputs: write into a temporary sibling, rename into place only when complete.
+
+Ctrl-C or a crash leaves no half-written output, an existing output is refused unless
+``force``, and an output that is (or contains, or sits inside) an input is always refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sanatool.errors import OutputExistsError
+
+
+def check_output_path(out: str | os.PathLike, force: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Validate an output path before any work starts; return it resolved.
+
+    Refuses an output equal to, inside, or containing any input, and an existing output
+    without ``force``.
+    """
+    out_path = Path(out).expanduser().resolve()
+    for item in inputs:
+        in_path = Path(item).expanduser().resolve()
+        if out_path == in_path or in_path in out_path.parents or out_path in in_path.parents:
+            raise OutputExistsError(
+                f"output {out} overlaps the input {item}; choose another output path (inputs are never modified)"
+            )
+    if out_path.exists() and not force:
+        raise OutputExistsError(
+            f"output {out} already exists; pass --force to replace it or choose another path"
+        )
+    if not out_path.parent.exists():
+        raise OutputExistsError(f"the parent directory of {out} does not exist; create it first")
+    return out_path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_output_dir(
+    out: str | os.PathLike, force: bool = False, inputs: Sequence[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out``.
+
+    On any exception (KeyboardInterrupt included) the temporary directory is removed and
+    ``out`` is left as it was.
+    """
+    out_path = check_output_path(out, force, inputs)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_path.exists() or out_path.is_symlink():
+        # Move the old output aside first so a failure between the two renames loses nothing.
+        old = out_path.parent / f".{out_path.name}.old-{os.getpid()}"
+        os.replace(out_path, old)
+        os.replace(tmp, out_path)
+        _remove(old)
+    else:
+        os.replace(tmp, out_path)
+
+
+@contextmanager
+def atomic_output_file(
+    out: str | os.PathLike, force: bool = False, inputs: Sequence[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Yield a temporary file path beside ``out``; on success it is renamed to ``out``."""
+    out_path = check_output_path(out, force, inputs)
+    fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out_path)
