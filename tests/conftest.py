@@ -34,3 +34,25 @@ def cli(capsys, monkeypatch):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A random-init tiny SanaPipeline dir (``init --preset tiny``), shared read-only by all tests."""
+    from sanatool.initialize import init_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-pipeline"
+    return init_model("tiny", out, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer(tmp_path_factory):
+    """A random-init bare transformer dir of the tiny preset, shared read-only by all tests."""
+    from sanatool.checkpoint import write_transformer_dir
+    from sanatool.initialize import random_init_entries
+    from sanatool.presets import preset_config
+
+    out = tmp_path_factory.mktemp("models") / "tiny-transformer"
+    config = preset_config("tiny")
+    write_transformer_dir(out, config, random_init_entries(config, "fp32", 0), 10**9)
+    return out
