@@ -20,6 +20,7 @@ _SUPERSAMPLE = 4
 _GAP = 0.08  # free space between objects, as a fraction of the image side
 _BORDER = 0.04  # free space at the frame, as a fraction of the image side
 _PERP_RATIO = 0.4
+_TRIES = 256  # candidate positions per object before a layout attempt gives up
 # Object side, as a fraction of the image side, by how many objects share the image.
 _SIDE_RANGE = {1: (0.26, 0.40), 2: (0.25, 0.36), 3: (0.23, 0.30), 4: (0.22, 0.27)}
 _AXIS = {"left_of": (0, -1.0), "right_of": (0, 1.0), "above": (1, -1.0), "below": (1, 1.0)}
@@ -34,11 +35,6 @@ class _Placed:
     side: float
 
 
-def _apart(one: _Placed, two: _Placed, gap: float) -> bool:
-    need = (one.side + two.side) / 2 + gap
-    return abs(one.cx - two.cx) >= need or abs(one.cy - two.cy) >= need
-
-
 def _try_layout(
     instances: list[tuple[str, tuple[int, int, int]]],
     relation: tuple[int, str, int] | None,
@@ -50,34 +46,36 @@ def _try_layout(
     gap, border = _GAP * size, _BORDER * size
     sides = rng.uniform(low, high, len(instances)) * size * scale
 
-    def centre(side: float) -> tuple[float, float]:
-        lo, hi = border + side / 2, size - border - side / 2
-        return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
+    def centres(side: float) -> np.ndarray:
+        # A batch of candidate centres at once: numpy draws are cheap in bulk, slow one by one.
+        return rng.uniform(border + side / 2, size - border - side / 2, (_TRIES, 2))
 
     placed: dict[int, _Placed] = {}
     if relation is not None:
         a, kind, b = relation
         axis, sign = _AXIS[kind]
-        for _ in range(300):
-            pa, pb = centre(sides[a]), centre(sides[b])
-            par = (pa[axis] - pb[axis]) * sign  # positive when a sits on the named side of b
-            perp = abs(pa[1 - axis] - pb[1 - axis])
-            if par >= (sides[a] + sides[b]) / 2 + gap and perp <= _PERP_RATIO * par:
-                placed[a] = _Placed(*instances[a], *pa, sides[a])
-                placed[b] = _Placed(*instances[b], *pb, sides[b])
-                break
-        else:
+        pa, pb = centres(sides[a]), centres(sides[b])
+        par = (pa[:, axis] - pb[:, axis]) * sign  # positive when a sits on the named side of b
+        perp = np.abs(pa[:, 1 - axis] - pb[:, 1 - axis])
+        ok = np.flatnonzero((par >= (sides[a] + sides[b]) / 2 + gap) & (perp <= _PERP_RATIO * par))
+        if not len(ok):
             return None
+        placed[a] = _Placed(*instances[a], *map(float, pa[ok[0]]), sides[a])
+        placed[b] = _Placed(*instances[b], *map(float, pb[ok[0]]), sides[b])
     for index, inst in enumerate(instances):
         if index in placed:
             continue
-        for _ in range(300):
-            candidate = _Placed(*inst, *centre(sides[index]), sides[index])
-            if all(_apart(candidate, other, gap) for other in placed.values()):
-                placed[index] = candidate
-                break
-        else:
+        candidates = centres(sides[index])
+        free = np.ones(_TRIES, dtype=bool)
+        for other in placed.values():
+            need = (sides[index] + other.side) / 2 + gap
+            free &= (np.abs(candidates[:, 0] - other.cx) >= need) | (
+                np.abs(candidates[:, 1] - other.cy) >= need
+            )
+        ok = np.flatnonzero(free)
+        if not len(ok):
             return None
+        placed[index] = _Placed(*inst, *map(float, candidates[ok[0]]), sides[index])
     return [placed[i] for i in range(len(instances))]
 
 
@@ -117,7 +115,7 @@ def render_spec(spec: dict[str, Any], size: int = 32, seed: int = 0) -> Image.Im
         raise InputError(f"image size must be an integer from 16 to 1024, got {size!r}")
     rng = np.random.default_rng(seed)
     grey = int(rng.integers(228, 251))
-    background = tuple(int(np.clip(grey + rng.integers(-5, 6), 0, 255)) for _ in range(3))
+    background = tuple(int(v) for v in grey + rng.integers(-5, 6, 3))
     placed = _layout(clean, size, rng)
     big = size * _SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), background)

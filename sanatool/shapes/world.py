@@ -100,12 +100,3 @@ def validate_spec(spec: Any, where: str = "spec") -> dict[str, Any]:
             raise InputError(f"{here}: related objects must have count 1")
         result["relation"] = {"a": ends[0], "kind": relation["kind"], "b": ends[1]}
     return result
-
-
-def compact_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The stored form of a normalised spec: ``color`` omitted when None (what the suites ship)."""
-    objects = [{k: v for k, v in obj.items() if not (k == "color" and v is None)} for obj in spec["objects"]]
-    out: dict[str, Any] = {"objects": objects}
-    if "relation" in spec:
-        out["relation"] = dict(spec["relation"])
-    return out
