@@ -12,13 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-#: Words of the shapes-world grammar plus common function words; anything else maps to <unk>.
-VOCABULARY: tuple[str, ...] = (
-    "a", "an", "the", "and", "of", "to", "on", "in", "with", "is", "are", "photo", "image", "picture",
-    "one", "two", "three", "four", "circle", "circles", "square", "squares", "triangle", "triangles",
-    "shape", "shapes", "red", "green", "blue", "yellow", "purple", "orange",
-    "left", "right", "above", "below", "under", "over", "next", "beside", "side", "top", "bottom",
-    "small", "large", "big", "background", "white", "light", "empty",
+#: Function words beyond the shapes grammar, so free-form prompts degrade gracefully; the rest is <unk>.
+EXTRA_WORDS: tuple[str, ...] = (
+    "the", "of", "to", "on", "in", "with", "is", "are", "photo", "image", "picture", "shape", "shapes",
+    "under", "over", "next", "beside", "side", "top", "bottom", "small", "large", "big", "background",
+    "white", "light", "empty",
 )  # fmt: skip
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
 TEXT_HIDDEN = 64
@@ -34,7 +32,10 @@ def build_tokenizer() -> Any:
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + VOCABULARY)}
+    from sanatool.shapes import vocabulary
+
+    words = list(dict.fromkeys([*vocabulary(), *EXTRA_WORDS]))
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + tuple(words))}
     core = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
