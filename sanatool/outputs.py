@@ -80,6 +80,10 @@ def atomic_output_file(
     fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
     os.close(fd)
     tmp = Path(name)
+    # mkstemp makes files private (0600); an output should get the usual mode under the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
     except BaseException:
