@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 
@@ -30,6 +31,12 @@ def cli(capsys, monkeypatch):
             main()
         except SystemExit as ex:
             code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+        finally:
+            # The CLI routes the sanatool logger to its own stderr handler; undo that so later
+            # tests' caplog sees library warnings again.
+            logger = logging.getLogger("sanatool")
+            logger.handlers.clear()
+            logger.propagate = True
         out, err = capsys.readouterr()
         return CliResult(code, out, err)
 

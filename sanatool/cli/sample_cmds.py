@@ -1,0 +1,200 @@
+"""``sample`` and ``importance``: run the sampler for images, or to score the transformer's blocks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sanatool.cli._app import app, console, emit, progress_bar
+
+_MODEL_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."
+_INSTRUCTION_HELP = (
+    "Prepend SANA's complex human instruction to prompts (default: on for real SANA models, "
+    "off for the shapes world)."
+)
+
+
+def _is_main_rank() -> bool:
+    """Only rank 0 prints the result under torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _size(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    return None if size is None or size[0] is None else (int(size[0]), int(size[1]))
+
+
+@app.command()
+def sample(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output samples dir (must not exist unless --force/--resume)."
+    ),
+    prompts_file: Path | None = typer.Option(
+        None, "--prompts", help="Prompts file: one per line, or .jsonl with prompt/category/spec."
+    ),
+    prompt: list[str] | None = typer.Option(None, "--prompt", help="A prompt (repeat for several)."),
+    candidates: int = typer.Option(4, "--candidates", "-n", help="Images per prompt."),
+    steps: int = typer.Option(20, "--steps", help="Sampler steps."),
+    guidance: float = typer.Option(
+        4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Base seed; each image's own seed is in the manifest."),
+    size: tuple[int, int] | None = typer.Option(
+        None, "--size", help="Image height and width in pixels (default: the model's native size)."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per transformer batch."),
+    sampler: str = typer.Option("flow-dpm", "--sampler", help="flow-dpm (the pipeline's own) or flow-euler."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    instruction: bool | None = typer.Option(None, "--instruction/--no-instruction", help=_INSTRUCTION_HELP),
+    resume: bool = typer.Option(
+        False, "--resume", help="Keep images of an earlier or interrupted run whose manifest lines match."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the path."),
+) -> None:
+    """Sample N candidates per prompt into a samples dir: images/, manifest.jsonl and grid.png.
+
+    Every image has its own seed (in the manifest) that regenerates it alone in diffusers'
+    SanaPipeline. Runs under torchrun: ranks split the prompts, rank 0 writes the manifest.
+
+    Example: sanatool sample builtin:tiny-shapes --prompt "a red circle" -n 4 -o samples
+    """
+    from sanatool.errors import InputError
+    from sanatool.prompts import PromptItem, read_prompts
+    from sanatool.samples import read_manifest
+    from sanatool.sampling import sample_to_dir
+
+    if prompts_file is not None and prompt:
+        raise InputError("give --prompts FILE or --prompt TEXT, not both")
+    if prompts_file is None and not prompt:
+        raise InputError("no prompts given; pass --prompts FILE or --prompt TEXT")
+    items = (
+        read_prompts(prompts_file)
+        if prompts_file is not None
+        else [PromptItem(text) for text in prompt or []]
+    )
+    with progress_bar() as progress:
+        path = sample_to_dir(
+            model,
+            items,
+            out,
+            candidates=candidates,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            size=_size(size),
+            batch_size=batch_size,
+            sampler=sampler,
+            device=device,
+            dtype=dtype,
+            resume=resume,
+            force=force,
+            progress=progress,
+            instruction=instruction,
+        )
+    if not _is_main_rank():
+        return
+    if as_json:
+        records, _ = read_manifest(path)
+        emit(
+            {"path": str(path), "images": len(records), "prompts": len(items), "candidates": candidates},
+            as_json=True,
+        )
+    else:
+        emit(path)
+
+
+def _print_ranking(result: Any) -> None:
+    """The blocks, most important first, with their scores and a bar (stderr)."""
+    from rich.table import Table
+
+    top = max(result.scores) or 1.0
+    table = Table(
+        title=f"block importance ({result.metric})", caption="higher = more important", title_justify="left"
+    )
+    table.add_column("rank", justify="right")
+    table.add_column("block", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("", min_width=20)
+    for rank, block in enumerate(result.ranking, start=1):
+        score = result.scores[block]
+        table.add_row(str(rank), str(block), f"{score:.4g}", "█" * max(0, round(20 * score / top)))
+    console.print(table)
+    rho = result.extra.get("spearman_vs_cosine")
+    if rho is not None:
+        console.print(f"Spearman correlation with the cosine scores: {rho:.3f}")
+
+
+@app.command()
+def importance(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Importance JSON to write; its heatmap goes next to it (.png)."
+    ),
+    prompts_file: Path | None = typer.Option(
+        None, "--prompts", help="Calibration prompts (default: the 100 of the model's world)."
+    ),
+    num_prompts: int = typer.Option(100, "--num-prompts", help="Use the first N calibration prompts."),
+    steps: int = typer.Option(
+        20, "--steps", help="Sampler steps (each is a row of the per-timestep matrix)."
+    ),
+    guidance: float = typer.Option(
+        4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."
+    ),
+    metric: str = typer.Option(
+        "cosine",
+        "--metric",
+        help="cosine: 1 − cos(block in, block out) (the paper); ablation: skip each block.",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per transformer batch."),
+    seed: int = typer.Option(0, "--seed", help="Base seed of the calibration noise."),
+    sampler: str = typer.Option("flow-dpm", "--sampler", help="flow-dpm (the pipeline's own) or flow-euler."),
+    size: tuple[int, int] | None = typer.Option(
+        None, "--size", help="Image height and width in pixels (default: the model's native size)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    instruction: bool | None = typer.Option(None, "--instruction/--no-instruction", help=_INSTRUCTION_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the importance JSON instead of its path."),
+) -> None:
+    """Score every transformer block over calibration prompts × sampler timesteps (SANA 1.5 pruning).
+
+    Writes the importance JSON that `prune --importance` reads, a heatmap PNG (timesteps × blocks)
+    beside it, and prints the ranking. Runs under torchrun: ranks split the prompts.
+
+    Example: sanatool importance builtin:tiny-shapes -o importance.json
+    """
+    from sanatool.importance import importance_to_file
+    from sanatool.prompts import read_prompts
+
+    items = read_prompts(prompts_file) if prompts_file is not None else None
+    with progress_bar() as progress:
+        path, png, result = importance_to_file(
+            model,
+            out,
+            items,
+            force=force,
+            progress=progress,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            metric=metric,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            num_prompts=num_prompts,
+            size=_size(size),
+            sampler=sampler,
+            instruction=instruction,
+            prompts_source=str(prompts_file) if prompts_file is not None else None,
+        )
+    if not _is_main_rank():
+        return
+    _print_ranking(result)
+    console.print(f"heatmap: {png}")
+    emit(result.to_json() if as_json else path, as_json=as_json)

@@ -1,0 +1,363 @@
+"""Block importance over calibration prompts × sampler timesteps (SANA 1.5's pruning criterion).
+
+``cosine`` (the paper's metric): the sampler runs over the calibration prompts, and at every
+timestep a forward hook on each block measures ``BI_i = 1 − mean over tokens of
+cos(h_in, h_out)`` on the block's input and output hidden states. Hooks reduce on the fly
+into a ``timesteps × blocks`` sum on the device, so no activation is ever kept and the cost
+is the sampling itself. The score is averaged over prompts **and both classifier-free
+guidance branches** (conditional and unconditional; only the conditional one when guidance
+is off) into the per-timestep matrix, then over timesteps into one score per block.
+
+``ablation`` (beyond the paper, the honest check of it): each block is skipped alone and the
+sampler rerun from the same noise; the score is the relative L2 change of the final denoised
+latent, ``‖x_skip − x_full‖ / ‖x_full‖``, averaged over prompts (the per-timestep matrix
+holds the same distance after every step). It costs ``depth + 1`` samplings and also records
+the cosine scores of the full run and their Spearman correlation with the ablation scores.
+
+Higher is more important for both. Results are :class:`~sanatool.importance_file.ImportanceResult`
+written by :func:`~sanatool.importance_file.write_importance_file`. Under ``torchrun`` ranks
+split the prompts and sum their accumulators.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sanatool.errors import InputError
+from sanatool.importance_file import Calibration, ImportanceResult, write_importance_file
+from sanatool.progress import ProgressFn, no_progress
+from sanatool.prompts import PromptItem
+
+METRICS = ("cosine", "ablation")
+DEFAULT_NUM_PROMPTS = 100
+METRIC_DEFINITIONS = {
+    "cosine": "1 - mean over tokens of cos(block input, block output); mean over prompts, CFG branches, timesteps",
+    "ablation": "relative L2 change of the final denoised latent when the block alone is skipped; mean over prompts",
+}
+
+
+class CosineHooks:
+    """Forward hooks on every block that add ``1 − mean_tokens cos(h_in, h_out)`` into ``sums[step, block]``.
+
+    Set :attr:`step` before each transformer call. Only one scalar per sample and block is
+    computed per call; the hidden states are never kept.
+    """
+
+    def __init__(self, blocks: Sequence[Any], steps: int, device: Any) -> None:
+        import torch
+
+        self.blocks = list(blocks)
+        self.sums = torch.zeros(steps, len(self.blocks), dtype=torch.float32, device=device)
+        #: Samples (batch rows, both CFG branches) seen by block 0 at each step: the divisor of ``sums``.
+        self.samples = [0] * steps
+        self.step = 0
+        #: Off while ablated runs reuse the same blocks: they are not part of the cosine score.
+        self.active = True
+        self._handles: list[Any] = []
+
+    def _hook(self, index: int) -> Any:
+        import torch
+
+        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+            if not self.active:
+                return
+            hidden_in = (args[0] if args else kwargs["hidden_states"]).float()
+            hidden_out = (output[0] if isinstance(output, tuple) else output).float()
+            rows, tokens = hidden_in.shape[0], hidden_in.shape[1]
+            # cos over the feature dim without materialising normalised copies of the hidden states
+            dot = torch.linalg.vecdot(hidden_in, hidden_out)
+            norms = torch.linalg.vector_norm(hidden_in, dim=-1) * torch.linalg.vector_norm(hidden_out, dim=-1)
+            cosine = dot / norms.clamp_min(1e-8)  # (batch, tokens)
+            # Σ over rows of (1 − mean over tokens of cos)
+            self.sums[self.step, index] += rows - cosine.sum() / tokens
+            if index == 0:
+                self.samples[self.step] += rows
+
+        return hook
+
+    def __enter__(self) -> CosineHooks:
+        for index, block in enumerate(self.blocks):
+            self._handles.append(block.register_forward_hook(self._hook(index), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def set_step(self, step: int) -> None:
+        """Attribute the next transformer call to sampler step ``step``."""
+        self.step = step
+
+
+@contextmanager
+def skip_block(transformer: Any, index: int) -> Iterator[None]:
+    """Run ``transformer`` without block ``index`` (the residual stream passes straight through)."""
+    import torch
+
+    original = transformer.transformer_blocks
+    transformer.transformer_blocks = torch.nn.ModuleList([b for i, b in enumerate(original) if i != index])
+    try:
+        yield
+    finally:
+        transformer.transformer_blocks = original
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Ranks from 1, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of two equal-length sequences (``None`` when a side is constant)."""
+    if len(a) != len(b):
+        raise ValueError("spearman needs two sequences of the same length")
+    ra, rb = _ranks(a), _ranks(b)
+    mean = (len(a) + 1) / 2
+    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb, strict=True))
+    var_a = sum((x - mean) ** 2 for x in ra)
+    var_b = sum((y - mean) ** 2 for y in rb)
+    if var_a == 0 or var_b == 0:
+        return None
+    return cov / (var_a * var_b) ** 0.5
+
+
+def _prompt_set(
+    model: Any, prompts: Sequence[PromptItem | str] | None, num_prompts: int, source: str | None
+) -> tuple[list[PromptItem], str]:
+    from sanatool.pipeline import default_calibration_name, default_calibration_prompts
+
+    if num_prompts <= 0:
+        raise InputError(f"--num-prompts must be at least 1, got {num_prompts}")
+    if prompts is None:
+        items, name = default_calibration_prompts(model), default_calibration_name(model)
+    else:
+        items = [p if isinstance(p, PromptItem) else PromptItem(str(p)) for p in prompts]
+        name = source or "given prompts"
+    if not items:
+        raise InputError("no calibration prompts given; pass --prompts FILE with at least one prompt")
+    for index, item in enumerate(items):
+        if not item.prompt.strip():
+            raise InputError(f"calibration prompt {index} is empty; every prompt needs some text")
+    return items[:num_prompts], name
+
+
+def compute_importance(
+    model_spec: Any,
+    prompts: Sequence[PromptItem | str] | None = None,
+    steps: int = 20,
+    guidance: float = 4.5,
+    seed: int = 0,
+    metric: str = "cosine",
+    batch_size: int = 8,
+    device: Any = "auto",
+    progress: ProgressFn = no_progress,
+    dtype: Any = "auto",
+    num_prompts: int = DEFAULT_NUM_PROMPTS,
+    size: Sequence[int] | None = None,
+    sampler: str = "flow-dpm",
+    instruction: bool | None = None,
+    prompts_source: str | None = None,
+) -> ImportanceResult:
+    """Score every block of a pipeline's transformer over calibration prompts (see the module docstring).
+
+    ``prompts=None`` uses the model world's 100 calibration prompts; the first ``num_prompts``
+    are used. Prompt ``p`` starts from the noise of :func:`~sanatool.sampling.image_seed`
+    ``(seed, p, 0)``, so a calibration run is the sampling of candidate 0 of each prompt.
+    """
+    import torch
+
+    from sanatool.checkpoint import ModelDir, open_model_dir
+    from sanatool.pipeline import load_pipeline, resolve_device, resolve_instruction
+    from sanatool.sampling import (
+        PromptEncoder,
+        check_settings,
+        check_size,
+        denoise,
+        dist_context,
+        image_seed,
+        initial_latents,
+        make_scheduler,
+        rank_prompt_indices,
+    )
+
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    check_settings(steps, guidance, sampler, batch_size)
+    model = model_spec if isinstance(model_spec, ModelDir) else open_model_dir(model_spec)
+    model.require_pipeline("importance")
+    items, source_name = _prompt_set(model, prompts, num_prompts, prompts_source)
+    height, width = check_size(model, size)
+    target = resolve_device(device)
+    dist = dist_context(target)
+    pipe = load_pipeline(model, target, dtype, command="importance")
+    chosen = resolve_instruction(model, instruction)
+    transformer = pipe.transformer
+    depth = len(transformer.transformer_blocks)
+    timesteps = [float(t) for t in make_scheduler(pipe, sampler, steps).timesteps]
+    encoder = PromptEncoder(pipe, chosen, target)
+    mine = rank_prompt_indices(len(items), dist.rank, dist.world)
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    passes = 1 + (depth if metric == "ablation" else 0)
+    total = len(batches) * passes
+    distances = torch.zeros(steps, depth, dtype=torch.float32, device=target)
+    report = progress if dist.is_main else no_progress
+    report("importance", 0, total)
+    with CosineHooks(transformer.transformer_blocks, steps, target) as hooks:
+        for number, batch in enumerate(batches):
+            embeds, mask = encoder.conditional([items[p].prompt for p in batch])
+            negative = encoder.unconditional(len(batch)) if guidance > 1.0 else None
+            noise = initial_latents(pipe, [image_seed(seed, p, 0) for p in batch], height, width, target)
+            trajectory: list[Any] = []
+
+            def keep(step: int, latents: Any, trajectory: list[Any] = trajectory) -> None:
+                trajectory.append(latents.clone())
+
+            denoise(
+                pipe,
+                noise,
+                embeds,
+                mask,
+                negative,
+                steps,
+                guidance,
+                sampler,
+                before_step=hooks.set_step,
+                after_step=keep if metric == "ablation" else None,
+            )
+            report("importance", number * passes + 1, total)
+            if metric != "ablation":
+                continue
+            hooks.active = False
+            for block in range(depth):
+
+                def measure(
+                    step: int, latents: Any, block: int = block, trajectory: list[Any] = trajectory
+                ) -> None:
+                    reference = trajectory[step].flatten(1)
+                    change = (latents.flatten(1) - reference).norm(dim=1)
+                    distances[step, block] += (change / reference.norm(dim=1).clamp_min(1e-12)).sum()
+
+                with skip_block(transformer, block):
+                    denoise(pipe, noise, embeds, mask, negative, steps, guidance, sampler, after_step=measure)
+                report("importance", number * passes + 2 + block, total)
+            hooks.active = True
+    samples = torch.tensor(hooks.samples, dtype=torch.float32, device=target)
+    dist.all_reduce_sum(hooks.sums)
+    dist.all_reduce_sum(samples)
+    dist.all_reduce_sum(distances)
+    cosine_matrix = (hooks.sums / samples.clamp_min(1.0)[:, None]).double().cpu()
+    cosine_scores = [float(v) for v in cosine_matrix.mean(dim=0)]
+    branches = ("cond", "uncond") if guidance > 1.0 else ("cond",)
+    extra: dict[str, Any] = {
+        "model": str(model.path),
+        "metric_definition": METRIC_DEFINITIONS[metric],
+        "sampler": sampler,
+        "size": [height, width],
+        "instruction": bool(chosen),
+    }
+    if metric == "ablation":
+        matrix = (distances / len(items)).double().cpu()
+        scores = [float(v) for v in matrix[-1]]
+        extra["cosine_scores"] = cosine_scores
+        extra["spearman_vs_cosine"] = spearman(scores, cosine_scores)
+    else:
+        matrix, scores = cosine_matrix, cosine_scores
+    return ImportanceResult(
+        fingerprint=model.fingerprint(),
+        metric=metric,
+        calibration=Calibration(
+            prompts=source_name,
+            num_prompts=len(items),
+            steps=steps,
+            guidance=float(guidance),
+            seed=seed,
+            cfg_branches=branches,
+        ),
+        scores=tuple(scores),
+        timesteps=tuple(timesteps),
+        per_timestep=tuple(tuple(float(v) for v in row) for row in matrix),
+        extra=extra,
+    )
+
+
+def heatmap_path(out: str | os.PathLike) -> Path:
+    """Where the heatmap of an importance file goes: the same name with ``.png``."""
+    path = Path(out)
+    if path.suffix.lower() == ".png":
+        raise InputError(
+            f"importance output {out} ends in .png, which is where its heatmap goes; name it .json"
+        )
+    return path.with_suffix(".png")
+
+
+def write_heatmap(result: ImportanceResult, path: str | os.PathLike, force: bool = False) -> Path:
+    """Save a timesteps × blocks heatmap of the per-timestep scores (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sanatool.outputs import atomic_output_file
+
+    rows, depth = len(result.timesteps), result.depth
+    figure, axes = plt.subplots(figsize=(min(3 + 0.35 * depth, 24), min(2 + 0.3 * rows, 14)))
+    try:
+        picture = axes.imshow(result.per_timestep, aspect="auto", cmap="viridis", interpolation="nearest")
+        axes.set_xlabel("block (0 = first)")
+        axes.set_ylabel("sampler timestep")
+        tick_every = max(1, depth // 24)
+        axes.set_xticks(range(0, depth, tick_every))
+        row_every = max(1, rows // 20)
+        axes.set_yticks(range(0, rows, row_every))
+        axes.set_yticklabels([f"{result.timesteps[i]:.0f}" for i in range(0, rows, row_every)])
+        axes.set_title(f"block importance ({result.metric}), higher = more important")
+        figure.colorbar(picture, ax=axes, label=result.metric)
+        figure.tight_layout()
+        with atomic_output_file(path, force) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(figure)
+    return Path(path)
+
+
+def importance_to_file(
+    model_spec: Any,
+    out: str | os.PathLike,
+    prompts: Sequence[PromptItem | str] | None = None,
+    force: bool = False,
+    progress: ProgressFn = no_progress,
+    **settings: Any,
+) -> tuple[Path, Path, ImportanceResult]:
+    """Compute importance and write the JSON file plus its heatmap; return (json, png, result).
+
+    Both outputs are checked before any work, and only rank 0 writes under ``torchrun``.
+    ``settings`` are :func:`compute_importance`'s keyword arguments.
+    """
+    from sanatool.checkpoint import ModelDir, open_model_dir
+    from sanatool.outputs import check_output_path
+
+    model = model_spec if isinstance(model_spec, ModelDir) else open_model_dir(model_spec)
+    model.require_pipeline("importance")
+    png = heatmap_path(out)
+    for path in (out, png):
+        check_output_path(path, force, [model.path])
+    result = compute_importance(model, prompts, progress=progress, **settings)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_importance_file(out, result, force=force)
+        write_heatmap(result, png, force=force)
+    return Path(out), png, result
