@@ -1,0 +1,315 @@
+"""CAME: Confidence-guided Adaptive Memory Efficient optimization (Luo et al., ACL 2023).
+
+The update rule of the reference ``came-pytorch`` package, for a parameter ``W`` with gradient ``G``:
+
+* second moment ``V ≈ r cᵀ / mean(r)`` with ``r``, ``c`` running (β₂) means over the columns and
+  rows of ``G² + ε₁``; ``U = G / √V``, then ``U /= max(1, RMS(U) / d)`` (update clipping);
+* first moment ``m = β₁ m + (1 − β₁) U``;
+* instability ``(U − m)² + ε₂``, factored the same way (β₃) into ``S ≈ R Cᵀ / mean(R)``;
+* ``W -= lr · wd · W`` (decoupled weight decay), then ``W -= lr · m / √S``.
+
+Parameters with two or more dims are factored as the matrix ``[shape[0], numel / shape[0]]``: a
+conv weight ``[out, in, kh, kw]`` keeps ``out + in·kh·kw`` statistics (the reference factors the
+last two dims, which for SANA's 1×1 and depthwise 3×3 convs costs more than the weight). 1-D (and
+0-D) parameters keep a full second moment and skip the confidence term, as in the reference.
+
+All state is fp32, whatever the parameter dtype. Small parameters of one shape are updated as one
+stack; large ones in chunks of rows (:mod:`sanatool.optim.update`).
+:class:`~sanatool.optim.came8bit.CAME8bit` is the same optimizer with an 8-bit first moment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from sanatool.optim.blockwise import BLOCK_SIZE
+from sanatool.optim.layout import StateLayout, factored_dims, state_layout
+from sanatool.optim.update import (
+    Fp32Moments,
+    Hyper,
+    MomentStore,
+    Workspace,
+    factored_update,
+    gather,
+    scatter,
+    unfactored_update,
+)
+
+#: Default values per chunk: bounds one step's fp32 scratch (a few times this) and is large enough
+#: that per-kernel overhead stays small.
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+# Parameters up to this many values are stacked with others of their shape: per-kernel overhead
+# dominates small tensors. A stack holds at most chunk_size values.
+_STACK_MAX_NUMEL = 1 << 17
+
+
+def base_defaults(
+    lr: Any, betas: Any, eps: Any, clip_threshold: Any, weight_decay: Any, chunk_size: Any
+) -> dict[str, Any]:
+    """CAME's param-group defaults (tuples for betas and eps, so that groups compare equal)."""
+    return {
+        "lr": lr,
+        "betas": tuple(betas) if isinstance(betas, (tuple, list)) else betas,
+        "eps": tuple(eps) if isinstance(eps, (tuple, list)) else eps,
+        "clip_threshold": clip_threshold,
+        "weight_decay": weight_decay,
+        "chunk_size": chunk_size,
+    }
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def validate_hyperparameters(group: dict[str, Any], owner: str) -> None:
+    """Raise ValueError naming the bad value if a CAME param group's hyperparameters are invalid."""
+    lr = group.get("lr")
+    if not _is_real(lr) or lr <= 0:
+        raise ValueError(f"{owner}: lr must be a finite number > 0, got {lr!r}")
+    betas = group.get("betas")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 3:
+        raise ValueError(f"{owner}: betas must be three numbers (β₁, β₂, β₃), got {betas!r}")
+    for i, b in enumerate(betas):
+        if not _is_real(b) or not 0.0 <= b < 1.0:
+            raise ValueError(f"{owner}: betas[{i}] must be in [0, 1), got {b!r}")
+    eps = group.get("eps")
+    if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+        raise ValueError(f"{owner}: eps must be two numbers (ε₁, ε₂), got {eps!r}")
+    for i, e in enumerate(eps):
+        if not _is_real(e) or e <= 0:
+            raise ValueError(f"{owner}: eps[{i}] must be a finite number > 0, got {e!r}")
+    clip = group.get("clip_threshold")
+    if not _is_real(clip) or clip <= 0:
+        raise ValueError(f"{owner}: clip_threshold must be a finite number > 0, got {clip!r}")
+    wd = group.get("weight_decay")
+    if not _is_real(wd) or wd < 0:
+        raise ValueError(f"{owner}: weight_decay must be a finite number >= 0, got {wd!r}")
+    chunk = group.get("chunk_size")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < BLOCK_SIZE:
+        raise ValueError(f"{owner}: chunk_size must be an integer >= {BLOCK_SIZE}, got {chunk!r}")
+
+
+class CAME(torch.optim.Optimizer):
+    """CAME with 32-bit state (the reference update rule; see the module docstring).
+
+    Args:
+        params: parameters or param-group dicts.
+        lr: learning rate (> 0).
+        betas: (β₁, β₂, β₃) for the first moment, the second moment and the instability, in [0, 1).
+        eps: (ε₁, ε₂) added to the squared gradient and to the instability, > 0.
+        clip_threshold: update-clipping threshold ``d`` on RMS(U), > 0.
+        weight_decay: decoupled weight decay (multiplied by lr), >= 0.
+        chunk_size: about how many values one chunk of the update holds (whole rows); bounds the
+            step's fp32 scratch to a few times this. Changes only the rounding, not the rule.
+
+    Example::
+
+        opt = CAME(model.parameters(), lr=1e-4, weight_decay=0.01)
+    """
+
+    _required_group_keys: tuple[str, ...] = (
+        "lr",
+        "betas",
+        "eps",
+        "clip_threshold",
+        "weight_decay",
+        "chunk_size",
+    )
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-4,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+        eps: tuple[float, float] = (1e-30, 1e-16),
+        clip_threshold: float = 1.0,
+        weight_decay: float = 0.0,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self._init(params, base_defaults(lr, betas, eps, clip_threshold, weight_decay, chunk_size))
+
+    def _init(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    # Hooks CAME8bit overrides: the state layout, where the first moment lives, chunk alignment.
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        validate_hyperparameters(group, type(self).__name__)
+
+    def _layout(self, p: torch.Tensor, group: dict[str, Any]) -> StateLayout:
+        return state_layout(tuple(p.shape))
+
+    def _moments(self) -> MomentStore:
+        return Fp32Moments()
+
+    def _row_alignment(self, cols: int) -> int:
+        """Chunks hold a multiple of this many rows."""
+        return 1
+
+    def _stackable(self, p: torch.Tensor) -> bool:
+        return p.numel() <= _STACK_MAX_NUMEL and p.is_contiguous() and p.grad.is_contiguous()
+
+    # ----------------------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, refusing invalid hyperparameters and complex parameters."""
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._validate_group(merged)
+        super().add_param_group(param_group)
+        if any(p.is_complex() for p in self.param_groups[-1]["params"]):
+            self.param_groups.pop()
+            raise ValueError(f"{type(self).__name__}: complex parameters are not supported")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        name = type(self).__name__
+        ws = self.__dict__.setdefault("_workspace", Workspace())  # not state: not saved nor pickled
+        moments = self._moments()
+        for group in self.param_groups:
+            live = []
+            for p in group["params"]:
+                if p.grad is None or p.numel() == 0:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError(
+                        f"{name} does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
+                        "use a dense layer, e.g. nn.Embedding(..., sparse=False)"
+                    )
+                state = self.state[p]
+                if not state:
+                    for key, (shape, dtype) in self._layout(p, group).items():
+                        state[key] = torch.zeros(
+                            shape, dtype=dtype, device="cpu" if key == "step" else p.device
+                        )
+                live.append(p)
+            if live:
+                torch._foreach_add_([self.state[p]["step"] for p in live], 1.0)
+            hp = Hyper.of(group)
+            for bucket in self._buckets(live, group["chunk_size"]):
+                self._update_bucket(bucket, hp, group["chunk_size"], moments, ws)
+        return loss
+
+    def _buckets(self, params: list[torch.Tensor], chunk_size: int) -> list[list[torch.Tensor]]:
+        """Split params into batches updated together: small contiguous ones of one shape, dtype and
+        state kind are stacked (up to ``chunk_size`` values a stack); others go alone."""
+        out: list[list[torch.Tensor]] = []
+        stacks: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        for p in params:
+            if not self._stackable(p):
+                out.append([p])
+                continue
+            key = (tuple(p.shape), p.dtype, p.grad.dtype, p.device, self.state[p]["exp_avg"].dtype)
+            stacks.setdefault(key, []).append(p)
+        for members in stacks.values():
+            size = max(1, chunk_size // members[0].numel())
+            out.extend(members[i : i + size] for i in range(0, len(members), size))
+        return out
+
+    def _update_bucket(
+        self, params: list[torch.Tensor], hp: Hyper, chunk_size: int, moments: MomentStore, ws: Workspace
+    ) -> None:
+        shape = tuple(params[0].shape)
+        states = [self.state[p] for p in params]
+        # A lone parameter is updated through a view (a non-contiguous one through a contiguous
+        # copy); a stack is copied into scratch and back, cheap for the small tensors stacked.
+        work = [p if p.is_contiguous() else p.contiguous() for p in params]
+        dims = factored_dims(shape)
+        if dims is None:
+            numel = math.prod(shape)
+            p_all = gather(work, (numel,), ws, "params")
+            g_all = gather([p.grad for p in params], (numel,), ws, "grads")
+            chunk = max(BLOCK_SIZE, chunk_size // BLOCK_SIZE * BLOCK_SIZE)
+            unfactored_update(p_all, g_all, states, hp, chunk, moments, ws)
+        else:
+            rows, cols = dims
+            p_all = gather(work, dims, ws, "params")
+            g_all = gather([p.grad for p in params], dims, ws, "grads")
+            align = self._row_alignment(cols)
+            chunk_rows = max(align, chunk_size // max(cols, 1) // align * align)
+            factored_update(p_all, g_all, states, hp, chunk_rows, moments, ws)
+        scatter(work, p_all)
+        for p, w in zip(params, work, strict=True):
+            if w is not p:
+                p.copy_(w)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by this optimizer class for parameters of the same shapes.
+
+        Refuses (ValueError) a state dict of another optimizer, of other shapes or dtypes, or with
+        invalid hyperparameters, before touching the current state. The fp32 (and uint8) state is
+        restored exactly, also for bf16/fp16 parameters (torch would cast it to the param dtype).
+        """
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(
+                f"{name}: not an optimizer state dict (expected keys 'state' and 'param_groups')"
+            )
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"{name}: the state dict has {len(saved_groups)} param groups, this optimizer "
+                f"{len(self.param_groups)}; load it into an optimizer built the same way"
+            )
+        pairs: list[tuple[Any, torch.Tensor]] = []
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            missing = [k for k in self._required_group_keys if k not in saved]
+            if missing:
+                raise ValueError(
+                    f"{name}: param group {gi} of the state dict lacks {', '.join(missing)}: it was saved "
+                    f"by another optimizer, not {name}"
+                )
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"{name}: param group {gi} of the state dict has {len(saved['params'])} parameters, "
+                    f"this optimizer {len(group['params'])}"
+                )
+            try:
+                self._validate_group(saved)
+            except ValueError as err:
+                raise ValueError(f"{name}: param group {gi} of the state dict: {err}") from err
+            for pid, p in zip(saved["params"], group["params"], strict=True):
+                if pid in saved_state:
+                    self._check_saved_state(saved_state[pid], p, saved, gi)
+                    pairs.append((pid, p))
+        super().load_state_dict(state_dict)
+        # Own copies, in the saved dtypes: torch casts floating state to the param dtype and
+        # aliases the caller's tensors, so a later step would change the dict that was loaded.
+        for pid, p in pairs:
+            self.state[p] = {
+                key: value.to(device="cpu" if key == "step" else p.device, copy=True)
+                for key, value in saved_state[pid].items()
+            }
+
+    def _check_saved_state(self, saved: Any, p: torch.Tensor, group: dict[str, Any], gi: int) -> None:
+        name = type(self).__name__
+        where = f"the state of a parameter of shape {tuple(p.shape)} in group {gi}"
+        expected = self._layout(p, group)
+        if not isinstance(saved, dict) or set(saved) != set(expected):
+            keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(
+                f"{name}: {where} has keys {keys}, expected {sorted(expected)}: the state dict was saved "
+                f"by another optimizer or for other parameters"
+            )
+        for key, (shape, dtype) in expected.items():
+            value = saved[key]
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype:
+                got = (
+                    f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else repr(value)
+                )
+                raise ValueError(
+                    f"{name}: {where}: {key!r} is {got}, expected {shape} {dtype}: the state dict "
+                    "was saved for other parameters or by another optimizer"
+                )

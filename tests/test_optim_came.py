@@ -1,0 +1,284 @@
+"""CAME and CAME8bit: the update rule against the paper's equations, 8-bit storage, resume, bad input."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from sanatool.optim import CAME, CAME8bit
+from sanatool.optim.blockwise import BLOCK_SIZE, dequantize, quantize
+from sanatool.optim.came8bit import Blockwise8bitMoments
+from sanatool.optim.update import Workspace
+
+
+def reference_step(w: torch.Tensor, g: torch.Tensor, st: dict, lr: float, wd: float = 0.0) -> None:
+    """One CAME step written from the paper (Luo et al. 2023, Algorithm 1), decoupled weight decay,
+    float64. ≥ 2-D parameters are the matrix [shape[0], rest]; 1-D ones keep a full second moment."""
+    b1, b2, b3, e1, e2, d = 0.9, 0.999, 0.9999, 1e-30, 1e-16, 1.0
+    G = g.double().reshape(w.shape[0], -1) if w.dim() >= 2 else g.double()
+    if not st:
+        st["m"] = torch.zeros_like(G)
+        if G.dim() == 2:
+            for key, n in (("r", G.shape[0]), ("c", G.shape[1]), ("R", G.shape[0]), ("C", G.shape[1])):
+                st[key] = torch.zeros(n, dtype=torch.float64)
+        else:
+            st["v"] = torch.zeros_like(G)
+    if G.dim() == 2:
+        st["r"] = b2 * st["r"] + (1 - b2) * (G**2 + e1).mean(dim=1)
+        st["c"] = b2 * st["c"] + (1 - b2) * (G**2 + e1).mean(dim=0)
+        V = torch.outer(st["r"], st["c"]) / st["r"].mean()
+    else:
+        st["v"] = b2 * st["v"] + (1 - b2) * (G**2 + e1)
+        V = st["v"]
+    U = G / V.sqrt()
+    U = U / max(1.0, (U.pow(2).mean().sqrt() / d).item())
+    st["m"] = b1 * st["m"] + (1 - b1) * U
+    if G.dim() == 2:
+        res = (U - st["m"]) ** 2 + e2
+        st["R"] = b3 * st["R"] + (1 - b3) * res.mean(dim=1)
+        st["C"] = b3 * st["C"] + (1 - b3) * res.mean(dim=0)
+        S = torch.outer(st["R"], st["C"]) / st["R"].mean()
+        update = st["m"] / S.sqrt()
+    else:
+        update = st["m"]
+    w -= lr * wd * w
+    w -= lr * update.reshape(w.shape)
+
+
+def _grads(shape: tuple[int, ...], steps: int, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    # Rows and columns of different scales, as real layer gradients have.
+    scale = torch.rand(shape[0], generator=gen).add(0.1).reshape(-1, *([1] * (len(shape) - 1)))
+    return [torch.randn(shape, generator=gen) * scale * (1 + t % 3) for t in range(steps)]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(48, 80), (333,), (24, 16, 1, 1), (40, 1, 3, 3)],
+    ids=["linear", "1d", "conv1x1", "depthwise3x3"],
+)
+def test_came_matches_paper_equations_step_for_step(shape):
+    """Same parameters as the reference at every step, with weight decay, update clipping (early
+    steps), gradient clipping and an lr scheduler."""
+    torch.manual_seed(0)
+    w0 = torch.randn(shape)
+    p = torch.nn.Parameter(w0.clone())
+    opt = CAME([p], lr=1e-2, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+    ref, st = w0.double(), {}
+    for t, g in enumerate(_grads(shape, 25)):
+        p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_([p], max_norm=5.0)
+        reference_step(ref, p.grad.clone(), st, lr=1e-2 / (1 + t), wd=0.1)
+        opt.step()
+        sched.step()
+        assert torch.allclose(p.double(), ref, rtol=1e-5, atol=1e-5), f"step {t}"
+    assert (p.detach() - w0).abs().max() > 0.01  # it really moved
+
+
+def test_conv_is_factored_as_out_by_in_kh_kw():
+    p = torch.nn.Parameter(torch.randn(64, 1, 3, 3))
+    opt = CAME([p], lr=1e-3)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    state = opt.state[p]
+    assert state["exp_avg_sq_row"].shape == (64,) and state["exp_avg_sq_col"].shape == (9,)
+    assert state["exp_avg_res_row"].shape == (64,) and state["exp_avg_res_col"].shape == (9,)
+
+
+def test_stacked_and_chunked_updates_match_one_by_one():
+    """Small same-shape params are updated as a stack and large ones in chunks: same result."""
+    torch.manual_seed(1)
+    shapes = [(32, 48)] * 3 + [(100,)] * 4 + [(16, 8, 1, 1)] * 2 + [(700, 40)]
+    w0 = [torch.randn(s) for s in shapes]
+    together = [torch.nn.Parameter(w.clone()) for w in w0]
+    alone = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = CAME(together, lr=1e-2, weight_decay=0.05, chunk_size=4096)  # the (700, 40) one: 7 chunks
+    opts = [CAME([p], lr=1e-2, weight_decay=0.05, chunk_size=1 << 20) for p in alone]
+    for t in range(10):
+        for a, b in zip(together, alone, strict=True):
+            a.grad = torch.randn(a.shape) * (1 + t % 2)
+            b.grad = a.grad.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=2e-6)
+
+
+def test_channels_last_and_bf16_parameters():
+    torch.manual_seed(2)
+    w0 = torch.randn(16, 8, 3, 3)
+    plain = torch.nn.Parameter(w0.clone())
+    chl = torch.nn.Parameter(w0.clone().to(memory_format=torch.channels_last))
+    half = torch.nn.Parameter(w0.clone().bfloat16())
+    opts = [CAME([plain], lr=1e-2), CAME([chl], lr=1e-2), CAME8bit([half], lr=1e-2, min_8bit_size=256)]
+    for _ in range(5):
+        g = torch.randn_like(w0)
+        plain.grad, chl.grad, half.grad = (
+            g.clone(),
+            g.clone().to(memory_format=torch.channels_last),
+            g.bfloat16(),
+        )
+        for o in opts:
+            o.step()
+    assert torch.allclose(plain, chl, atol=1e-6)
+    assert chl.is_contiguous(memory_format=torch.channels_last)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), plain, atol=0.05)
+    assert all(v.dtype in (torch.float32, torch.uint8) for v in opts[2].state[half].values())
+
+
+def test_came8bit_small_tensors_are_exactly_came_and_large_ones_are_8bit():
+    torch.manual_seed(3)
+    shapes = [(64, 63), (100,), (128, 256), (5000,)]  # 4032 and 100 values stay fp32
+    w0 = [torch.randn(s) for s in shapes]
+    p32 = [torch.nn.Parameter(w.clone()) for w in w0]
+    p8 = [torch.nn.Parameter(w.clone()) for w in w0]
+    o32, o8 = CAME(p32, lr=1e-2, weight_decay=0.1), CAME8bit(p8, lr=1e-2, weight_decay=0.1)
+    for _ in range(30):
+        for a, b in zip(p32, p8, strict=True):
+            a.grad = torch.randn(a.shape)
+            b.grad = a.grad.clone()
+        o32.step()
+        o8.step()
+    assert torch.equal(p32[0], p8[0]) and torch.equal(p32[1], p8[1])
+    for i in (2, 3):
+        state = o8.state[p8[i]]
+        assert state["exp_avg"].dtype == torch.uint8
+        assert state["exp_avg_absmax"].shape == (math.ceil(p8[i].numel() / BLOCK_SIZE),)
+        moved = (p32[i] - w0[i]).norm()
+        assert (p8[i] - p32[i]).norm() / moved < 0.05  # 8-bit noise, not a different rule
+
+
+def test_chunked_8bit_store_equals_whole_tensor_quantization():
+    torch.manual_seed(4)
+    rows, cols = 40, 200  # 200 values a row: chunks must hold multiples of 32 rows to fill blocks
+    values = torch.randn(rows * cols) * torch.logspace(-4, 0, rows * cols)
+    state = {"exp_avg": torch.zeros(rows, cols, dtype=torch.uint8), "exp_avg_absmax": torch.zeros(32)}
+    store = Blockwise8bitMoments()
+    for r0 in range(0, rows, 32):
+        r1 = min(r0 + 32, rows)
+        store.store([state], r0 * cols, r1 * cols, values[r0 * cols : r1 * cols].view(1, -1))
+    codes, absmax = quantize(values)
+    assert torch.equal(state["exp_avg"].view(-1), codes) and torch.equal(state["exp_avg_absmax"], absmax)
+    back = store.load([state], 0, rows * cols, Workspace()).view(-1)
+    assert torch.equal(back, dequantize(codes, absmax))
+    # The dynamic map's coarsest step (near ±absmax) is 0.9/64: errors stay within half of it.
+    padded = torch.nn.functional.pad((back - values).abs(), (0, absmax.numel() * BLOCK_SIZE - values.numel()))
+    assert (padded.view(-1, BLOCK_SIZE).amax(dim=1) <= 0.0071 * absmax).all()
+
+
+def test_chunked_8bit_update_matches_one_chunk():
+    """700 × 40 in chunks of 4096 values (rows aligned to blocks) or in one: the same 8-bit state."""
+    torch.manual_seed(7)
+    w0 = torch.randn(700, 40)
+    chunked, whole = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    o_chunked, o_whole = CAME8bit([chunked], lr=1e-2, chunk_size=4096), CAME8bit([whole], lr=1e-2)
+    for _ in range(5):
+        chunked.grad = torch.randn(700, 40)
+        whole.grad = chunked.grad.clone()
+        o_chunked.step()
+        o_whole.step()
+    assert torch.equal(o_chunked.state[chunked]["exp_avg"], o_whole.state[whole]["exp_avg"])
+    assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def _run(model_params, opt, grads):
+    for g in grads:
+        for p, gp in zip(model_params, g, strict=True):
+            p.grad = gp.clone().to(p.dtype)
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", [CAME, CAME8bit])
+def test_state_dict_round_trip_resumes_bit_for_bit(cls):
+    torch.manual_seed(5)
+    shapes = [(64, 96), (96,), (32, 16, 1, 1), (5000,)]
+    w0 = [torch.randn(s) for s in shapes] + [torch.randn(70, 70).bfloat16()]
+    grads = [[torch.randn(w.shape) for w in w0] for _ in range(6)]
+
+    run = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = cls([{"params": run[:3]}, {"params": run[3:], "lr": 3e-3}], lr=1e-2, weight_decay=0.01)
+    _run(run, opt, grads[:3])
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in run]}, buf)
+    _run(run, opt, grads[3:])
+
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    resumed = [torch.nn.Parameter(w) for w in saved["params"]]
+    opt2 = cls([{"params": resumed[:3]}, {"params": resumed[3:], "lr": 1.0}], lr=1.0)
+    opt2.load_state_dict(saved["opt"])
+    assert opt2.param_groups[1]["lr"] == 3e-3 and opt2.param_groups[0]["weight_decay"] == 0.01
+    assert opt2.state[resumed[4]]["exp_avg_sq_row"].dtype == torch.float32  # not cast to bf16
+    _run(resumed, opt2, grads[3:])
+    for a, b in zip(run, resumed, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bad_hyperparameters_are_refused():
+    p = [torch.nn.Parameter(torch.randn(4, 4))]
+    bad = [
+        {"lr": 0.0},
+        {"lr": -1e-3},
+        {"lr": float("nan")},
+        {"betas": (0.9, 1.0, 0.9999)},
+        {"betas": (-0.1, 0.999, 0.9999)},
+        {"betas": (0.9, 0.999)},
+        {"eps": (0.0, 1e-16)},
+        {"eps": (1e-30, -1e-16)},
+        {"clip_threshold": 0.0},
+        {"weight_decay": -0.1},
+        {"chunk_size": 10},
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            CAME(p, **{"lr": 1e-3, **kwargs})
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        CAME8bit(p, lr=1e-3, min_8bit_size=0)
+    opt = CAME(p, lr=1e-3)
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3))], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+    with pytest.raises(ValueError, match="complex"):
+        CAME([torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))], lr=1e-3)
+
+
+def test_sparse_gradient_is_refused():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(ValueError, match="sparse"):
+        CAME8bit(emb.parameters(), lr=1e-3).step()
+    assert torch.equal(emb.weight, before)
+
+
+def test_foreign_or_mismatched_state_dicts_are_refused():
+    torch.manual_seed(6)
+    params = [torch.nn.Parameter(torch.randn(64, 80)), torch.nn.Parameter(torch.randn(80))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    adamw = torch.optim.AdamW(params, lr=1e-3)
+    came, came8 = CAME(params, lr=1e-3), CAME8bit(params, lr=1e-3)
+    for o in (adamw, came, came8):
+        o.step()
+    other = [torch.nn.Parameter(torch.randn(64, 81)), torch.nn.Parameter(torch.randn(80))]
+    other_opt = CAME(other, lr=1e-3)
+    for p in other:
+        p.grad = torch.randn_like(p)
+    other_opt.step()
+    fresh = CAME8bit(params, lr=1e-3)
+    with pytest.raises(ValueError, match="another optimizer"):
+        CAME(params, lr=1e-3).load_state_dict(adamw.state_dict())
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        fresh.load_state_dict(came.state_dict())
+    with pytest.raises(ValueError, match=r"\(64, 81\)"):
+        CAME(params, lr=1e-3).load_state_dict(other_opt.state_dict())
+    tampered = came8.state_dict()
+    tampered["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr"):
+        fresh.load_state_dict(tampered)
+    assert not fresh.state and fresh.param_groups[0]["lr"] == 1e-3  # nothing loaded
