@@ -74,15 +74,19 @@ def text_encoder_config(vocab_size: int) -> Any:
 
 
 def vae_config() -> dict[str, Any]:
-    """A ~0.5M-parameter DC-AE: f4 (two downsamples), 8 latent channels, no attention stages."""
+    """A ~0.4M-parameter DC-AE: f4 (two downsamples), 8 latent channels, no attention stages.
+
+    The full-resolution stage is 16 channels wide: flat-coloured 32×32 shapes need no more, and
+    it makes the VAE training of the shipped model about 2.3× faster than 32 channels on a CPU.
+    """
     return {
         "in_channels": 3,
         "latent_channels": LATENT_CHANNELS,
         "attention_head_dim": 8,
         "encoder_block_types": ["ResBlock", "ResBlock", "ResBlock"],
         "decoder_block_types": ["ResBlock", "ResBlock", "ResBlock"],
-        "encoder_block_out_channels": [32, 64, 64],
-        "decoder_block_out_channels": [32, 64, 64],
+        "encoder_block_out_channels": [16, 32, 64],
+        "decoder_block_out_channels": [16, 32, 64],
         "encoder_layers_per_block": [1, 1, 2],
         "decoder_layers_per_block": [1, 1, 2],
         "encoder_qkv_multiscales": [[], [], []],

@@ -12,6 +12,11 @@ from sanatool.cli._app import app, console, setup_logging, state
 
 # Registering the commands: each import adds its commands to ``app``.
 from sanatool.cli import model_cmds  # noqa: E402,F401  isort: skip
+from sanatool.cli import judge_cmds  # noqa: E402,F401  isort: skip
+from sanatool.cli import train_cmds  # noqa: E402,F401  isort: skip
+from sanatool.cli import surgery_cmds  # noqa: E402,F401  isort: skip
+from sanatool.cli import shapes_cmds  # noqa: E402,F401  isort: skip
+from sanatool.cli import sample_cmds  # noqa: E402,F401  isort: skip
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,335 @@
+"""The latent and text-embedding cache: encode a data set once, train many times without the encoders.
+
+SANA users' top complaint is VAE and text-encoder memory during training; here the frozen
+encoders run once, in inference mode, and are freed before the transformer is built. Entries live
+under ``CACHE_ROOT/<key>/`` as safetensors shards (``latents``, ``embeds``, ``mask`` per item)
+plus the empty-caption embedding used for caption dropout. The key hashes the encoders' files
+(text encoder, tokenizer, VAE), the data set (captions, image names, sizes, times), the image
+resolution and the prompt-encoding settings, so any change to any of them means a fresh entry.
+
+Text embeddings come from :func:`sanatool.text.encode_prompts`, the function sampling uses, so
+training and sampling see identical conditioning. Trailing padding columns that no caption uses are
+dropped: cross-attention masks them out, so this changes no result and saves most of the compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sanatool.errors import InputError
+from sanatool.progress import ProgressFn, no_progress
+from sanatool.training.data import ImageDataset, load_pixels
+
+CACHE_FORMAT = "sanatool-latent-cache/1"
+CACHE_META = "cache.json"
+DEFAULT_CACHE_NAME = ".sanatool-cache"
+#: Items per safetensors shard of the cache.
+SHARD_ITEMS = 1024
+#: Files above this size are hashed by header plus sampled chunks (a 5 GB text encoder in ~0.1 s).
+_FULL_HASH_LIMIT = 256 * 1024 * 1024
+_SAMPLE_CHUNKS = 32
+_CHUNK = 1024 * 1024
+ENCODER_COMPONENTS = ("text_encoder", "tokenizer", "vae")
+
+
+def _hash_file(path: Path, digest: Any) -> None:
+    size = path.stat().st_size
+    digest.update(f"{path.name}|{size}\n".encode())
+    with open(path, "rb") as handle:
+        if size <= _FULL_HASH_LIMIT:
+            for block in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(block)
+            return
+        # Large weight files: the header (names, shapes, dtypes) plus evenly spaced chunks of data.
+        # Any retraining touches every chunk, so a changed encoder still changes the hash.
+        for index in range(_SAMPLE_CHUNKS):
+            handle.seek(index * (size - _CHUNK) // (_SAMPLE_CHUNKS - 1))
+            digest.update(handle.read(_CHUNK))
+
+
+def content_hash(folder: Path) -> str:
+    """Hash of every file under ``folder`` (names and contents; large files sampled, see module notes)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(folder)}\n".encode())
+        _hash_file(file.resolve(), digest)
+    return digest.hexdigest()[:16]
+
+
+def encoder_hash(pipeline_dir: Path) -> str:
+    """Content hash of a pipeline's text encoder, tokenizer and VAE (the frozen encoders)."""
+    parts = []
+    for component in ENCODER_COMPONENTS:
+        folder = pipeline_dir / component
+        if not folder.is_dir():
+            raise InputError(f"{pipeline_dir} has no {component}/; training needs a full pipeline dir")
+        parts.append(f"{component}:{content_hash(folder)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EncodeSettings:
+    """How captions and images are encoded; every field is part of the cache key."""
+
+    max_sequence_length: int = 300
+    complex_human_instruction: list[str] | None = None
+    dtype: str = "fp32"
+    device: str = "cpu"
+    batch_size: int = 32
+
+    def key_fields(self) -> dict[str, Any]:
+        # The device and batch size do not change what is computed (beyond float noise): not keyed.
+        return {
+            "max_sequence_length": self.max_sequence_length,
+            "complex_human_instruction": self.complex_human_instruction,
+            "dtype": self.dtype,
+        }
+
+
+def cache_key(pipeline_dir: Path, dataset: ImageDataset, settings: EncodeSettings) -> str:
+    """The cache entry name: a hash of encoders, data set and encoding settings."""
+    digest = hashlib.sha256()
+    digest.update(CACHE_FORMAT.encode())
+    digest.update(encoder_hash(pipeline_dir).encode())
+    digest.update(dataset.fingerprint().encode())
+    digest.update(json.dumps(settings.key_fields(), sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class LatentCache:
+    """An opened cache entry: per-item latents and caption embeddings in safetensors shards."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def count(self) -> int:
+        return int(self.meta["count"])
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["latent_shape"])
+
+    def reader(self) -> CacheReader:
+        """A reader that gathers batches of items from the memory-mapped shards."""
+        return CacheReader(self)
+
+    def null_embedding(self) -> tuple[Any, Any]:
+        """The empty caption's embedding and mask, (1, L, D) and (1, L): what caption dropout swaps in."""
+        from safetensors.torch import load_file
+
+        null = load_file(str(self.path / "null.safetensors"))
+        return null["embeds"], null["mask"]
+
+
+class CacheReader:
+    """Gathers items by index from the memory-mapped cache shards (only the rows asked for are read)."""
+
+    def __init__(self, cache: LatentCache) -> None:
+        from safetensors import safe_open
+
+        shards = sorted(cache.path.glob("items-*.safetensors"))
+        self._handles = [safe_open(str(shard), framework="pt") for shard in shards]
+        self.count = cache.count
+        self.latent_shape = cache.latent_shape
+
+    def gather(self, indices: list[int]) -> dict[str, Any]:
+        """``latents`` (B, C, h, w), ``embeds`` (B, L, D), ``mask`` (B, L) for the given item indices."""
+        import torch
+
+        rows: dict[str, list[Any]] = {"latents": [], "embeds": [], "mask": []}
+        for index in indices:
+            handle = self._handles[index // SHARD_ITEMS]
+            row = index % SHARD_ITEMS
+            for key, values in rows.items():
+                values.append(handle.get_slice(key)[row : row + 1])
+        return {key: torch.cat(values) for key, values in rows.items()}
+
+
+def open_cache(path: Path) -> LatentCache | None:
+    """Open a complete cache entry, or ``None`` when it is missing or of another format."""
+    meta_path = path / CACHE_META
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("format") != CACHE_FORMAT:
+        return None
+    return LatentCache(path, meta)
+
+
+def load_encoders(pipeline_dir: Path, device: str, dtype: str) -> tuple[Any, Any, Any]:
+    """The frozen tokenizer, text encoder and VAE of a pipeline dir, in eval mode on ``device``."""
+    from diffusers import AutoencoderDC
+    from transformers import AutoModel, AutoTokenizer
+
+    from sanatool.initialize import torch_dtype
+
+    target = torch_dtype(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(pipeline_dir / "tokenizer")
+    text_encoder = AutoModel.from_pretrained(pipeline_dir / "text_encoder", torch_dtype=target)
+    vae = AutoencoderDC.from_pretrained(pipeline_dir / "vae", torch_dtype=target)
+    for module in (text_encoder, vae):
+        module.to(device).eval().requires_grad_(False)
+    return tokenizer, text_encoder, vae
+
+
+def _last_used_column(mask: Any) -> int:
+    used = mask.sum(dim=0).nonzero()
+    return int(used.max()) + 1 if len(used) else 1
+
+
+def _pad_columns(tensor: Any, length: int) -> Any:
+    """Trim or zero-pad dim 1 (text tokens) to ``length``."""
+    import torch
+
+    if tensor.shape[1] >= length:
+        return tensor[:, :length].contiguous()
+    pad = torch.zeros((tensor.shape[0], length - tensor.shape[1], *tensor.shape[2:]), dtype=tensor.dtype)
+    return torch.cat([tensor, pad], dim=1)
+
+
+class _ShardWriter:
+    """Collects encoded batches and writes them as shards of ``SHARD_ITEMS`` items."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.pending: list[dict[str, Any]] = []
+        self.count = 0
+        self.shards = 0
+
+    def add(self, batch: dict[str, Any]) -> None:
+        self.pending.append(batch)
+        self.count += len(batch["latents"])
+        while self.count >= SHARD_ITEMS:
+            self._flush(SHARD_ITEMS)
+
+    def close(self) -> None:
+        if self.count:
+            self._flush(self.count)
+
+    def _flush(self, items: int) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        width = max(batch["mask"].shape[1] for batch in self.pending)
+        merged = {"latents": torch.cat([b["latents"] for b in self.pending])}
+        for key in ("embeds", "mask"):
+            merged[key] = torch.cat([_pad_columns(b[key], width) for b in self.pending])
+        head = {key: value[:items].contiguous() for key, value in merged.items()}
+        save_file(head, str(self.folder / f"items-{self.shards:05d}.safetensors"))
+        self.shards += 1
+        self.count -= items
+        self.pending = [{key: value[items:] for key, value in merged.items()}] if self.count else []
+
+
+def build_cache(
+    pipeline_dir: Path,
+    dataset: ImageDataset,
+    cache_root: Path,
+    settings: EncodeSettings,
+    progress: ProgressFn = no_progress,
+) -> LatentCache:
+    """Return the cache entry for this pipeline and data set, encoding it first if it does not exist.
+
+    The entry is written into a temporary sibling and renamed when complete, so an interrupted
+    encode never leaves a half cache that a later run would trust.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from sanatool.text import encode_prompts
+
+    key = cache_key(pipeline_dir, dataset, settings)
+    target = cache_root / key
+    existing = open_cache(target)
+    if existing is not None:
+        return existing
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_root))
+    except OSError as err:
+        raise InputError(
+            f"cannot create the latent cache in {cache_root} ({err.strerror or err}); pass --cache-dir DIR"
+        ) from err
+    try:
+        tokenizer, text_encoder, vae = load_encoders(pipeline_dir, settings.device, settings.dtype)
+        scaling = float(vae.config.scaling_factor)
+
+        def encode_text(texts: list[str], instruction: bool = True) -> tuple[Any, Any]:
+            embeds, mask = encode_prompts(
+                tokenizer,
+                text_encoder,
+                texts,
+                settings.device,
+                max_sequence_length=settings.max_sequence_length,
+                complex_human_instruction=settings.complex_human_instruction if instruction else None,
+            )
+            # Each batch keeps only the columns its captions use; shards are padded to a common width.
+            width = _last_used_column(mask)
+            return embeds[:, :width].cpu(), mask[:, :width].cpu()
+
+        writer = _ShardWriter(tmp)
+        total = len(dataset)
+        latent_shape: tuple[int, ...] = ()
+        progress("encode", 0, total)
+        with torch.inference_mode():
+            # The unconditional embedding is the empty prompt without instruction, as sampling computes it.
+            null_embeds, null_mask = encode_text([""], instruction=False)
+            for start in range(0, total, settings.batch_size):
+                batch = dataset.items[start : start + settings.batch_size]
+                pixels = torch.stack([load_pixels(item, dataset.resolution) for item in batch])
+                pixels = pixels.to(settings.device, dtype=vae.dtype)
+                latents = vae.encode(pixels).latent.float().cpu() * scaling
+                embeds, mask = encode_text([item.text for item in batch])
+                latent_shape = tuple(latents.shape[1:])
+                writer.add({"latents": latents, "embeds": embeds, "mask": mask})
+                progress("encode", min(start + len(batch), total), total)
+            writer.close()
+        # Give every shard (and the empty caption) one width: the longest caption's.
+        shards = sorted(tmp.glob("items-*.safetensors"))
+        loaded = {shard: load_file(str(shard)) for shard in shards}
+        used = max([null_mask.shape[1]] + [data["mask"].shape[1] for data in loaded.values()])
+        for shard, data in loaded.items():
+            if data["mask"].shape[1] != used:
+                data["embeds"] = _pad_columns(data["embeds"], used)
+                data["mask"] = _pad_columns(data["mask"], used)
+                save_file(data, str(shard))
+        del loaded
+        null = {"embeds": _pad_columns(null_embeds, used), "mask": _pad_columns(null_mask, used)}
+        save_file(null, str(tmp / "null.safetensors"))
+        meta = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "count": total,
+            "latent_shape": list(latent_shape),
+            "text_length": int(used),
+            "text_dim": int(null_embeds.shape[-1]),
+            "resolution": dataset.resolution,
+            "scaling_factor": scaling,
+            "data_dir": str(dataset.root),
+            "encoders": encoder_hash(pipeline_dir),
+            "settings": settings.key_fields(),
+        }
+        (tmp / CACHE_META).write_text(json.dumps(meta, indent=2) + "\n")
+        if target.exists():  # another process finished the same entry first: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    opened = open_cache(target)
+    if opened is None:
+        raise InputError(f"the latent cache {target} could not be read back after writing it")
+    return opened

@@ -1,0 +1,104 @@
+"""Getting the transformer in and out of training: load or random-init it, write model dirs.
+
+Checkpoints and the final output are full pipeline dirs: the frozen components are hard-linked
+from the pipeline they came from (no bytes copied), the transformer is written from the state
+dict, and ``sanatool.json`` records the step. Checkpoints keep fp32 master weights so that a
+resumed run continues bit for bit; the final output is cast to the requested dtype.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sanatool.checkpoint import ModelDir, carry_components, write_provenance, write_transformer_dir
+from sanatool.errors import ModelDirError
+from sanatool.safetensors_io import TensorEntry, parse_size
+
+#: Files that training writes into a model dir; a carried copy from the parent is dropped first
+#: (they are hard links to the parent's files, and the parent is never modified).
+RUN_FILES = ("loss.jsonl", "loss.png", "training_state.json", "training_state.safetensors")
+
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def load_transformer(path: Path) -> Any:
+    """A ``SanaTransformer2DModel`` from a transformer dir, in fp32 (the master weights)."""
+    import torch
+    from diffusers import SanaTransformer2DModel
+
+    try:
+        return SanaTransformer2DModel.from_pretrained(
+            str(path), torch_dtype=torch.float32, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelDirError(f"cannot load the transformer in {path}: {err}") from err
+
+
+def init_transformer(config: dict[str, Any], seed: int) -> Any:
+    """A random-init fp32 transformer, identical to ``sanatool init --preset … --seed SEED``."""
+    import torch
+    from diffusers import SanaTransformer2DModel
+
+    from sanatool.initialize import random_init_entries
+
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    model = SanaTransformer2DModel(**kwargs)
+    state = {}
+    for entry in random_init_entries(config, "fp32", seed):
+        data = bytearray(entry.source())
+        state[entry.name] = torch.frombuffer(data, dtype=torch.float32).reshape(entry.shape)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def state_entries(state: dict[str, Any], dtype: str) -> list[TensorEntry]:
+    """Tensor entries that write a state dict in ``dtype`` (each tensor converted when written)."""
+    import torch
+
+    from sanatool.initialize import torch_dtype
+
+    target = torch_dtype(dtype)
+    st_dtype = _ST_DTYPES[str(target).removeprefix("torch.")]
+
+    def produce(tensor: Any) -> Any:
+        # Raw bytes, in the order safetensors stores them (row-major, little-endian).
+        return lambda: tensor.to(target).contiguous().reshape(-1).view(torch.uint8).numpy()
+
+    return [TensorEntry(name, st_dtype, tuple(t.shape), produce(t)) for name, t in state.items()]
+
+
+def write_model_dir(
+    root: Path,
+    components: ModelDir,
+    config: dict[str, Any],
+    state: dict[str, Any],
+    dtype: str,
+    max_shard_size: str,
+    parent: ModelDir | None,
+    command: str,
+    args: dict[str, Any],
+    summary: str,
+    origin: str | None = None,
+) -> str:
+    """Fill ``root`` (an empty dir) with a pipeline: carried components, the transformer, provenance.
+
+    Returns the new transformer's fingerprint.
+    """
+    from sanatool.checkpoint import open_transformer_dir
+
+    carry_components(components, root)
+    for name in RUN_FILES:
+        (root / name).unlink(missing_ok=True)
+    transformer_dir = root / "transformer"
+    write_transformer_dir(transformer_dir, config, state_entries(state, dtype), parse_size(max_shard_size))
+    fingerprint = open_transformer_dir(transformer_dir).fingerprint()
+    write_provenance(root, parent, command, args, summary, fingerprint, origin=origin)
+    return fingerprint
+
+
+def stored_dtype(model: ModelDir) -> str:
+    """The CLI name of the dtype most of a model's transformer weights are stored in."""
+    counts = model.transformer.dtypes()
+    main = max(counts, key=lambda key: counts[key])
+    return {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}.get(main, "fp32")

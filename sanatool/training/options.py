@@ -1,0 +1,147 @@
+"""The settings of a training run, validated before anything is loaded or written."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sanatool.errors import InputError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+LR_SCHEDULES = ("constant", "cosine")
+#: diffusers' timestep densities (``compute_density_for_timestep_sampling``); ``none`` is uniform.
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
+CHECKPOINTS_SUFFIX = ".checkpoints"
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``train`` and ``finetune`` take. Exactly one of ``source`` and ``preset`` is set.
+
+    ``batch_size`` is per process and micro-step; the global batch is
+    ``batch_size × grad_accum × world size``.
+    """
+
+    data: Path | None
+    out: Path | None
+    steps: int
+    source: str | None = None
+    preset: str | None = None
+    components: str | None = None
+    optimizer: str = "came8bit"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    precision: str = "auto"
+    grad_checkpointing: bool = False
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = False
+    seed: int = 0
+    cache_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+    resolution: int | None = None
+    caption_dropout: float = 0.1
+    weighting_scheme: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    ema_decay: float | None = None
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    fsdp: bool = False
+    device: str = "auto"
+    dtype: str | None = None
+    max_shard_size: str = "5GB"
+    force: bool = False
+
+    @property
+    def command(self) -> str:
+        return "train" if self.preset is not None else "finetune"
+
+    def run_dir(self) -> Path:
+        """Where checkpoints and the live loss log go: ``--checkpoint-dir`` or ``OUT.checkpoints``."""
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir).expanduser()
+        assert self.out is not None
+        out = Path(self.out).expanduser()
+        return out.parent / f"{out.name}{CHECKPOINTS_SUFFIX}"
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as provenance records them (paths as strings, bookkeeping dropped)."""
+        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        for key in ("force", "resume", "device"):
+            record.pop(key, None)
+        return record
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def _finite(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+
+
+def validate_options(opts: TrainOptions, dry_run: bool = False) -> None:
+    """Refuse impossible settings with one actionable message each (nothing has been touched yet)."""
+    from sanatool.optim import OPTIMIZER_NAMES
+
+    if (opts.source is None) == (opts.preset is None):
+        raise InputError("give either a model dir to fine-tune or --preset to train from scratch, not both")
+    _positive_int("--steps", opts.steps)
+    _positive_int("--batch-size", opts.batch_size)
+    _positive_int("--grad-accum", opts.grad_accum)
+    _positive_int("--save-every", opts.save_every, minimum=0)
+    _positive_int("--keep-checkpoints", opts.keep_checkpoints)
+    _positive_int("--warmup-steps", opts.warmup_steps, minimum=0)
+    for name, value in (
+        ("--lr", opts.lr),
+        ("--weight-decay", opts.weight_decay),
+        ("--caption-dropout", opts.caption_dropout),
+        ("--max-grad-norm", opts.max_grad_norm),
+        ("--logit-mean", opts.logit_mean),
+        ("--logit-std", opts.logit_std),
+        ("--mode-scale", opts.mode_scale),
+    ):
+        _finite(name, value)
+    if opts.lr <= 0:
+        raise InputError(f"--lr must be positive, got {opts.lr}")
+    if opts.weight_decay < 0:
+        raise InputError(f"--weight-decay must be ≥ 0, got {opts.weight_decay}")
+    if not 0 <= opts.caption_dropout < 1:
+        raise InputError(f"--caption-dropout must be in [0, 1), got {opts.caption_dropout}")
+    if opts.logit_std <= 0:
+        raise InputError(f"--logit-std must be positive, got {opts.logit_std}")
+    if opts.ema_decay is not None and not 0 < opts.ema_decay < 1:
+        raise InputError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {opts.ema_decay}")
+    if opts.ema_decay is not None and opts.fsdp:
+        raise InputError("--ema with --fsdp is not supported (EMA keeps a full copy); drop one of them")
+    if opts.optimizer not in OPTIMIZER_NAMES:
+        raise InputError(f"unknown optimizer {opts.optimizer!r}; choose one of: {', '.join(OPTIMIZER_NAMES)}")
+    if opts.lr_schedule not in LR_SCHEDULES:
+        raise InputError(
+            f"unknown --lr-schedule {opts.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
+        )
+    if opts.precision not in PRECISIONS:
+        raise InputError(f"unknown precision {opts.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if opts.weighting_scheme not in WEIGHTING_SCHEMES:
+        raise InputError(
+            f"unknown weighting scheme {opts.weighting_scheme!r}; choose one of: {', '.join(WEIGHTING_SCHEMES)}"
+        )
+    if opts.dtype is not None:
+        from sanatool.initialize import DTYPES
+
+        if opts.dtype not in DTYPES:
+            raise InputError(f"unknown dtype {opts.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if not dry_run:
+        if opts.data is None:
+            raise InputError("--data is required: an image folder with metadata.jsonl")
+        if opts.out is None:
+            raise InputError("--out is required: where the trained model dir goes")

@@ -1,0 +1,110 @@
+"""Training building blocks: pickle-free state, the cache key, data validation, the flow-matching draw."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sanatool.errors import InputError
+
+
+def test_state_roundtrip_keeps_structure_types_and_bytes(tmp_path):
+    from sanatool.training.state import load_state, save_state
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    generator = torch.Generator().manual_seed(5)
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "rng": generator.get_state(),
+        "misc": {3: (1, 2.5, None, True), "name": "x", "bf16": torch.ones(3, dtype=torch.bfloat16)},
+    }
+    save_state(tmp_path, state)
+    back = load_state(tmp_path)
+    assert back["misc"][3] == (1, 2.5, None, True) and back["misc"]["name"] == "x"
+    assert back["misc"]["bf16"].dtype == torch.bfloat16
+    assert back["rng"].equal(generator.get_state())
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    for key, value in optimizer.state_dict()["state"][0].items():
+        assert back["optimizer"]["state"][0][key].equal(value)
+    with pytest.raises(InputError, match="no training state"):
+        load_state(tmp_path / "nothing")
+
+
+def test_cache_key_follows_encoders_data_and_settings(tiny_pipeline, tmp_path):
+    from sanatool.shapes.dataset import write_shapes_dataset
+    from sanatool.training.cache import EncodeSettings, cache_key
+    from sanatool.training.data import load_dataset
+
+    data = load_dataset(write_shapes_dataset(tmp_path / "data", 3))
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, pipe)
+    settings = EncodeSettings()
+    key = cache_key(pipe, data, settings)
+    assert cache_key(pipe, data, EncodeSettings(device="cuda", batch_size=7)) == key  # not what is computed
+    assert cache_key(pipe, data, EncodeSettings(max_sequence_length=100)) != key
+    # Retrained VAE (one weight byte changes): a new key. The transformer is not part of it.
+    weights = pipe / "vae" / "diffusion_pytorch_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    new_key = cache_key(pipe, data, settings)
+    assert new_key != key
+    transformer = pipe / "transformer" / "diffusion_pytorch_model.safetensors"
+    raw = bytearray(transformer.read_bytes())
+    raw[-1] ^= 1
+    transformer.write_bytes(bytes(raw))
+    assert cache_key(pipe, data, settings) == new_key
+    # A changed caption: a new key.
+    meta = data.root / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    rows[0]["text"] = "a blue circle"
+    meta.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert cache_key(pipe, load_dataset(data.root), settings) != new_key
+
+
+def test_dataset_resizes_only_when_asked(tmp_path):
+    from PIL import Image
+
+    from sanatool.training.data import load_dataset, load_pixels
+
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "wide.png")
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(tmp_path / "small.png")
+    rows = [{"file_name": "wide.png", "text": "red"}, {"file_name": "small.png", "text": "blue"}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(InputError, match="mixed sizes.*--resolution"):
+        load_dataset(tmp_path)
+    data = load_dataset(tmp_path, resolution=8)
+    assert data.resized and data.resolution == 8
+    pixels = load_pixels(data.items[0], 8)
+    assert pixels.shape == (3, 8, 8)
+    assert pixels[0].min() == 1.0 and pixels[2].max() == -1.0  # pure red in [-1, 1]
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "../x.png", "text": "t"}) + "\n")
+    with pytest.raises(InputError, match="outside"):
+        load_dataset(tmp_path)
+
+
+def test_data_stream_visits_every_item_once_per_epoch():
+    from sanatool.training.loop import DataStream
+
+    stream = DataStream(5, torch.Generator().manual_seed(0))
+    first, second = stream.take(5), stream.take(5)
+    assert sorted(first) == sorted(second) == [0, 1, 2, 3, 4]
+    assert len(stream.take(7)) == 7
+
+
+def test_activation_budget_is_measured_and_checkpointing_shrinks_it():
+    from sanatool.presets import preset_config
+    from sanatool.training.budget import activation_bytes
+
+    config = preset_config("tiny")
+    full = activation_bytes(config, 4, 8, 16, torch.float32, checkpointing=False)
+    double = activation_bytes(config, 8, 8, 16, torch.float32, checkpointing=False)
+    light = activation_bytes(config, 4, 8, 16, torch.float32, checkpointing=True)
+    assert 1.9 < double / full < 2.1  # linear in the batch
+    assert light < full / 2
