@@ -64,7 +64,7 @@ def setup_logging(debug: bool) -> None:
 def emit(result: Any, as_json: bool = False) -> None:
     """Write the command's result to stdout: JSON when asked, else the value itself (a path)."""
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(result, indent=2, default=str, ensure_ascii=False) + "\n")
     elif result is not None:
         sys.stdout.write(f"{result}\n")
     sys.stdout.flush()
