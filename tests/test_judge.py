@@ -45,7 +45,9 @@ def test_knockout_any_count_with_byes(n):
         assert sel.matches == n - k  # each match removes exactly one candidate
         assert set(sel.eliminated) == set(range(n)) - set(sel.picked)
         assert best in sel.picked  # the best candidate never loses a match
-        assert sel.picked == sorted(sel.picked, key=lambda i: (tuple(-v for v in preference_key(judgements[i])), i))
+        assert sel.picked == sorted(
+            sel.picked, key=lambda i: (tuple(-v for v in preference_key(judgements[i])), i)
+        )
     assert knockout(judgements, 1).picked == [best]
 
 
@@ -207,7 +209,9 @@ def test_judge_bad_input_exits_2_and_writes_nothing(cli, candidates_dir, tmp_pat
     no_spec = tmp_path / "nospec"
     (no_spec / "images").mkdir(parents=True)
     (no_spec / "images" / "a.png").write_bytes((samples / "images" / "p00000_c000.png").read_bytes())
-    (no_spec / "manifest.jsonl").write_text(json.dumps({"prompt": "a red circle", "path": "images/a.png"}) + "\n")
+    (no_spec / "manifest.jsonl").write_text(
+        json.dumps({"prompt": "a red circle", "path": "images/a.png"}) + "\n"
+    )
     missing = tmp_path / "missing"
     (missing / "images").mkdir(parents=True)
     (missing / "manifest.jsonl").write_text((samples / "manifest.jsonl").read_text())

@@ -49,7 +49,14 @@ def clip_dir(tmp_path_factory):
     tokenizer, vocab = word_tokenizer(shapes_words())
     text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                 num_attention_heads=2, max_position_embeddings=32, bos_token_id=2, eos_token_id=3, pad_token_id=0)  # fmt: skip
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8)
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+    )
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
     processor = CLIPProcessor(
@@ -174,9 +181,27 @@ def test_vlm_judge_reads_first_token_yes_no_logits(vlm_dir, samples):
 
 
 def test_judge_cli_with_clip_and_vlm(cli, clip_dir, vlm_dir, samples, tmp_path):
-    for spec, mode in ((f"clip:{clip_dir}", "tournament"), (f"vlm:{vlm_dir}", "tournament"), (f"vlm:{vlm_dir}", "score")):
+    for spec, mode in (
+        (f"clip:{clip_dir}", "tournament"),
+        (f"vlm:{vlm_dir}", "tournament"),
+        (f"vlm:{vlm_dir}", "score"),
+    ):
         out = tmp_path / f"{spec.split(':')[0]}-{mode}"
-        res = cli("judge", samples, "-o", out, "--judge", spec, "--mode", mode, "--pick", "2", "--device", "cpu", "--json")
+        res = cli(
+            "judge",
+            samples,
+            "-o",
+            out,
+            "--judge",
+            spec,
+            "--mode",
+            mode,
+            "--pick",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+        )
         assert res.code == 0, res.stderr
         summary = json.loads(res.stdout)
         assert summary["judge"]["oracle"] is False and "note" not in summary

@@ -12,6 +12,17 @@ import pytest
 from sanatool.checkpoint import open_model_dir
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model's matrices are too small for two threads to pay off (on a busy CPU they cost 5×)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
     """A dozen 32×32 shapes renders with captions (the latent cache builds inside it once)."""

@@ -16,8 +16,12 @@ _JUDGE_HELP = (
 
 @app.command()
 def judge(
-    samples: Path = typer.Argument(..., help="Samples dir (images/ + manifest.jsonl, from `sanatool sample`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output samples dir of the picks (must not exist unless --force)."),
+    samples: Path = typer.Argument(
+        ..., help="Samples dir (images/ + manifest.jsonl, from `sanatool sample`)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output samples dir of the picks (must not exist unless --force)."
+    ),
     judge_spec: str = typer.Option(..., "--judge", "-j", help=_JUDGE_HELP),
     pick: int = typer.Option(1, "--pick", "-k", help="Candidates to keep per prompt (1 ≤ K ≤ candidates)."),
     mode: str = typer.Option(
@@ -25,7 +29,9 @@ def judge(
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per judge call."),
     template: str | None = typer.Option(
-        None, "--template", help='VLM question with {prompt}, e.g. "Does this image show {prompt}? Answer yes or no."'
+        None,
+        "--template",
+        help='VLM question with {prompt}, e.g. "Does this image show {prompt}? Answer yes or no."',
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (model judges)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
@@ -78,7 +84,9 @@ def train_verifier_cmd(
         None, "--samples", help="A samples dir with specs, labelled by the evaluator (repeat for several)."
     ),
     heldout: float = typer.Option(
-        0.2, "--heldout", help="Share of the samples' prompts held out to measure agreement with the evaluator."
+        0.2,
+        "--heldout",
+        help="Share of the samples' prompts held out to measure agreement with the evaluator.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the init (same seed, same verifier)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -109,7 +117,9 @@ def train_verifier_cmd(
         seed=seed,
     )
     with progress_bar() as progress:
-        summary = train_verifier(out, options, device=str(resolve_device(device)), force=force, progress=progress)
+        summary = train_verifier(
+            out, options, device=str(resolve_device(device)), force=force, progress=progress
+        )
     table = Table(title="verifier on held-out data", title_justify="left")
     table.add_column("pairs")
     table.add_column("accuracy", justify="right")

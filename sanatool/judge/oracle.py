@@ -28,7 +28,9 @@ class ShapesOracleJudge(Judge):
         out: list[Judgement] = []
         for image, prompt, spec in zip(images, prompts, specs, strict=True):
             if spec is None:
-                raise InputError(f"the shapes judge needs a spec for prompt {prompt!r}; sample from a prompts .jsonl")
+                raise InputError(
+                    f"the shapes judge needs a spec for prompt {prompt!r}; sample from a prompts .jsonl"
+                )
             verdict = evaluate_image(image, spec)
             out.append(
                 Judgement(

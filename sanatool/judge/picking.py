@@ -81,7 +81,9 @@ def group_by_prompt(records: Sequence[dict[str, Any]]) -> list[PromptGroup]:
         groups.setdefault(key, []).append(record)
     out = []
     for key, rows in groups.items():
-        rows.sort(key=lambda r: (r.get("candidate") if isinstance(r.get("candidate"), int) else 0, r["_line"]))
+        rows.sort(
+            key=lambda r: (r.get("candidate") if isinstance(r.get("candidate"), int) else 0, r["_line"])
+        )
         out.append(PromptGroup(key, rows))
     return out
 

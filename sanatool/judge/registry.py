@@ -99,7 +99,9 @@ def parse_judge_spec(text: str) -> JudgeSpec:
         _check_vlm(path)
     else:
         if not path.is_dir():
-            raise ModelDirError(f"--judge verifier:{path}: no such directory; train one with `sanatool train-verifier`")
+            raise ModelDirError(
+                f"--judge verifier:{path}: no such directory; train one with `sanatool train-verifier`"
+            )
         check_verifier_dir(path)
     return JudgeSpec(kind, path)
 

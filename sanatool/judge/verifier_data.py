@@ -1,13 +1,16 @@
-"""Training data for the learned verifier: (image, caption, yes/no) pairs.
+"""Training data for the learned verifier: (image, caption, yes/no) pairs and dense render labels.
 
 Two sources:
 
-- **Renders** of training captions (evaluation prompts held out by the grammar), blurred and
-  noised like a VAE round-trip, each paired with its own caption (yes) or a *perturbed*
-  caption (no): a wrong colour, a wrong shape, a count off by one, the relation reversed, or
-  two objects' colours swapped. Perturbations edit the caption word by word, so a negative
-  keeps its positive's template and the verifier cannot tell them apart by wording.
-  Every perturbation is chosen so the render cannot satisfy it (the evaluator agrees: tested).
+- **Renders** of training captions (evaluation prompts held out by the grammar), most
+  blurred and noised like a VAE round-trip. Each is paired with its own caption (yes), with
+  *perturbed* captions (no): a wrong colour, a wrong shape, a count off by one, the relation
+  reversed, or two objects' colours swapped, and with another render's caption (labelled by
+  the evaluator). Perturbations edit the caption word by word, so a negative keeps its
+  positive's template and the verifier cannot tell them apart by wording; each is chosen so
+  the render cannot satisfy it (the evaluator agrees: tested). Renders also carry per-cell
+  labels (which object class covers each cell of the verifier's grid, and where each object's
+  centre is), read from the clean render by the shapes detector, to teach the image encoder.
 - **Decoded samples** from a samples dir (``sanatool sample`` on prompts with specs), each
   image with its own prompt and with perturbed prompts, labelled by the rule-based
   evaluator. These teach the verifier what a generator's failures look like.
@@ -25,7 +28,16 @@ import numpy as np
 from sanatool.errors import InputError
 
 PERTURBATIONS = ("color", "shape", "count", "relation", "swap")
-_OPPOSITE_WORD = {"left": "right", "right": "left", "above": "below", "below": "above", "over": "under", "under": "over"}
+#: Perturbations tried first when they apply: they are the hardest to learn and the rarest.
+_PRIORITY = ("relation", "count")
+_OPPOSITE_WORD = {
+    "left": "right",
+    "right": "left",
+    "above": "below",
+    "below": "above",
+    "over": "under",
+    "under": "over",
+}
 _OPPOSITE_KIND = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
 
 
@@ -89,9 +101,7 @@ def perturb(caption: str, spec: dict[str, Any], kind: str, rng: random.Random) -
     if "relation" in spec:
         new_spec["relation"] = dict(spec["relation"])
     if kind == "color":
-        options = [
-            (k, c) for k, obj in enumerate(objects) for c in COLORS if (obj["shape"], c) not in things
-        ]
+        options = [(k, c) for k, obj in enumerate(objects) for c in COLORS if (obj["shape"], c) not in things]
         if not options:
             return None
         k, color = rng.choice(options)
@@ -119,10 +129,8 @@ def perturb(caption: str, spec: dict[str, Any], kind: str, rng: random.Random) -
         words[colors[k] - 1] = NUMBER_WORDS[count]
         objects[k]["count"] = count
     elif kind == "relation":
-        if "relation" not in spec:
-            return None
         hits = [i for i, w in enumerate(words) if w in _OPPOSITE_WORD]
-        if len(hits) != 1:
+        if "relation" not in spec or len(hits) != 1:
             return None
         words[hits[0]] = _OPPOSITE_WORD[words[hits[0]]]
         new_spec["relation"]["kind"] = _OPPOSITE_KIND[spec["relation"]["kind"]]
@@ -147,50 +155,88 @@ def perturb(caption: str, spec: dict[str, Any], kind: str, rng: random.Random) -
     return Caption(_join(words), new_spec, False, kind)
 
 
-def random_negative(caption: str, spec: dict[str, Any], rng: random.Random) -> Caption | None:
-    """A perturbation of a kind drawn uniformly among those that apply to this caption."""
+def hard_negatives(caption: str, spec: dict[str, Any], count: int, rng: random.Random) -> list[Caption]:
+    """Up to ``count`` perturbations of different kinds (relation and count first when they apply)."""
     kinds = list(PERTURBATIONS)
     rng.shuffle(kinds)
+    kinds.sort(key=lambda kind: kind not in _PRIORITY)
+    out: list[Caption] = []
     for kind in kinds:
+        if len(out) == count:
+            break
         made = perturb(caption, spec, kind, rng)
         if made is not None:
-            return made
-    return None
+            out.append(made)
+    return out
 
 
 @dataclass
-class ImagePool:
-    """Images (N × S × S × 3 uint8) and, per image, the captions it can be paired with."""
+class RenderPool:
+    """Renders (N × S × S × 3 uint8), their caption items, and per-cell class labels (N × cells)."""
 
     pixels: np.ndarray
-    captions: list[list[Caption]]
+    items: list[Any]
+    cover: np.ndarray
+    centre: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.items)
 
 
-def render_pool(count: int, size: int, seed: int, degrade_share: float = 0.85) -> tuple[np.ndarray, list[Any]]:
-    """``count`` renders of training captions (``PromptItem``s), most blurred and noised like a decoder output."""
+def cell_labels(image: Any, grid: int, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell labels of a clean render: the class covering each cell's centre, and each object's centre cell."""
+    from sanatool.shapes import detect
+
+    size = image.size[0]
+    cell = size / grid
+    centres = (np.arange(grid) + 0.5) * cell
+    index = {name: i for i, name in enumerate(classes)}
+    cover = np.zeros((grid, grid), dtype=np.int64)
+    centre = np.zeros((grid, grid), dtype=np.int64)
+    for found in detect(image):
+        label = index[f"{found.color} {found.shape}"]
+        x0, y0, x1, y1 = found.bbox
+        cols = (centres >= x0) & (centres <= x1 + 1)
+        rows = (centres >= y0) & (centres <= y1 + 1)
+        cover[np.ix_(rows, cols)] = label
+        cx, cy = found.centroid
+        centre[min(int(cy // cell), grid - 1), min(int(cx // cell), grid - 1)] = label
+    return cover.reshape(-1), centre.reshape(-1)
+
+
+def render_pool(
+    count: int, size: int, grid: int, classes: Sequence[str], seed: int, degrade_share: float = 0.85
+) -> RenderPool:
+    """``count`` renders of training captions with cell labels; most are blurred and noised like a decoder output."""
     from sanatool.shapes import degrade, render_spec, training_captions
 
     rng = np.random.default_rng(seed)
     items = training_captions(count, seed=seed)
     pixels = np.empty((count, size, size, 3), dtype=np.uint8)
+    cover = np.empty((count, grid * grid), dtype=np.int64)
+    centre = np.empty((count, grid * grid), dtype=np.int64)
     for index, item in enumerate(items):
         image = render_spec(item.spec, size=size, seed=seed * 1_000_003 + index)
+        cover[index], centre[index] = cell_labels(image, grid, classes)
         if rng.random() < degrade_share:
-            image = degrade(image, blur=float(rng.uniform(0.0, 1.0)), noise=float(rng.uniform(0.0, 10.0)), seed=index)
+            image = degrade(
+                image, blur=float(rng.uniform(0.0, 1.0)), noise=float(rng.uniform(0.0, 10.0)), seed=index
+            )
         pixels[index] = np.asarray(image, dtype=np.uint8)
-    return pixels, items
+    return RenderPool(pixels, items, cover, centre)
 
 
-def draw_render_pairs(
-    pixels: np.ndarray, items: Sequence[Any], indices: Sequence[int], rng: random.Random
-) -> tuple[np.ndarray, list[Caption]]:
-    """For each render index: its caption (half the time) or a perturbed one."""
-    captions: list[Caption] = []
-    for index in indices:
-        item = items[index]
-        negative = random_negative(item.prompt, item.spec, rng) if rng.random() < 0.5 else None
-        captions.append(negative or Caption(item.prompt, item.spec, True))
-    return pixels[list(indices)], captions
+def render_captions(pool: RenderPool, index: int, hard: int, rng: random.Random) -> list[Caption]:
+    """The captions one render is trained with: its own, ``hard`` perturbations, and another render's caption.
+
+    The other caption is labelled by the evaluator on this render (it may hold by chance).
+    """
+    from sanatool.shapes import evaluate_image
+
+    item = pool.items[index]
+    other = pool.items[rng.randrange(len(pool))]
+    return [
+        Caption(item.prompt, item.spec, True),
+        *hard_negatives(item.prompt, item.spec, hard, rng),
+        Caption(other.prompt, other.spec, evaluate_image(pool.pixels[index], other.spec).correct, "other"),
+    ]

@@ -1,10 +1,15 @@
 """``train-verifier``: train the learned shapes verifier and measure it against the evaluator.
 
-Training pairs come from :mod:`sanatool.judge.verifier_data`: renders with matching and
-perturbed captions, plus, when samples dirs are given, decoded samples labelled by the
-rule-based evaluator. A share of the samples' prompts is held out; the verifier's agreement
-with the evaluator on those held-out generated images is recorded in ``verifier.json``
-(alongside its accuracy on fresh renders, per perturbation kind).
+Each step takes a batch of images (renders and, when samples dirs are given, decoded samples)
+and scores every caption paired with each image (its own, perturbed ones, another image's),
+so the image is encoded once for several captions and the verifier learns from the contrast.
+The loss is the captions' yes/no cross-entropy (positives weighted to balance the negatives)
+plus, on renders, the image encoder's per-cell labels: which class covers each cell, where
+each object's centre is, and how many objects of each class there are.
+
+A share of the samples' prompts is held out; the verifier's agreement with the evaluator on
+those held-out generated images is recorded in ``verifier.json``, with its accuracy on fresh
+renders per perturbation kind.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from sanatool.errors import InputError, RunFailure
 from sanatool.judge.verifier_data import (
     PERTURBATIONS,
     Caption,
-    draw_render_pairs,
+    hard_negatives,
     perturb,
-    random_negative,
+    render_captions,
     render_pool,
 )
 from sanatool.outputs import atomic_output_dir, check_output_path
@@ -46,10 +51,11 @@ class SampleImage:
 class VerifierTraining:
     """The options of one training run (see :func:`train_verifier`)."""
 
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
-    renders: int = 6000
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1.5e-3
+    renders: int = 8000
+    hard_negatives: int = 2
     samples: Sequence[str | os.PathLike] = ()
     heldout: float = 0.2
     sample_share: float = 0.5
@@ -58,9 +64,9 @@ class VerifierTraining:
 
     def validate(self) -> None:
         """Raise :class:`InputError` for impossible options."""
-        for name in ("steps", "batch_size", "renders"):
+        for name in ("steps", "batch_size", "renders", "hard_negatives"):
             value = getattr(self, name)
-            low = 0 if name == "renders" else 1
+            low = 0 if name in ("renders", "hard_negatives") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"--{name.replace('_', '-')} must be an integer ≥ {low}, got {value!r}")
         if not self.lr > 0:
@@ -98,20 +104,21 @@ def load_sample_images(
         groups = load_samples(root)
         usable = [r for g in groups for r in g.records if isinstance(r.get("spec"), dict)]
         if not usable:
-            raise InputError(f"--samples {root}: no manifest line has a spec, so the evaluator cannot label them")
+            raise InputError(
+                f"--samples {root}: no manifest line has a spec, so the evaluator cannot label them"
+            )
         for record in usable:
             with Image.open(root / record["path"]) as image:
                 rgb = image.convert("RGB")
             if rgb.size != (image_size, image_size):
                 rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
-            own = Caption(record["prompt"], record["spec"], evaluate_image(rgb, record["spec"]).correct)
-            captions = [own]
-            for _ in range(2):
-                made = random_negative(record["prompt"], record["spec"], rng)
-                if made is not None:
-                    # On a generated image a "wrong" caption may hold after all: the evaluator decides.
-                    made.label = evaluate_image(rgb, made.spec).correct
-                    captions.append(made)
+            captions = [
+                Caption(record["prompt"], record["spec"], evaluate_image(rgb, record["spec"]).correct)
+            ]
+            for made in hard_negatives(record["prompt"], record["spec"], 2, rng):
+                # On a generated image a "wrong" caption may hold after all: the evaluator decides.
+                made.label = evaluate_image(rgb, made.spec).correct
+                captions.append(made)
             key = f"{record.get('prompt_index', record['prompt'])}:{record['prompt']}"
             out.append(SampleImage(np.asarray(rgb, dtype=np.uint8), captions, key, str(root)))
     return out
@@ -155,6 +162,7 @@ def train_verifier(
         VerifierCodec,
         build_model,
         default_vocabulary,
+        object_classes,
         save_verifier,
         validate_architecture,
         verifier_probabilities,
@@ -163,49 +171,80 @@ def train_verifier(
     opts = options or VerifierTraining()
     opts.validate()
     arch = validate_architecture({**DEFAULT_ARCHITECTURE, **opts.architecture}, "architecture")
-    out_path = check_output_path(out, force, inputs=[str(s) for s in opts.samples])
+    inputs = [str(s) for s in opts.samples]
+    out_path = check_output_path(out, force, inputs=inputs)
     samples = load_sample_images(opts.samples, arch["image_size"], opts.seed) if opts.samples else []
     train_samples = [s for s in samples if not _held_out(s.prompt_key, opts.heldout, opts.seed)]
     test_samples = [s for s in samples if _held_out(s.prompt_key, opts.heldout, opts.seed)]
     if opts.renders == 0 and not train_samples:
-        raise InputError("every sample's prompt fell in the held-out share and --renders is 0; lower --heldout")
+        raise InputError(
+            "every sample's prompt fell in the held-out share and --renders is 0; lower --heldout"
+        )
 
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
-    vocabulary = default_vocabulary()
+    vocabulary, classes = default_vocabulary(), object_classes()
+    grid = arch["image_size"] // arch["patch_size"]
     codec = VerifierCodec(vocabulary, arch["image_size"], arch["max_words"])
-    model = build_model(arch, len(vocabulary)).to(device)
+    model = build_model(arch, len(vocabulary), len(classes)).to(device)
     progress("renders", 0, opts.renders)
-    pixels, items = render_pool(opts.renders, arch["image_size"], opts.seed) if opts.renders else (None, [])
+    pool = render_pool(opts.renders, arch["image_size"], grid, classes, opts.seed) if opts.renders else None
     progress("renders", opts.renders, opts.renders)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=opts.lr, total_steps=opts.steps, pct_start=0.05, anneal_strategy="cos"
     )
-    share = opts.sample_share if train_samples and items else (1.0 if train_samples else 0.0)
+    share = opts.sample_share if pool is not None else 1.0
+    if not train_samples:
+        share = 0.0
     model.train()
     losses: list[float] = []
     for step in range(1, opts.steps + 1):
         from_samples = sum(rng.random() < share for _ in range(opts.batch_size))
-        batch_pixels, captions = [], []
-        if from_samples:
-            for sample in (train_samples[rng.randrange(len(train_samples))] for _ in range(from_samples)):
-                batch_pixels.append(sample.pixels)
-                captions.append(sample.captions[rng.randrange(len(sample.captions))])
-        if opts.batch_size - from_samples:
-            indices = [rng.randrange(len(items)) for _ in range(opts.batch_size - from_samples)]
-            render_pixels, render_captions = draw_render_pairs(pixels, items, indices, rng)
-            batch_pixels += list(render_pixels)
-            captions += render_captions
-        x = torch.from_numpy(np.stack(batch_pixels)).permute(0, 3, 1, 2).float().div(255.0).to(device)
-        words = codec.encode_words([c.text for c in captions]).to(device)
+        renders = [rng.randrange(len(pool)) for _ in range(opts.batch_size - from_samples)] if pool else []
+        picked = [train_samples[rng.randrange(len(train_samples))] for _ in range(from_samples)]
+        arrays = (
+            [pool.pixels[i] for i in renders] + [s.pixels for s in picked]
+            if pool
+            else [s.pixels for s in picked]
+        )
+        captions: list[Caption] = []
+        owner: list[int] = []
+        for slot, index in enumerate(renders):
+            made = render_captions(pool, index, opts.hard_negatives, rng)
+            captions += made
+            owner += [slot] * len(made)
+        for slot, sample in enumerate(picked, start=len(renders)):
+            captions += sample.captions
+            owner += [slot] * len(sample.captions)
+        cover, centre = model.encode_image(codec.pixels(np.stack(arrays)).to(device))
+        rows = torch.tensor(owner, device=device)
+        logits = model.score(
+            (cover[rows], centre[rows]), codec.encode_words([c.text for c in captions]).to(device)
+        )
         target = torch.tensor([float(c.label) for c in captions], device=device)
-        loss = F.binary_cross_entropy_with_logits(model(x, words), target)
+        positives = target.sum().clamp(min=1.0)
+        weight = torch.where(target > 0.5, (len(captions) - positives) / positives, torch.ones_like(target))
+        loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+        if renders:
+            cover_labels = torch.from_numpy(pool.cover[renders]).to(device)
+            centre_labels = torch.from_numpy(pool.centre[renders]).to(device)
+            n = len(renders)
+            counts = F.one_hot(centre_labels, len(classes)).sum(1)[:, 1:].float()
+            loss = (
+                loss
+                + F.cross_entropy(cover[:n].flatten(0, 1), cover_labels.flatten())
+                + F.cross_entropy(centre[:n].flatten(0, 1), centre_labels.flatten())
+                + F.smooth_l1_loss(centre[:n].softmax(-1).sum(1)[:, 1:], counts)
+            )
         if not torch.isfinite(loss):
-            raise RunFailure(f"the verifier's loss became {loss.item()} at step {step}; lower --lr (now {opts.lr})")
+            raise RunFailure(
+                f"the verifier's loss became {loss.item()} at step {step}; lower --lr (now {opts.lr})"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
@@ -221,7 +260,7 @@ def train_verifier(
         "samples": [str(Path(s).resolve()) for s in opts.samples],
         "sample_images": {"train": len(train_samples), "heldout": len(test_samples)},
         "final_loss": round(float(np.mean(losses[-50:])), 4),
-        "heldout": {"renders": render_accuracy(model, codec, arch["image_size"], opts.seed + 1)},
+        "heldout": {"renders": render_accuracy(model, codec, arch, classes, opts.seed + 1)},
     }
     if test_samples:
         from PIL import Image
@@ -235,29 +274,35 @@ def train_verifier(
         "version": FORMAT_VERSION,
         "architecture": arch,
         "vocabulary": vocabulary,
+        "classes": classes,
         "parameters": sum(p.numel() for p in model.parameters()),
         "training": summary,
     }
-    with atomic_output_dir(out_path, force=force, inputs=[str(s) for s in opts.samples]) as tmp:
+    with atomic_output_dir(out_path, force=force, inputs=inputs) as tmp:
         save_verifier(model, config, tmp)
     return summary
 
 
-def render_accuracy(model: Any, codec: Any, image_size: int, seed: int, count: int = 600) -> dict[str, Any]:
+def render_accuracy(
+    model: Any, codec: Any, arch: dict[str, int], classes: Sequence[str], seed: int, count: int = 600
+) -> dict[str, Any]:
     """Accuracy on fresh degraded renders: matching captions (want yes) and each perturbation (want no)."""
     from PIL import Image
 
     from sanatool.judge.verifier import verifier_probabilities
 
-    pixels, items = render_pool(count, image_size, seed + 7919)
-    images = [Image.fromarray(p) for p in pixels]
+    grid = arch["image_size"] // arch["patch_size"]
+    pool = render_pool(count, arch["image_size"], grid, classes, seed + 7919)
+    images = [Image.fromarray(p) for p in pool.pixels]
     rng = random.Random(seed)
-    probs = verifier_probabilities(model, codec, images, [i.prompt for i in items]).tolist()
-    result: dict[str, Any] = {"match": round(sum(p > 0.5 for p in probs) / len(probs), 4)}
+    probs = verifier_probabilities(model, codec, images, [i.prompt for i in pool.items])
+    result: dict[str, Any] = {"match": round(float((probs > 0.5).float().mean()), 4)}
     for kind in PERTURBATIONS:
-        made = [(i, perturb(item.prompt, item.spec, kind, rng)) for i, item in enumerate(items)]
+        made = [(i, perturb(item.prompt, item.spec, kind, rng)) for i, item in enumerate(pool.items)]
         made = [(i, c) for i, c in made if c is not None]
         if made:
-            probs = verifier_probabilities(model, codec, [images[i] for i, _ in made], [c.text for _, c in made])
+            probs = verifier_probabilities(
+                model, codec, [images[i] for i, _ in made], [c.text for _, c in made]
+            )
             result[kind] = round(float((probs < 0.5).float().mean()), 4)
     return result
