@@ -79,7 +79,9 @@ def test_sharded_bf16_output_loads_and_matches_unsharded(cli, tmp_path):
     from diffusers import SanaTransformer2DModel
 
     assert cli("init", "--preset", "tiny", "-o", tmp_path / "one", "--dtype", "bf16").code == 0
-    res = cli("init", "--preset", "tiny", "-o", tmp_path / "many", "--dtype", "bf16", "--max-shard-size", "1MB")
+    res = cli(
+        "init", "--preset", "tiny", "-o", tmp_path / "many", "--dtype", "bf16", "--max-shard-size", "1MB"
+    )
     assert res.code == 0, res.stderr
     tdir = tmp_path / "many" / "transformer"
     index = json.loads((tdir / "diffusion_pytorch_model.safetensors.index.json").read_text())
@@ -230,7 +232,9 @@ def test_output_equal_to_input_is_refused(tmp_path, tiny_pipeline):
 def test_init_bad_preset_dtype_and_shard_size(cli, tmp_path):
     _assert_refused(cli("init", "--preset", "sana9b", "-o", tmp_path / "x"), "unknown preset")
     _assert_refused(cli("init", "--preset", "tiny", "-o", tmp_path / "x", "--dtype", "int3"), "unknown dtype")
-    _assert_refused(cli("init", "--preset", "tiny", "-o", tmp_path / "x", "--max-shard-size", "huge"), "cannot parse size")
+    _assert_refused(
+        cli("init", "--preset", "tiny", "-o", tmp_path / "x", "--max-shard-size", "huge"), "cannot parse size"
+    )
     assert not (tmp_path / "x").exists()
     assert list(tmp_path.iterdir()) == []
 
