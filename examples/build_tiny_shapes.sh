@@ -12,10 +12,11 @@
 # The result is a full SanaPipeline dir in fp16 (about 6 MB). With --install it replaces the
 # copy shipped in the package. Timings are in benchmarks/RESULTS.md.
 #
-# Thread counts are pinned, so the bytes are reproducible on any machine with the same CPU
-# kind and library versions: the VAE's convolutions use two threads; the transformer's small
-# matrices use one (on the shared 2-core build machine one thread ran 2.5x faster than two,
-# which spent their time synchronising).
+# One thread per step, pinned: the bytes are then reproducible on any machine with the same CPU
+# kind and library versions, and these models are too small for a second thread to pay off (on
+# the shared 2-core build machine one thread ran 3-10x faster than two, which spent their time
+# synchronising while other processes held the second core).
+export OMP_NUM_THREADS=1
 set -euo pipefail
 
 WORK="build/tiny-shapes"
@@ -31,10 +32,10 @@ START=$(date +%s)
 
 sanatool data shapes -o "$WORK/data" --n 4000 --seed 0 --force
 
-OMP_NUM_THREADS=2 sanatool train-vae --data "$WORK/data" -o "$WORK/vae" \
+sanatool train-vae --data "$WORK/data" -o "$WORK/vae" \
   --steps 1500 --batch-size 32 --lr 1e-3 --seed 0 --dtype fp16 --force
 
-OMP_NUM_THREADS=1 sanatool train --preset tiny --components "$WORK/vae" --data "$WORK/data" -o "$WORK/tiny-shapes" \
+sanatool train --preset tiny --components "$WORK/vae" --data "$WORK/data" -o "$WORK/tiny-shapes" \
   --steps 1000 --batch-size 64 --optimizer adamw --lr 1e-3 --warmup-steps 50 --lr-schedule cosine \
   --ema 0.999 --caption-dropout 0.1 --precision fp32 --dtype fp16 --seed 0 \
   --cache-dir "$WORK/cache" --save-every 250 --force

@@ -84,7 +84,10 @@ def test_pick_out_of_range_is_refused(pick):
 
 
 def test_parse_judge_specs(tmp_path):
+    from sanatool.judge.registry import load_judge
+
     assert parse_judge_spec("shapes").kind == "shapes"
+    assert parse_judge_spec("shapes").needs_spec and load_judge("shapes").needs_spec
     for bad, message in [
         ("", "empty"),
         ("gpt4", "unknown judge kind"),

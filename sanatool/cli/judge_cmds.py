@@ -8,6 +8,24 @@ import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
 
+
+def _device(name: str) -> str:
+    """Resolve ``--device`` and refuse a CUDA device this machine does not have (exit 2, before any work)."""
+    import torch
+
+    from sanatool.errors import InputError
+    from sanatool.pipeline import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise InputError(
+            f"--device {name}: no such CUDA device ({torch.cuda.device_count()} available); use --device cpu"
+        )
+    return str(device)
+
+
 _JUDGE_HELP = (
     "shapes (the rule-based evaluator: an oracle), clip:PATH (a transformers CLIPModel dir), "
     "vlm:PATH (an image-text-to-text model dir), verifier:PATH (from `sanatool train-verifier`)."
@@ -48,7 +66,6 @@ def judge(
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """
     from sanatool.judge.picking import ORACLE_NOTE, judge_samples_dir
-    from sanatool.pipeline import resolve_device
 
     with progress_bar() as progress:
         result = judge_samples_dir(
@@ -58,7 +75,7 @@ def judge(
             pick=pick,
             mode=mode,
             batch_size=batch_size,
-            device=str(resolve_device(device)),
+            device=_device(device),
             template=template,
             force=force,
             progress=progress,
@@ -76,10 +93,12 @@ def judge(
 @app.command("train-verifier")
 def train_verifier_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output verifier dir (must not exist unless --force)."),
-    steps: int = typer.Option(1500, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Image–caption pairs per step."),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
-    renders: int = typer.Option(6000, "--renders", help="Training renders (0: train on --samples only)."),
+    steps: int = typer.Option(3000, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", "-b", help="Images per step (each with its own, perturbed and another caption)."
+    ),
+    lr: float = typer.Option(1.5e-3, "--lr", help="Peak learning rate (5% warm-up, cosine decay)."),
+    renders: int = typer.Option(8000, "--renders", help="Training renders (0: train on --samples only)."),
     samples: list[Path] | None = typer.Option(
         None, "--samples", help="A samples dir with specs, labelled by the evaluator (repeat for several)."
     ),
@@ -100,12 +119,11 @@ def train_verifier_cmd(
     the rule-based evaluator. Reports accuracy on fresh renders and agreement with the
     evaluator on held-out generated images. Use it with `sanatool judge --judge verifier:OUT`.
 
-    Example: sanatool train-verifier -o verifier --samples samples/ --steps 1500
+    Example: sanatool train-verifier -o verifier --samples samples/
     """
     from rich.table import Table
 
     from sanatool.judge.verifier_train import VerifierTraining, train_verifier
-    from sanatool.pipeline import resolve_device
 
     options = VerifierTraining(
         steps=steps,
@@ -117,9 +135,7 @@ def train_verifier_cmd(
         seed=seed,
     )
     with progress_bar() as progress:
-        summary = train_verifier(
-            out, options, device=str(resolve_device(device)), force=force, progress=progress
-        )
+        summary = train_verifier(out, options, device=_device(device), force=force, progress=progress)
     table = Table(title="verifier on held-out data", title_justify="left")
     table.add_column("pairs")
     table.add_column("accuracy", justify="right")

@@ -218,9 +218,8 @@ def judge_samples_dir(
     if template is not None:
         check_template(template)
     spec = judge if isinstance(judge, (JudgeSpec, Judge)) else parse_judge_spec(judge)
-    needs_spec = spec.needs_spec if isinstance(spec, Judge) else spec.kind == "shapes"
     root = Path(samples_dir)
-    groups = load_samples(root, needs_spec=needs_spec)
+    groups = load_samples(root, needs_spec=spec.needs_spec)
     smallest = min(groups, key=lambda g: len(g.records))
     if pick > len(smallest.records):
         raise InputError(

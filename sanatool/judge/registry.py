@@ -27,6 +27,11 @@ class JudgeSpec:
     kind: str
     path: Path | None = None
 
+    @property
+    def needs_spec(self) -> bool:
+        """Whether this judge checks each prompt's ``spec`` (only the shapes oracle does)."""
+        return self.kind == "shapes"
+
     def __str__(self) -> str:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
 

@@ -215,6 +215,17 @@ def build_model(architecture: dict[str, int], vocab_size: int, num_classes: int)
     return ShapesVerifier(architecture, vocab_size, num_classes)
 
 
+def image_array(image: Any, size: int) -> Any:
+    """A PIL image as a ``size`` × ``size`` × 3 uint8 array (RGB, bilinear resize when needed)."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = image.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 class VerifierCodec:
     """Turns images and captions into the verifier's tensors (resize, scale, tokenise, pad)."""
 
@@ -238,16 +249,6 @@ class VerifierCodec:
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return ids
 
-    def image_array(self, image: Any) -> Any:
-        """One PIL image as an S × S × 3 uint8 array at the verifier's size."""
-        import numpy as np
-        from PIL import Image
-
-        rgb = image.convert("RGB")
-        if rgb.size != (self.image_size, self.image_size):
-            rgb = rgb.resize((self.image_size, self.image_size), Image.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
-
     @staticmethod
     def pixels(arrays: Any) -> Any:
         """B × S × S × 3 uint8 arrays → B × 3 × S × S floats in [0, 1]."""
@@ -260,7 +261,7 @@ class VerifierCodec:
         """Pixels (B × 3 × S × S, floats in [0, 1]) from PIL images, resized to the verifier's size."""
         import numpy as np
 
-        return self.pixels(np.stack([self.image_array(image) for image in images]))
+        return self.pixels(np.stack([image_array(image, self.image_size) for image in images]))
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -365,9 +366,9 @@ class VerifierJudge(Judge):
     def describe(self) -> dict[str, Any]:
         """The judge's kind, label, path and its recorded held-out agreement with the evaluator."""
         info = {**super().describe(), "path": str(self.path)}
-        agreement = self.config.get("training", {}).get("heldout", {}).get("agreement")
-        if agreement is not None:
-            info["heldout_agreement"] = agreement
+        generated = self.config.get("training", {}).get("heldout", {}).get("generated")
+        if generated:
+            info["heldout_agreement"] = generated["agreement"]
         return info
 
     def _judge(

@@ -205,19 +205,29 @@ def cell_labels(image: Any, grid: int, classes: Sequence[str]) -> tuple[np.ndarr
 
 
 def render_pool(
-    count: int, size: int, grid: int, classes: Sequence[str], seed: int, degrade_share: float = 0.85
+    count: int,
+    size: int,
+    grid: int,
+    classes: Sequence[str],
+    seed: int,
+    degrade_share: float = 0.85,
+    labels: bool = True,
 ) -> RenderPool:
-    """``count`` renders of training captions with cell labels; most are blurred and noised like a decoder output."""
+    """``count`` renders of training captions, most blurred and noised like a decoder output.
+
+    With ``labels``, each render's cell labels too (else they are all background).
+    """
     from sanatool.shapes import degrade, render_spec, training_captions
 
     rng = np.random.default_rng(seed)
     items = training_captions(count, seed=seed)
     pixels = np.empty((count, size, size, 3), dtype=np.uint8)
-    cover = np.empty((count, grid * grid), dtype=np.int64)
-    centre = np.empty((count, grid * grid), dtype=np.int64)
+    cover = np.zeros((count, grid * grid), dtype=np.int64)
+    centre = np.zeros((count, grid * grid), dtype=np.int64)
     for index, item in enumerate(items):
         image = render_spec(item.spec, size=size, seed=seed * 1_000_003 + index)
-        cover[index], centre[index] = cell_labels(image, grid, classes)
+        if labels:
+            cover[index], centre[index] = cell_labels(image, grid, classes)
         if rng.random() < degrade_share:
             image = degrade(
                 image, blur=float(rng.uniform(0.0, 1.0)), noise=float(rng.uniform(0.0, 10.0)), seed=index

@@ -14,6 +14,7 @@ renders per perturbation kind.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import zlib
@@ -43,8 +44,7 @@ class SampleImage:
 
     pixels: np.ndarray
     captions: list[Caption]
-    prompt_key: str
-    source: str
+    prompt: str
 
 
 @dataclass
@@ -79,15 +79,15 @@ class VerifierTraining:
             raise InputError("nothing to train on: --renders is 0 and no --samples dir was given")
 
 
-def _held_out(key: str, share: float, seed: int) -> bool:
-    """A stable, seeded split of prompts (the same prompt is always on the same side)."""
-    return (zlib.crc32(f"{seed}:{key}".encode()) % 10_000) < share * 10_000
+def _held_out(prompt: str, share: float, seed: int) -> bool:
+    """A stable, seeded split of prompts (the same prompt is always on the same side, in any dir)."""
+    return (zlib.crc32(f"{seed}:{prompt}".encode()) % 10_000) < share * 10_000
 
 
 def load_sample_images(
-    samples_dirs: Sequence[str | os.PathLike], image_size: int, seed: int
+    samples_dirs: Sequence[str | os.PathLike], image_size: int, seed: int, hard: int = 2
 ) -> list[SampleImage]:
-    """Read samples dirs; label each image's prompt and two perturbations of it with the evaluator.
+    """Read samples dirs; label each image's prompt and ``hard`` perturbations of it with the evaluator.
 
     Lines without a ``spec`` are skipped (the evaluator cannot label them). Raises
     :class:`InputError` for a dir without usable lines or with missing images.
@@ -95,6 +95,7 @@ def load_sample_images(
     from PIL import Image
 
     from sanatool.judge.picking import load_samples
+    from sanatool.judge.verifier import image_array
     from sanatool.shapes import evaluate_image
 
     rng = random.Random(seed)
@@ -109,18 +110,15 @@ def load_sample_images(
             )
         for record in usable:
             with Image.open(root / record["path"]) as image:
-                rgb = image.convert("RGB")
-            if rgb.size != (image_size, image_size):
-                rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+                pixels = image_array(image, image_size)
             captions = [
-                Caption(record["prompt"], record["spec"], evaluate_image(rgb, record["spec"]).correct)
+                Caption(record["prompt"], record["spec"], evaluate_image(pixels, record["spec"]).correct)
             ]
-            for made in hard_negatives(record["prompt"], record["spec"], 2, rng):
+            for made in hard_negatives(record["prompt"], record["spec"], hard, rng):
                 # On a generated image a "wrong" caption may hold after all: the evaluator decides.
-                made.label = evaluate_image(rgb, made.spec).correct
+                made.label = evaluate_image(pixels, made.spec).correct
                 captions.append(made)
-            key = f"{record.get('prompt_index', record['prompt'])}:{record['prompt']}"
-            out.append(SampleImage(np.asarray(rgb, dtype=np.uint8), captions, key, str(root)))
+            out.append(SampleImage(pixels, captions, record["prompt"]))
     return out
 
 
@@ -173,9 +171,13 @@ def train_verifier(
     arch = validate_architecture({**DEFAULT_ARCHITECTURE, **opts.architecture}, "architecture")
     inputs = [str(s) for s in opts.samples]
     out_path = check_output_path(out, force, inputs=inputs)
-    samples = load_sample_images(opts.samples, arch["image_size"], opts.seed) if opts.samples else []
-    train_samples = [s for s in samples if not _held_out(s.prompt_key, opts.heldout, opts.seed)]
-    test_samples = [s for s in samples if _held_out(s.prompt_key, opts.heldout, opts.seed)]
+    samples = (
+        load_sample_images(opts.samples, arch["image_size"], opts.seed, opts.hard_negatives)
+        if opts.samples
+        else []
+    )
+    train_samples = [s for s in samples if not _held_out(s.prompt, opts.heldout, opts.seed)]
+    test_samples = [s for s in samples if _held_out(s.prompt, opts.heldout, opts.seed)]
     if opts.renders == 0 and not train_samples:
         raise InputError(
             "every sample's prompt fell in the held-out share and --renders is 0; lower --heldout"
@@ -192,9 +194,15 @@ def train_verifier(
     progress("renders", opts.renders, opts.renders)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=opts.lr, total_steps=opts.steps, pct_start=0.05, anneal_strategy="cos"
-    )
+    warmup = max(1, round(0.05 * opts.steps))
+
+    def shape(step: int) -> float:
+        """Linear warm-up over the first 5% of steps, then a cosine decay to zero."""
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, opts.steps - warmup)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
     share = opts.sample_share if pool is not None else 1.0
     if not train_samples:
         share = 0.0
@@ -259,6 +267,7 @@ def train_verifier(
         "renders": opts.renders,
         "samples": [str(Path(s).resolve()) for s in opts.samples],
         "sample_images": {"train": len(train_samples), "heldout": len(test_samples)},
+        "initial_loss": round(float(np.mean(losses[:10])), 4),
         "final_loss": round(float(np.mean(losses[-50:])), 4),
         "heldout": {"renders": render_accuracy(model, codec, arch, classes, opts.seed + 1)},
     }
@@ -292,7 +301,7 @@ def render_accuracy(
     from sanatool.judge.verifier import verifier_probabilities
 
     grid = arch["image_size"] // arch["patch_size"]
-    pool = render_pool(count, arch["image_size"], grid, classes, seed + 7919)
+    pool = render_pool(count, arch["image_size"], grid, classes, seed + 7919, labels=False)
     images = [Image.fromarray(p) for p in pool.pixels]
     rng = random.Random(seed)
     probs = verifier_probabilities(model, codec, images, [i.prompt for i in pool.items])

@@ -6,6 +6,8 @@ under ``CACHE_ROOT/<key>/`` as safetensors shards (``latents``, ``embeds``, ``ma
 plus the empty-caption embedding used for caption dropout. The key hashes the encoders' files
 (text encoder, tokenizer, VAE), the data set (captions, image names, sizes, times), the image
 resolution and the prompt-encoding settings, so any change to any of them means a fresh entry.
+Weight files over 256 MB are hashed by 32 evenly spaced MiB (the first holds the safetensors
+header), so keying a 5 GB text encoder takes a fraction of a second.
 
 Text embeddings come from :func:`sanatool.text.encode_prompts`, the function sampling uses, so
 training and sampling see identical conditioning. Trailing padding columns that no caption uses are
@@ -76,7 +78,7 @@ def encoder_hash(pipeline_dir: Path) -> str:
 
 @dataclass
 class EncodeSettings:
-    """How captions and images are encoded; every field is part of the cache key."""
+    """How captions and images are encoded. Fields that change the result are part of the cache key."""
 
     max_sequence_length: int = 300
     complex_human_instruction: list[str] | None = None

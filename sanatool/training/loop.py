@@ -163,7 +163,7 @@ class Trainer:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             pred = self.wrapped(
                 noisy,
-                encoder_hidden_states=embeds.to(device),
+                encoder_hidden_states=embeds.to(device, torch.float32),  # autocast casts down as needed
                 timestep=sigmas * self.time_scale,
                 encoder_attention_mask=mask.to(device),
                 return_dict=False,

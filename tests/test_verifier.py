@@ -1,0 +1,198 @@
+"""The learned shapes verifier: its training data, its model files, ``train-verifier``, and judging with it."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from sanatool.errors import ModelDirError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models train faster on one thread than on two contended ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_perturbed_captions_are_false_for_the_render():
+    from sanatool.judge.verifier_data import PERTURBATIONS, _locate, perturb
+    from sanatool.shapes import evaluate_image, render_spec, training_captions, validate_spec, vocabulary
+
+    words = set(vocabulary())
+    rng = random.Random(0)
+    made = {kind: 0 for kind in PERTURBATIONS}
+    for index, item in enumerate(training_captions(150, seed=3)):
+        image = render_spec(item.spec, size=32, seed=index)
+        assert evaluate_image(image, item.spec).correct
+        for kind in PERTURBATIONS:
+            caption = perturb(item.prompt, item.spec, kind, rng)
+            if caption is None:
+                continue
+            made[kind] += 1
+            assert caption.text != item.prompt and not caption.label and caption.kind == kind
+            assert set(caption.text.replace(",", " ,").split()) <= words
+            assert len(caption.text.split()) == len(item.prompt.split())  # same template, one word edited
+            validate_spec(caption.spec)
+            assert _locate(caption.text.replace(",", " , ").split(), caption.spec) is not None
+            assert not evaluate_image(image, caption.spec).correct, (item.prompt, caption.text)
+    assert all(count >= 10 for count in made.values()), made
+
+
+def test_save_load_roundtrip_and_refusals(tmp_path):
+    import torch
+
+    from sanatool.judge.verifier import (
+        DEFAULT_ARCHITECTURE,
+        FORMAT,
+        FORMAT_VERSION,
+        VerifierCodec,
+        build_model,
+        default_vocabulary,
+        load_verifier,
+        object_classes,
+        save_verifier,
+        verifier_probabilities,
+    )
+    from sanatool.shapes import render_spec
+
+    vocab, classes = default_vocabulary(), object_classes()
+    torch.manual_seed(0)
+    model = build_model(DEFAULT_ARCHITECTURE, len(vocab), len(classes)).eval()
+    config = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": DEFAULT_ARCHITECTURE,
+              "vocabulary": vocab, "classes": classes}  # fmt: skip
+    save_verifier(model, config, tmp_path)
+    loaded, _ = load_verifier(tmp_path)
+    codec = VerifierCodec(vocab, 32, 32)
+    spec = {"objects": [{"shape": "circle", "color": "red"}]}
+    images = [render_spec(spec, 32, 0), render_spec(spec, 64, 1).convert("RGBA")]  # resized and converted
+    captions = ["a red circle", "two zebras, left of a blue square"]  # unknown words map to <unk>
+    assert torch.equal(
+        verifier_probabilities(model, codec, images, captions),
+        verifier_probabilities(loaded, codec, images, captions),
+    )
+    # A config that disagrees with the weights, or is not a verifier config, is refused.
+    bad = dict(config, architecture=dict(DEFAULT_ARCHITECTURE, width=32))
+    (tmp_path / "verifier.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelDirError, match="do not match"):
+        load_verifier(tmp_path)
+    (tmp_path / "verifier.json").write_text(json.dumps(dict(config, format="other")))
+    with pytest.raises(ModelDirError, match="not a sanatool verifier"):
+        load_verifier(tmp_path)
+    (tmp_path / "verifier.json").write_text(
+        json.dumps(dict(config, architecture=dict(DEFAULT_ARCHITECTURE, width=10**9)))
+    )
+    with pytest.raises(ModelDirError, match="architecture.width"):
+        load_verifier(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A samples dir standing in for decoded samples: noisy renders, some of the wrong prompt."""
+    from sanatool.samples import image_relpath, write_manifest
+    from sanatool.shapes import degrade, evaluation_suite, mismatched_spec, render_spec
+
+    root = tmp_path_factory.mktemp("gen") / "samples"
+    (root / "images").mkdir(parents=True)
+    rng, rows = random.Random(0), []
+    suite = evaluation_suite()
+    for p, item in enumerate(suite[::25]):
+        for c in range(2):
+            spec = item.spec if c == 0 else mismatched_spec(item.spec, item.category, rng)
+            degrade(render_spec(spec, 32, p * 2 + c), seed=p).save(root / image_relpath(p, c))
+            rows.append({"prompt": item.prompt, "prompt_index": p, "candidate": c, "path": image_relpath(p, c),
+                         "spec": item.spec, "category": item.category})  # fmt: skip
+    write_manifest(root / "manifest.jsonl", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, generated):
+    """A verifier trained briefly through the real command (renders and the generated samples)."""
+    import sys
+
+    from sanatool.cli import main
+
+    out = tmp_path_factory.mktemp("ver") / "verifier"
+    argv = ["sanatool", "train-verifier", "-o", str(out), "--steps", "60", "--batch-size", "8", "--renders",
+            "300", "--samples", str(generated), "--heldout", "0.5", "--lr", "3e-3", "--json"]  # fmt: skip
+    saved, sys.argv = sys.argv, argv
+    code = 0
+    try:
+        main()
+    except SystemExit as ended:
+        code = ended.code
+    finally:
+        sys.argv = saved
+    assert code in (0, None) and (out / "verifier.json").is_file()
+    return out
+
+
+def test_train_verifier_writes_a_measured_verifier(trained, generated):
+    config = json.loads((trained / "verifier.json").read_text())
+    assert (trained / "model.safetensors").is_file()
+    training = config["training"]
+    assert training["final_loss"] < training["initial_loss"]  # it learns
+    assert set(training["heldout"]["renders"]) == {"match", "color", "shape", "count", "relation", "swap"}
+    heldout = training["heldout"]["generated"]
+    assert training["sample_images"]["heldout"] == heldout["images"] > 0
+    assert training["sample_images"]["train"] + heldout["images"] == 24
+    assert 0.0 <= heldout["agreement"] <= 1.0 and heldout["evaluator_yes_rate"] == pytest.approx(
+        0.5, abs=0.25
+    )
+    assert training["samples"] == [str(generated.resolve())]
+
+
+def test_training_is_reproducible(tmp_path):
+    from sanatool.judge.verifier_train import VerifierTraining, train_verifier
+
+    options = VerifierTraining(steps=3, batch_size=4, renders=20, seed=5)
+    train_verifier(tmp_path / "a", options)
+    train_verifier(tmp_path / "b", options)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_judge_with_the_verifier(cli, trained, generated, tmp_path):
+    out = tmp_path / "picks"
+    res = cli("judge", generated, "-o", out, "--judge", f"verifier:{trained}", "--json")
+    assert res.code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["judge"]["kind"] == "verifier" and summary["judge"]["oracle"] is False
+    assert "heldout_agreement" in summary["judge"] and "oracle" not in res.stderr
+    scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 24 and all(
+        0.0 <= r["p_yes"] <= 1.0 and r["answer"] in ("yes", "no") for r in scores
+    )
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 12
+
+
+def test_train_verifier_bad_input(cli, generated, tmp_path):
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    out = tmp_path / "v"
+    cases = [
+        (["--steps", "0"], "--steps"),
+        (["--lr", "0"], "--lr"),
+        (["--batch-size", "-1"], "--batch-size"),
+        (["--heldout", "1.0"], "--heldout"),
+        (["--renders", "0"], "nothing to train on"),
+        (["--samples", str(tmp_path / "none")], "does not exist"),
+        (["--device", "cuda:99"], "cuda"),
+    ]
+    for args, message in cases:
+        res = cli("train-verifier", "-o", out, *args)
+        assert res.code == 2, (args, res.stderr)
+        assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+        assert not out.exists()
+    res = cli("train-verifier", "-o", existing, "--steps", "1")
+    assert res.code == 2 and "already exists" in res.stderr
+    res = cli("train-verifier", "-o", generated / "v", "--samples", generated)
+    assert res.code == 2 and "overlaps the input" in res.stderr
