@@ -38,6 +38,13 @@ def check_output_path(out: str | os.PathLike, force: bool, inputs: Sequence[str 
     return out_path
 
 
+def give_usual_mode(path: Path) -> None:
+    """Give a path made by ``mkstemp``/``mkdtemp`` (private: 0600/0700) the usual mode under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -56,6 +63,7 @@ def atomic_output_dir(
     """
     out_path = check_output_path(out, force, inputs)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    give_usual_mode(tmp)
     try:
         yield tmp
     except BaseException:
@@ -80,10 +88,7 @@ def atomic_output_file(
     fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
     os.close(fd)
     tmp = Path(name)
-    # mkstemp makes files private (0600); an output should get the usual mode under the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    give_usual_mode(tmp)
     try:
         yield tmp
     except BaseException:

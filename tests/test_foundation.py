@@ -229,6 +229,23 @@ def test_output_equal_to_input_is_refused(tmp_path, tiny_pipeline):
         check_output_path(Path(tiny_pipeline) / "sub", force=True, inputs=[tiny_pipeline])
 
 
+def test_outputs_get_the_usual_mode_under_the_umask(tmp_path):
+    import os
+
+    from sanatool.outputs import atomic_output_dir, atomic_output_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+        with atomic_output_file(tmp_path / "f") as tmp:
+            tmp.write_text("f")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
 def test_init_bad_preset_dtype_and_shard_size(cli, tmp_path):
     _assert_refused(cli("init", "--preset", "sana9b", "-o", tmp_path / "x"), "unknown preset")
     _assert_refused(cli("init", "--preset", "tiny", "-o", tmp_path / "x", "--dtype", "int3"), "unknown dtype")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.outputs import give_usual_mode
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.training.data import ImageDataset, load_pixels
 
@@ -260,6 +261,7 @@ def build_cache(
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_root))
+        give_usual_mode(tmp)
     except OSError as err:
         raise InputError(
             f"cannot create the latent cache in {cache_root} ({err.strerror or err}); pass --cache-dir DIR"
