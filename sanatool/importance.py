@@ -182,13 +182,13 @@ def compute_importance(
     import torch
 
     from sanatool.checkpoint import ModelDir, open_model_dir
+    from sanatool.distributed import setup_distributed
     from sanatool.pipeline import load_pipeline, resolve_device, resolve_instruction
     from sanatool.sampling import (
         PromptEncoder,
         check_settings,
         check_size,
         denoise,
-        dist_context,
         image_seed,
         initial_latents,
         make_scheduler,
@@ -203,14 +203,14 @@ def compute_importance(
     items, source_name = _prompt_set(model, prompts, num_prompts, prompts_source)
     height, width = check_size(model, size)
     target = resolve_device(device)
-    dist = dist_context(target)
+    dist = setup_distributed(target)
     pipe = load_pipeline(model, target, dtype, command="importance")
     chosen = resolve_instruction(model, instruction)
     transformer = pipe.transformer
     depth = len(transformer.transformer_blocks)
     timesteps = [float(t) for t in make_scheduler(pipe, sampler, steps).timesteps]
     encoder = PromptEncoder(pipe, chosen, target)
-    mine = rank_prompt_indices(len(items), dist.rank, dist.world)
+    mine = rank_prompt_indices(len(items), dist.rank, dist.world_size)
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     passes = 1 + (depth if metric == "ablation" else 0)
     total = len(batches) * passes

@@ -367,50 +367,6 @@ def diffusers_kwargs(record: dict[str, Any]) -> dict[str, Any]:
 # Distributed: ranks split the prompts; only barriers are needed because journals are files.
 
 
-@dataclass
-class DistContext:
-    """This process's rank and the world size (1 outside ``torchrun``)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait for every rank (a no-op in a single process)."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def all_reduce_sum(self, tensor: Any) -> Any:
-        """Sum a tensor over ranks in place (a no-op in a single process); returns it."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-
-def dist_context(device: Any) -> DistContext:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if torch.device(device).type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group(backend="nccl")
-        else:
-            dist.init_process_group(backend="gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size())
-
-
 def rank_prompt_indices(num_prompts: int, rank: int, world: int) -> list[int]:
     """The prompts one rank handles: round-robin, so ranks get equal work ± one prompt."""
     return list(range(rank, num_prompts, world))
@@ -722,6 +678,7 @@ def sample_to_dir(
     ``torchrun`` every rank calls this; rank 0 writes the manifest and the grid.
     """
     from sanatool.checkpoint import ModelDir, open_model_dir
+    from sanatool.distributed import setup_distributed
     from sanatool.pipeline import dtype_name, load_pipeline, resolve_device, resolve_instruction
 
     items = [item if isinstance(item, PromptItem) else PromptItem(str(item)) for item in prompts]
@@ -736,7 +693,7 @@ def sample_to_dir(
     height, width = check_size(model, size)
     out_path = check_samples_output(Path(out).expanduser(), force, resume, [model.path])
     target = resolve_device(device)
-    dist = dist_context(target)
+    dist = setup_distributed(target)
     pipe = load_pipeline(model, target, dtype, command="sample")
     make_scheduler(pipe, sampler, steps)  # refuses a sampler this pipeline cannot run, before any output
     chosen = resolve_instruction(model, instruction)
@@ -756,7 +713,7 @@ def sample_to_dir(
     if dist.is_main:
         prepare_partial(out_path, reused, resume)
     dist.barrier()
-    mine = set(rank_prompt_indices(len(items), dist.rank, dist.world))
+    mine = set(rank_prompt_indices(len(items), dist.rank, dist.world_size))
     todo = [job for job in jobs if job.prompt_index in mine and job.key not in reused]
     partial = partial_dir(out_path)
     try:

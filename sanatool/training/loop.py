@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sanatool.training.distributed import DistContext
+from sanatool.distributed import DistContext
 from sanatool.training.options import TrainOptions
 
 

@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.checkpoint import ModelDir, open_model_dir
+from sanatool.distributed import DistContext, setup_distributed
 from sanatool.errors import InputError, RunFailure
 from sanatool.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.training.cache import DEFAULT_CACHE_NAME, EncodeSettings, build_cache, content_hash, open_cache
 from sanatool.training.data import ImageDataset, load_dataset
 from sanatool.training.distributed import (
-    DistContext,
     full_optimizer_state,
     full_state_dict,
     load_optimizer_state,
-    setup_distributed,
     wrap_model,
 )
 from sanatool.training.logs import LOSS_CURVE, LOSS_LOG, append_log, plot_loss, read_log
