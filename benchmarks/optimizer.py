@@ -8,12 +8,13 @@ Four measurements, each printed as a markdown table (ratios against a baseline o
    (2240 × 2240) fitting a regression with heavy-tailed inputs, next to the official scheme
    (min-max uint8 per chunk of 2048 rows, first moment only), re-implemented here;
 3. step time on CPU: ``optimizer.step()`` on the tiny preset and on one real block, plus a full
-   training step on the tiny preset, against torch AdamW (foreach); bitsandbytes' CPU quantizer speed;
+   training step on the tiny preset, against torch AdamW (foreach); the 8-bit (de)quantizers' speed;
 4. convergence: the same short training of a small SanaTransformer2DModel (teacher-student
    regression on random data) with each optimizer, over several seeds, next to a rounding-only
    control that shows the noise floor; curves to ``--plot``.
 
 Run: python benchmarks/optimizer.py [--fidelity-steps 150] [--train-steps 300] [--seeds 3] [--threads 1]
+     [--only memory|fidelity|speed|convergence ...]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 from sanatool.optim import CAME, OPTIMIZER_NAMES, CAME8bit, build_optimizer, estimate_state_bytes
 from sanatool.optim import optimizer_state_bytes as measured_state_bytes
-from sanatool.optim.blockwise import BLOCK_SIZE, dequantize, quantize
+from sanatool.optim.blockwise import BLOCK_SIZE, dequantize, dynamic_code, quantize
 from sanatool.optim.layout import StateLayout, state_layout
 from sanatool.optim.update import Fp32Moments, Workspace
 from sanatool.presets import preset_config
@@ -103,10 +104,12 @@ class OfficialMinMaxMoments(Fp32Moments):
             parts.append(codes.float() * st["exp_avg_scale"][i] + st["exp_avg_min"][i])
         return torch.cat(parts).view(1, -1)[:, lo:hi]
 
-    def store(self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor) -> None:
+    def store(
+        self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
+    ) -> None:
         st = states[0]
         if st["exp_avg"].dtype != torch.uint8:
-            return super().store(states, lo, hi, values)
+            return super().store(states, lo, hi, values, ws)
         rows = st["exp_avg"].shape[0]
         full = values.reshape(rows, -1)
         for i, r0 in enumerate(range(0, rows, OFFICIAL_ROWS)):
@@ -331,7 +334,7 @@ def _train_steps(names: tuple[str, ...], batch: int) -> dict[str, Any]:
 
 
 def bench_speed(rounds: int) -> None:
-    """Step time on CPU against torch AdamW (foreach), and bitsandbytes' CPU quantizer speed."""
+    """Step time on CPU against torch AdamW (foreach), and the speed of the 8-bit (de)quantizers."""
     print(
         f"### Step time on CPU ({torch.get_num_threads()} thread(s); CPU time, median of interleaved rounds)\n"
     )
@@ -356,28 +359,38 @@ def bench_speed(rounds: int) -> None:
         rows.append([what, *(f"{res[n] * 1e3:.1f} ms ({res[n] / res['adamw']:.2f}×)" for n in names)])
     table(["workload", *names], rows)
 
-    # bitsandbytes' CPU quantizer (the signed dynamic map, blocks of 256): its speed, and the share of
-    # a CAME8bit block step spent inside it (timed by wrapping the calls CAME8bit makes).
+    # The 8-bit (de)quantizers (signed dynamic map, blocks of 256): bitsandbytes' CPU kernels, the
+    # torch CPU quantizer CAME8bit uses (same codes), and the share of a CAME8bit block step spent in
+    # them (timed by wrapping the calls CAME8bit makes).
+    import bitsandbytes.functional as bnbf
+
     values = torch.randn(1 << 22) * 1e-3
-    quant = _median_interleaved({"q": lambda: quantize(values)}, 5)["q"]
+    code = dynamic_code(values.device)
     codes, absmax = quantize(values)
-    dequant = _median_interleaved({"d": lambda: dequantize(codes, absmax)}, 5)["d"]
+    per_value = _median_interleaved(
+        {
+            "bitsandbytes quantize_blockwise": lambda: bnbf.quantize_blockwise(
+                values, code=code, blocksize=BLOCK_SIZE
+            ),
+            "sanatool CPU quantizer (bit-identical codes)": lambda: quantize(values),
+            "bitsandbytes dequantize_blockwise": lambda: dequantize(codes, absmax),
+        },
+        5,
+    )
     inside, total = _bnb_share(block_shapes)
     table(
-        ["bitsandbytes on CPU, blocksize 256", "ns / value"],
-        [
-            ["quantize_blockwise", f"{quant / values.numel() * 1e9:.2f}"],
-            ["dequantize_blockwise", f"{dequant / values.numel() * 1e9:.2f}"],
-        ],
+        ["fp32 on CPU, blocksize 256", "ns / value"],
+        [[name, f"{t / values.numel() * 1e9:.2f}"] for name, t in per_value.items()],
     )
     print(
         f"A CAME8bit step on the block: {total * 1e3:.0f} ms CPU, of which {inside * 1e3:.0f} ms "
-        f"({inside / total:.0%}) inside bitsandbytes (1 quantize + 2 dequantize per 8-bit value).\n"
+        f"({inside / total:.0%}) in quantizing and dequantizing (1 quantize + 2 dequantize per 8-bit value "
+        "of a tensor in several chunks, 1 + 1 of one in a single chunk).\n"
     )
 
 
 def _bnb_share(shapes: list[tuple[int, ...]]) -> tuple[float, float]:
-    """CPU time of one CAME8bit step over ``shapes`` and the part spent in bitsandbytes calls."""
+    """CPU time of one CAME8bit step over ``shapes`` and the part spent quantizing and dequantizing."""
     import sanatool.optim.came8bit as came8bit_module
 
     spent = [0.0]
@@ -551,7 +564,7 @@ def bench_convergence(steps: int, seeds: int, plot: Path) -> None:
 
 
 def main() -> None:
-    """Run all four benchmarks and print their tables."""
+    """Run the four benchmarks (or those named by ``--only``) and print their tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fidelity-steps", type=int, default=150, help="steps per gradient regime")
     parser.add_argument("--train-steps", type=int, default=300)
@@ -562,13 +575,24 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)"
     )
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("optimizer_convergence.png"))
+    parser.add_argument(
+        "--only",
+        choices=("memory", "fidelity", "speed", "convergence"),
+        action="append",
+        help="run only this benchmark (repeatable; default: all four)",
+    )
     args = parser.parse_args()
+    only = set(args.only or ("memory", "fidelity", "speed", "convergence"))
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    bench_memory()
-    bench_fidelity(args.fidelity_steps, args.seed)
-    bench_speed(args.rounds)
-    bench_convergence(args.train_steps, args.seeds, args.plot)
+    if "memory" in only:
+        bench_memory()
+    if "fidelity" in only:
+        bench_fidelity(args.fidelity_steps, args.seed)
+    if "speed" in only:
+        bench_speed(args.rounds)
+    if "convergence" in only:
+        bench_convergence(args.train_steps, args.seeds, args.plot)
     print(f"total {time.perf_counter() - start:.0f} s wall, {time.process_time():.0f} s CPU")
 
 

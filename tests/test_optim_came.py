@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sanatool.optim import CAME, CAME8bit
+from sanatool.optim import CAME, CAME8bit, blockwise
 from sanatool.optim.blockwise import BLOCK_SIZE, dequantize, quantize
 from sanatool.optim.came8bit import Blockwise8bitMoments
 from sanatool.optim.update import Workspace
@@ -161,7 +161,7 @@ def test_chunked_8bit_store_equals_whole_tensor_quantization():
     store = Blockwise8bitMoments()
     for r0 in range(0, rows, 32):
         r1 = min(r0 + 32, rows)
-        store.store([state], r0 * cols, r1 * cols, values[r0 * cols : r1 * cols].view(1, -1))
+        store.store([state], r0 * cols, r1 * cols, values[r0 * cols : r1 * cols].view(1, -1), Workspace())
     codes, absmax = quantize(values)
     assert torch.equal(state["exp_avg"].view(-1), codes) and torch.equal(state["exp_avg_absmax"], absmax)
     back = store.load([state], 0, rows * cols, Workspace()).view(-1)
@@ -169,6 +169,74 @@ def test_chunked_8bit_store_equals_whole_tensor_quantization():
     # The dynamic map's coarsest step (near ±absmax) is 0.9/64: errors stay within half of it.
     padded = torch.nn.functional.pad((back - values).abs(), (0, absmax.numel() * BLOCK_SIZE - values.numel()))
     assert (padded.view(-1, BLOCK_SIZE).amax(dim=1) <= 0.0071 * absmax).all()
+
+
+def _bnb_quantize(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import bitsandbytes.functional as bnbf
+
+    code = bnbf.create_dynamic_map(signed=True)
+    codes, state = bnbf.quantize_blockwise(values.reshape(-1), code=code, blocksize=BLOCK_SIZE)
+    return codes, state.absmax
+
+
+def _assert_same_as_bnb(values: torch.Tensor) -> None:
+    codes, absmax = quantize(values)
+    ref_codes, ref_absmax = _bnb_quantize(values)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(absmax.view(torch.int32), ref_absmax.view(torch.int32))  # ±0 and NaN as bits
+
+
+def _led_by_one(values: torch.Tensor) -> torch.Tensor:
+    """Blocks of 255 values each led by 1.0: absmax 1, so the values are quantized as they are."""
+    per = BLOCK_SIZE - 1
+    padded = torch.nn.functional.pad(values, (0, -values.numel() % per))
+    return torch.cat([torch.ones(padded.numel() // per, 1), padded.view(-1, per)], dim=1).view(-1)
+
+
+def test_cpu_quantizer_is_bit_identical_to_bitsandbytes():
+    """The torch CPU path (not bitsandbytes' slow CPU kernel) writes bitsandbytes' codes and absmax."""
+    assert blockwise.cpu_quantizer() is not None  # the fast path is in use with this bitsandbytes
+    probes = blockwise.quantizer_probes()  # bin edges, codes, code midpoints (ties), NaN, ±inf, ...
+    _assert_same_as_bnb(_led_by_one(probes[0]))
+    for values in probes:
+        _assert_same_as_bnb(values)
+    # A strided sample of all fp32 values in [-1, 1] (every 2^31 of them was checked once, offline).
+    bits = torch.arange(0, 0x3F800001, 4099, dtype=torch.int32)
+    sample = bits.view(torch.float32)
+    _assert_same_as_bnb(_led_by_one(torch.cat([sample, -sample])))
+    torch.manual_seed(11)
+    generator = torch.Generator().manual_seed(11)
+    heavy = torch.distributions.StudentT(1.5).sample((40 * BLOCK_SIZE + 13,)) * 1e-4
+    outliers = torch.randn(64, BLOCK_SIZE, generator=generator) * 1e-3
+    outliers[torch.rand(outliers.shape, generator=generator) < 0.01] *= 1e3
+    ties = torch.randn(32, 1, generator=generator).abs() * (blockwise.dynamic_code(torch.device("cpu")) / 2)
+    for values in (heavy, outliers, ties, torch.randn(1000, generator=generator) * 1e-8):
+        _assert_same_as_bnb(values)
+
+
+def test_came8bit_state_is_the_same_with_bitsandbytes_quantizer(monkeypatch):
+    """End to end: CAME8bit steps with the CPU fast path and with bitsandbytes' own quantizer agree bit
+    for bit (stacked tensors, chunked tensors, a partial last block)."""
+    shapes = [(64, 64), (64, 64), (300, 70), (5000,)]
+
+    def run() -> tuple[list[torch.Tensor], list[dict]]:
+        torch.manual_seed(9)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+        opt = CAME8bit(params, lr=1e-2, weight_decay=0.1, chunk_size=8192)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape) * torch.logspace(-4, 0, p.numel()).view(p.shape)
+            opt.step()
+        return [p.detach().clone() for p in params], [opt.state[p] for p in params]
+
+    fast_params, fast_state = run()
+    monkeypatch.setattr(blockwise, "cpu_quantizer", lambda: None)
+    bnb_params, bnb_state = run()
+    for a, b in zip(fast_params, bnb_params, strict=True):
+        assert torch.equal(a, b)
+    for sa, sb in zip(fast_state, bnb_state, strict=True):
+        assert sa["exp_avg"].dtype == torch.uint8
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_chunked_8bit_update_matches_one_chunk():

@@ -8,8 +8,8 @@ Row/column statistics, 1-D second moments and small tensors stay fp32.
 Chunks of the update are whole rows holding whole quantization blocks, so a chunk's moment is
 dequantized, updated in fp32 and quantized again exactly as if the whole tensor were. The update
 applied to the weights uses the fp32 new moment; only later steps see its 8-bit copy. A step
-dequantizes a factored tensor's moment twice (once for the instability statistics, once to update
-it) and quantizes it once.
+dequantizes a factored tensor's moment twice when it spans several chunks (once for the instability
+statistics, once to update it), once when it fits in one, and quantizes it once.
 """
 
 from __future__ import annotations
@@ -53,15 +53,19 @@ class Blockwise8bitMoments(Fp32Moments):
             absmax = torch.stack([s["exp_avg_absmax"] for s in states])
         return dequantize(codes, absmax).view(len(states), hi - lo)
 
-    def store(self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor) -> None:
+    def store(
+        self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
+    ) -> None:
         """Quantize updated values back into the states' codes and absmax."""
         if states[0]["exp_avg"].dtype != torch.uint8:
-            return super().store(states, lo, hi, values)
+            return super().store(states, lo, hi, values, ws)
         b0, b1 = lo // BLOCK_SIZE, -(-hi // BLOCK_SIZE)
         if len(states) == 1:
-            quantize_into(values, states[0]["exp_avg"].view(-1)[lo:hi], states[0]["exp_avg_absmax"][b0:b1])
+            quantize_into(
+                values, states[0]["exp_avg"].view(-1)[lo:hi], states[0]["exp_avg_absmax"][b0:b1], ws
+            )
             return
-        codes, absmax = quantize(values)
+        codes, absmax = quantize(values, ws)
         scatter([s["exp_avg"] for s in states], codes)
         scatter([s["exp_avg_absmax"] for s in states], absmax)
 

@@ -9,8 +9,8 @@ that may keep it in 8 bits.
 The factored update needs three statistics of the whole tensor (the second-moment factors, the
 RMS of the update, the instability factors of the *new* moment) before it can apply anything, so
 it takes four passes over the chunks: the new moment is computed in pass 3 for its statistics only
-and again, identically, in pass 4, where it is stored and applied in fp32. The unfactored update
-takes two passes.
+and again, identically, in pass 4, where it is stored and applied in fp32 (a stack or a tensor in one
+chunk keeps pass 3's moment and difference instead). The unfactored update takes two passes.
 """
 
 from __future__ import annotations
@@ -93,11 +93,14 @@ def scatter(tensors: list[torch.Tensor], stacked: torch.Tensor) -> None:
 
 class MomentStore(Protocol):
     """Where the first moment lives: ``load`` gives fp32 values ``[lo, hi)`` (flat, row-major) of
-    each state as ``[B, hi - lo]``; ``store`` writes back what ``load`` returned, after an update."""
+    each state as ``[B, hi - lo]``; ``store`` writes back what ``load`` returned, after an update
+    (``values`` must stay intact: the update applies it after the store; ``ws`` lends scratch)."""
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor: ...
 
-    def store(self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor) -> None: ...
+    def store(
+        self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
+    ) -> None: ...
 
 
 class Fp32Moments:
@@ -107,7 +110,9 @@ class Fp32Moments:
         """Values ``[lo, hi)`` of each state's ``exp_avg``, as [B, hi - lo]."""
         return gather([s["exp_avg"] for s in states], (-1,), ws, "moment")[:, lo:hi]
 
-    def store(self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor) -> None:
+    def store(
+        self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
+    ) -> None:
         """Copy a stack back (a stack always spans whole tensors); nothing to do for a view."""
         scatter([s["exp_avg"] for s in states], values)
 
@@ -182,9 +187,14 @@ def factored_update(
     # Pass 3: the instability of the new moment, (U − m_new)² = β₁²(U − m_old)² (m_new = β₁m + (1−β₁)U).
     res_row_mean = torch.empty(batch, rows, **f32)
     res_col_sum = torch.zeros(batch, cols, **f32)
+    # One chunk: m_old and e are kept for pass 4 (e squared into other scratch), which then neither
+    # loads (dequantizes, gathers) the moment again nor recomputes e.
     for r0, r1 in spans:
         m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
-        res = diff_of(m_old, r0, r1).square_()
+        diff = diff_of(m_old, r0, r1)
+        res = (
+            torch.mul(diff, diff, out=ws.take("tmp2", tuple(diff.shape), diff)) if single else diff.square_()
+        )
         torch.mean(res, dim=2, out=res_row_mean[:, r0:r1])
         res_col_sum.add_(res.sum(dim=1))
     res_row = gather([s["exp_avg_res_row"] for s in states], (rows,))
@@ -205,9 +215,11 @@ def factored_update(
     # Pass 4: m_new = m_old − (1−β₁)(m_old − U), stored; W -= lr·wd·W; W -= lr · m_new / √S with
     # the fp32 m_new (an 8-bit store only ever affects later steps, as in the reference rule).
     for r0, r1 in spans:
-        m = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
-        m.add_(diff_of(m, r0, r1), alpha=hp.beta1 - 1.0)
-        moments.store(states, r0 * cols, r1 * cols, m)
+        if not single:
+            m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
+            diff = diff_of(m_old, r0, r1)
+        m = m_old.add_(diff, alpha=hp.beta1 - 1.0)
+        moments.store(states, r0 * cols, r1 * cols, m, ws)
         update = torch.mul(m, rr_factor[:, r0:r1], out=ws.take("tmp", tuple(m.shape), m))
         _apply(p[:, r0:r1], update, rc_factor, hp, ws)
 
@@ -248,5 +260,5 @@ def unfactored_update(
         u = (u if single else update_of(lo, hi)).div_(denom)
         m = moments.load(states, lo, hi, ws)
         m.mul_(hp.beta1).add_(u, alpha=1.0 - hp.beta1)
-        moments.store(states, lo, hi, m)
+        moments.store(states, lo, hi, m, ws)
         _apply(p[:, lo:hi], m, None, hp, ws)
