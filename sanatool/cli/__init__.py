@@ -17,6 +17,7 @@ from sanatool.cli import train_cmds  # noqa: E402,F401  isort: skip
 from sanatool.cli import surgery_cmds  # noqa: E402,F401  isort: skip
 from sanatool.cli import shapes_cmds  # noqa: E402,F401  isort: skip
 from sanatool.cli import sample_cmds  # noqa: E402,F401  isort: skip
+from sanatool.cli import demo_cmds  # noqa: E402,F401  isort: skip
 
 
 def _version(value: bool) -> None:
