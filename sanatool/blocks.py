@@ -20,12 +20,14 @@ import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sanatool.checkpoint import block_suffix
 from sanatool.errors import InputError, ModelDirError
-from sanatool.safetensors_io import DTYPE_BYTES, FileSlice, TensorEntry, TensorInfo
+from sanatool.safetensors_io import DTYPE_BYTES, FileSlice, TensorEntry, TensorInfo, Zeros
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BLOCK_PREFIX = "transformer_blocks"
 
@@ -53,7 +55,9 @@ NEW_WEIGHT_STD = 0.02
 # Random tensors are drawn in chunks of this many values (4 MB of float32: cache-friendly, small).
 _CHUNK = 1 << 20
 
-_FLOAT_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
+# numpy dtype names; bf16 bits are made by hand. numpy itself is imported only to make new
+# tensors, so `prune` (which only copies bytes) starts without paying for it.
+_FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": None}
 
 
 def block_key(index: int, suffix: str) -> str:
@@ -201,14 +205,15 @@ def _require_float(tensor: BlockTensor) -> None:
 
 
 def _buffer(tensor: BlockTensor) -> np.ndarray:
-    np_dtype = _FLOAT_DTYPES[tensor.dtype]
-    return np.empty(
-        tensor.numel, dtype=np.uint16 if np_dtype is None else np.dtype(np_dtype).newbyteorder("<")
-    )
+    import numpy as np
+
+    return np.empty(tensor.numel, dtype=_FLOAT_DTYPES[tensor.dtype] or "<u2")
 
 
 def _to_bf16_bits(values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """float32 → bfloat16 bit patterns, rounding to nearest even as torch does; works in place."""
+    import numpy as np
+
     bits = values.view(np.uint32)
     np.right_shift(bits, 16, out=scratch)
     scratch &= 1
@@ -227,6 +232,8 @@ def generate(tensor: BlockTensor, rule: InitRule, seed_key: Sequence[int]) -> me
     xavier-uniform init, and about 4× cheaper to make than normals, which matters at 55M values
     per SANA-1.6B block. They are made in cache-sized chunks so memory stays at the output tensor.
     """
+    import numpy as np
+
     _require_float(tensor)
     if rule.kind == "zeros":
         return memoryview(bytes(tensor.nbytes))
@@ -260,13 +267,16 @@ def seed_key(seed: int, block: int, suffix: str) -> tuple[int, int, int]:
 
 
 def new_tensor_entry(out_block: int, tensor: BlockTensor, rule: InitRule, seed: int) -> TensorEntry:
-    """A lazily generated tensor of output block ``out_block``."""
+    """A lazily generated tensor of output block ``out_block`` (zeros are never generated: see :class:`Zeros`)."""
+    name = block_key(out_block, tensor.suffix)
+    if rule.kind == "zeros":
+        return TensorEntry(name, tensor.dtype, tensor.shape, Zeros())
     key = seed_key(seed, out_block, tensor.suffix)
 
     def produce() -> memoryview:
         return generate(tensor, rule, key)
 
-    return TensorEntry(block_key(out_block, tensor.suffix), tensor.dtype, tensor.shape, produce)
+    return TensorEntry(name, tensor.dtype, tensor.shape, produce)
 
 
 def _zeroed_gates(info: TensorInfo) -> Callable[[], bytes]:
@@ -298,7 +308,7 @@ def copied_block_entries(
         suffix = _suffix(info)
         name = block_key(out_block, suffix)
         if zero_outputs and suffix in OUTPUT_PROJECTIONS:
-            entries.append(TensorEntry(name, info.dtype, info.shape, lambda n=info.nbytes: bytes(n)))
+            entries.append(TensorEntry(name, info.dtype, info.shape, Zeros()))
         elif zero_outputs and suffix == SCALE_SHIFT_TABLE and len(info.shape) == 2 and info.shape[0] == 6:
             entries.append(TensorEntry(name, info.dtype, info.shape, _zeroed_gates(info)))
         else:

@@ -149,14 +149,19 @@ class FileSlice:
     length: int
 
 
+@dataclass(frozen=True)
+class Zeros:
+    """A tensor of zero bytes: never written, left as a hole in the new file (which reads as zeros)."""
+
+
 @dataclass
 class TensorEntry:
-    """One tensor to write: its bytes come from a :class:`FileSlice` or a callable returning bytes."""
+    """One tensor to write: its bytes come from a :class:`FileSlice`, :class:`Zeros`, or a callable returning bytes."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    source: FileSlice | Callable[[], bytes | memoryview]
+    source: FileSlice | Zeros | Callable[[], bytes | memoryview]
 
     @property
     def nbytes(self) -> int:
@@ -188,6 +193,30 @@ def shard_file_names(basename: str, count: int) -> list[str]:
     return [f"{basename}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
+#: Copied runs are cut at this size so generated tensors can be written between them.
+COPY_RUN_BYTES = 128 * 1024 * 1024
+
+#: The page size copies are placed by (see :func:`_data_start_in_page`).
+PAGE_BYTES = 4096
+
+
+def _data_start_in_page(entries: Sequence[TensorEntry]) -> int:
+    """Where in a page the data section should start: the first copied tensor keeps its in-page offset.
+
+    With source and output bytes at the same offset within their pages, ``copy_file_range`` moves
+    whole pages (and shares extents outright on file systems that reflink) instead of splitting
+    every page in two. With nothing copied, or an offset that would break safetensors' 8-byte
+    alignment, the data section starts on a page boundary.
+    """
+    offset = 0
+    for entry in entries:
+        if isinstance(entry.source, FileSlice):
+            wanted = (entry.source.start - offset) % PAGE_BYTES
+            return wanted if wanted % 8 == 0 else 0
+        offset += entry.nbytes
+    return 0
+
+
 def _encode_header(entries: Sequence[TensorEntry], metadata: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
@@ -199,75 +228,145 @@ def _encode_header(entries: Sequence[TensorEntry], metadata: dict[str, str]) -> 
         }
         offset += entry.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    # Pad with spaces so the data starts 8-byte aligned, as safetensors itself does.
-    raw += b" " * (-(len(raw)) % 8)
+    # The format allows trailing spaces in the header (safetensors pads to 8 bytes with them); up
+    # to a page of them places the data section where copies run fastest.
+    raw += b" " * ((_data_start_in_page(entries) - 8 - len(raw)) % PAGE_BYTES)
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _copy_range(src_fd: int, dst_fd: int, start: int, length: int) -> None:
-    remaining, offset = length, start
+def write_order(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
+    """The order to write entries in: copied runs in their order, generated tensors spread between them.
+
+    Copied tensors are grouped into runs of consecutive source bytes (up to ``COPY_RUN_BYTES``;
+    the writer merges each run into one ``copy_file_range``), and after each run come the
+    generated tensors that keep generated and copied bytes advancing in proportion, so a producer
+    on another thread makes the next new tensor while the kernel copies, instead of all new
+    tensors being made after the copies. Only the order of writing changes: each tensor is written
+    at its own offset, so the file's layout (and the alignment of its copies) stays as planned.
+    """
+    runs: list[list[TensorEntry]] = []
+    run_bytes = 0
+    generated: list[TensorEntry] = []
+    zeros: list[TensorEntry] = []
+    for entry in entries:
+        if isinstance(entry.source, Zeros):
+            zeros.append(entry)  # nothing to write, so nothing to spread
+        elif not isinstance(entry.source, FileSlice):
+            generated.append(entry)
+        elif runs and run_bytes < COPY_RUN_BYTES and _continues(runs[-1][-1], entry):
+            runs[-1].append(entry)
+            run_bytes += entry.nbytes
+        else:
+            runs.append([entry])
+            run_bytes = entry.nbytes
+    copy_total = sum(e.nbytes for run in runs for e in run) or 1
+    gen_total = sum(e.nbytes for e in generated) or 1
+    order: list[TensorEntry] = []
+    copied = made = taken = 0
+    for run in runs:
+        order += run
+        copied += sum(e.nbytes for e in run)
+        while taken < len(generated) and made / gen_total < copied / copy_total:
+            order.append(generated[taken])
+            made += generated[taken].nbytes
+            taken += 1
+    return order + generated[taken:] + zeros
+
+
+def _continues(previous: TensorEntry, entry: TensorEntry) -> bool:
+    """Whether ``entry``'s bytes follow ``previous``'s in the same source file."""
+    a, b = previous.source, entry.source
+    return (
+        isinstance(a, FileSlice)
+        and isinstance(b, FileSlice)
+        and a.file == b.file
+        and b.start == a.start + a.length
+    )
+
+
+def _copy_range(src_fd: int, dst_fd: int, start: int, length: int, dst_offset: int) -> None:
+    remaining, offset, target = length, start, dst_offset
     try:
         while remaining:
-            copied = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset)
+            copied = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset, target)
             if copied == 0:
                 raise ModelDirError("source file ended early while copying tensor bytes")
             remaining -= copied
             offset += copied
+            target += copied
     except (AttributeError, OSError):
         # copy_file_range is Linux-only and refused across some file systems: fall back to a buffer.
         while remaining:
             chunk = os.pread(src_fd, min(remaining, _COPY_CHUNK), offset)
             if not chunk:
                 raise ModelDirError("source file ended early while copying tensor bytes") from None
-            os.write(dst_fd, chunk)
+            _pwrite_all(dst_fd, chunk, target)
             remaining -= len(chunk)
             offset += len(chunk)
+            target += len(chunk)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _write_shard(
-    path: Path, entries: Sequence[TensorEntry], metadata: dict[str, str], on_tensor: Callable[[int], None]
+    path: Path, entries: Sequence[TensorEntry], metadata: dict[str, str], on_bytes: Callable[[int], None]
 ) -> None:
+    """Write one shard: the header, then every tensor at its offset, in :func:`write_order`."""
+    header = _encode_header(entries, metadata)
+    offsets: dict[str, int] = {}
+    position = len(header)
+    for entry in entries:
+        offsets[entry.name] = position
+        position += entry.nbytes
+    order = write_order(entries)
     fds: dict[Path, int] = {}
-    with open(path, "wb") as out:
-        out.write(_encode_header(entries, metadata))
-        out.flush()
-        dst_fd = out.fileno()
-        try:
-            index = 0
-            while index < len(entries):
-                entry = entries[index]
-                if isinstance(entry.source, FileSlice):
-                    # Merge runs of slices that are contiguous in one source file into one copy.
-                    src = entry.source
-                    start, length = src.start, src.length
-                    index += 1
-                    while index < len(entries):
-                        nxt = entries[index].source
-                        if not (
-                            isinstance(nxt, FileSlice)
-                            and nxt.file == src.file
-                            and nxt.start == start + length
-                        ):
-                            break
-                        length += nxt.length
-                        index += 1
-                    if src.file not in fds:
-                        fds[src.file] = os.open(src.file, os.O_RDONLY)
-                    _copy_range(fds[src.file], dst_fd, start, length)
-                    on_tensor(index)
-                    continue
-                data = entry.source()
-                if len(data) != entry.nbytes:
-                    raise ValueError(
-                        f"tensor {entry.name}: produced {len(data)} bytes, expected {entry.nbytes}"
-                    )
-                out.write(data)
-                out.flush()
+    dst_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _pwrite_all(dst_fd, header, 0)
+        index = 0
+        while index < len(order):
+            entry = order[index]
+            if isinstance(entry.source, FileSlice):
+                # Merge runs that are contiguous both in one source file and in the output into one copy.
+                src = entry.source
+                start, length = src.start, src.length
                 index += 1
-                on_tensor(index)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+                while index < len(order):
+                    nxt = order[index]
+                    if not (
+                        _continues(order[index - 1], nxt)
+                        and offsets[nxt.name] == offsets[entry.name] + length
+                    ):
+                        break
+                    length += nxt.nbytes
+                    index += 1
+                if src.file not in fds:
+                    fds[src.file] = os.open(src.file, os.O_RDONLY)
+                _copy_range(fds[src.file], dst_fd, start, length, offsets[entry.name])
+                on_bytes(length)
+                continue
+            index += 1
+            if isinstance(entry.source, Zeros):
+                # A fresh file reads as zeros wherever nothing was written: skip the bytes entirely
+                # (a new block's output projections are a third of it), the final size is set below.
+                on_bytes(entry.nbytes)
+                continue
+            data = entry.source()
+            if len(data) != entry.nbytes:
+                raise ValueError(f"tensor {entry.name}: produced {len(data)} bytes, expected {entry.nbytes}")
+            _pwrite_all(dst_fd, data, offsets[entry.name])
+            on_bytes(entry.nbytes)
+        os.ftruncate(dst_fd, position)
+    finally:
+        os.close(dst_fd)
+        for fd in fds.values():
+            os.close(fd)
 
 
 def write_sharded(
@@ -281,7 +380,7 @@ def write_sharded(
     """Write entries as safetensors shards (with a ``.index.json`` when more than one) into ``out_dir``.
 
     Tensor bytes are streamed: file slices are copied with ``copy_file_range``, generated
-    tensors are written as they are produced. Returns the shard paths.
+    tensors are written as they are produced (in :func:`write_order`). Returns the shard paths.
     """
     names = [entry.name for entry in entries]
     if len(set(names)) != len(names):
@@ -291,16 +390,15 @@ def write_sharded(
     total_bytes = sum(entry.nbytes for entry in entries)
     written = 0
     progress(task, 0, total_bytes)
+
+    def on_bytes(count: int) -> None:
+        nonlocal written
+        written += count
+        progress(task, written, total_bytes)
+
     paths = []
     for shard, file_name in zip(shards, files, strict=True):
-        sizes = [entry.nbytes for entry in shard]
-        base = written
-
-        def on_tensor(done: int, base: int = base, sizes: list[int] = sizes) -> None:
-            progress(task, base + sum(sizes[:done]), total_bytes)
-
-        _write_shard(out_dir / file_name, shard, {"format": "pt"}, on_tensor)
-        written += sum(sizes)
+        _write_shard(out_dir / file_name, shard, {"format": "pt"}, on_bytes)
         paths.append(out_dir / file_name)
     if len(shards) > 1:
         weight_map = {

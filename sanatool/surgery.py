@@ -174,9 +174,6 @@ def non_block_entries(model: ModelDir) -> list[TensorEntry]:
     return [TensorEntry.copy_of(info) for info in infos]
 
 
-#: Copied runs are cut at this size so generated tensors can be written between them.
-COPY_RUN_BYTES = 128 * 1024 * 1024
-
 #: Bytes of generated tensors that may be made ahead of the writer, per worker thread.
 PREFETCH_BYTES_PER_WORKER = 64 * 1024 * 1024
 
@@ -235,8 +232,8 @@ class Prefetcher:
 
 
 def _prefetched(entries: Sequence[TensorEntry]) -> tuple[list[TensorEntry], Prefetcher]:
-    """Entries whose generated sources come from a :class:`Prefetcher` (file slices unchanged)."""
-    generated = [k for k, entry in enumerate(entries) if not isinstance(entry.source, FileSlice)]
+    """Entries whose generated sources come from a :class:`Prefetcher` (file slices and zeros unchanged)."""
+    generated = [k for k, entry in enumerate(entries) if callable(entry.source)]
     workers = prefetch_workers()
     prefetcher = Prefetcher(
         [entries[k].source for k in generated],
@@ -251,52 +248,6 @@ def _prefetched(entries: Sequence[TensorEntry]) -> tuple[list[TensorEntry], Pref
             entry.name, entry.dtype, entry.shape, functools.partial(prefetcher.take, position)
         )
     return wrapped, prefetcher
-
-
-def write_order(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
-    """The order to write entries in: copied runs in their order, generated tensors spread between them.
-
-    Copied tensors are grouped into runs of consecutive source bytes (up to ``COPY_RUN_BYTES``;
-    the writer merges each run into one ``copy_file_range``), and after each run come the
-    generated tensors that keep generated and copied bytes advancing in proportion. The prefetch
-    worker then makes the next new tensor while the kernel copies, instead of all new blocks being
-    made after the copies. Tensor order inside a safetensors file carries no meaning; names do.
-    """
-    runs: list[list[TensorEntry]] = []
-    run_bytes = 0
-    generated: list[TensorEntry] = []
-    for entry in entries:
-        if not isinstance(entry.source, FileSlice):
-            generated.append(entry)
-        elif runs and run_bytes < COPY_RUN_BYTES and _continues(runs[-1][-1], entry):
-            runs[-1].append(entry)
-            run_bytes += entry.nbytes
-        else:
-            runs.append([entry])
-            run_bytes = entry.nbytes
-    copy_total = sum(e.nbytes for run in runs for e in run) or 1
-    gen_total = sum(e.nbytes for e in generated) or 1
-    order: list[TensorEntry] = []
-    copied = made = taken = 0
-    for run in runs:
-        order += run
-        copied += sum(e.nbytes for e in run)
-        while taken < len(generated) and made / gen_total < copied / copy_total:
-            order.append(generated[taken])
-            made += generated[taken].nbytes
-            taken += 1
-    return order + generated[taken:]
-
-
-def _continues(previous: TensorEntry, entry: TensorEntry) -> bool:
-    """Whether ``entry``'s bytes follow ``previous``'s in the same source file."""
-    a, b = previous.source, entry.source
-    return (
-        isinstance(a, FileSlice)
-        and isinstance(b, FileSlice)
-        and a.file == b.file
-        and b.start == a.start + a.length
-    )
 
 
 def run_plan(
@@ -315,7 +266,7 @@ def run_plan(
     def report(task: str, done: int, total: int | None = None, **info: object) -> None:
         progress(plan.command, done, total, **info)
 
-    entries, prefetcher = _prefetched(write_order(plan.entries))
+    entries, prefetcher = _prefetched(plan.entries)
     with atomic_output_dir(plan.out, force, inputs=[model.path]) as tmp:
         carry_components(model, tmp)
         transformer_out = model.transformer_out(tmp)

@@ -360,13 +360,12 @@ def test_generated_bf16_matches_torch_rounding_and_bounds():
 
 
 def test_write_order_interleaves_without_losing_or_reordering_copies(tiny_transformer, monkeypatch):
-    from sanatool import surgery
+    from sanatool import safetensors_io
     from sanatool.grow import plan_grow
-    from sanatool.safetensors_io import FileSlice
-    from sanatool.surgery import write_order
+    from sanatool.safetensors_io import FileSlice, write_order
 
     monkeypatch.setattr(
-        surgery, "COPY_RUN_BYTES", 1_000_000
+        safetensors_io, "COPY_RUN_BYTES", 1_000_000
     )  # the tiny model is 9 MB; real runs cut at 128 MB
     plan = plan_grow(tiny_transformer, tiny_transformer.parent / "unused", 12)
     order = write_order(plan.entries)

@@ -191,3 +191,61 @@ def test_prune_refuses_existing_output_and_output_overlapping_input(cli, tiny_tr
     assert res.code == 2 and "overlaps the input" in res.stderr
     assert cli("prune", tiny_transformer, "--keep-blocks", "0-3", "-o", out, "--force").code == 0
     assert open_model_dir(out).transformer.num_layers == 4
+
+
+def _data_start(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return 8 + int.from_bytes(handle.read(8), "little")
+
+
+def test_written_headers_place_copies_at_their_source_page_offset(tiny_transformer, tmp_path):
+    """A generated file's data starts on a page; a copy keeps its source's in-page offsets; both read back exactly."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sanatool.prune import prune_model
+    from sanatool.safetensors_io import PAGE_BYTES, TensorEntry, Zeros, read_header, write_sharded
+
+    generated = [
+        TensorEntry("a", "F32", (3, 5), lambda: torch.arange(15, dtype=torch.float32).numpy().tobytes()),
+        TensorEntry(
+            "b", "BF16", (7,), lambda: torch.ones(7, dtype=torch.bfloat16).view(torch.int16).numpy().tobytes()
+        ),
+        TensorEntry("c", "F16", (4, 3), Zeros()),  # last: a hole the file must still cover
+    ]
+    (tmp_path / "gen").mkdir()
+    [gen] = write_sharded(tmp_path / "gen", generated, 10**9)
+    assert _data_start(gen) % PAGE_BYTES == 0
+    with safe_open(gen, "pt") as f:
+        assert torch.equal(f.get_tensor("a"), torch.arange(15, dtype=torch.float32).reshape(3, 5))
+        assert torch.equal(f.get_tensor("b"), torch.ones(7, dtype=torch.bfloat16))
+        assert torch.equal(f.get_tensor("c"), torch.zeros(4, 3, dtype=torch.float16))
+
+    # A source written by safetensors itself (data only 8-byte aligned), copied by prune.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_bytes((tiny_transformer / "config.json").read_bytes())
+    with safe_open(tiny_transformer / "diffusion_pytorch_model.safetensors", "pt") as f:
+        state = {name: f.get_tensor(name) for name in list(f.keys())}
+    save_file(state, src / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    assert _data_start(src / "diffusion_pytorch_model.safetensors") % PAGE_BYTES != 0
+    out = prune_model(src, tmp_path / "pruned", keep_blocks="0,2-3")
+    weights = out / "diffusion_pytorch_model.safetensors"
+    source, _ = read_header(src / "diffusion_pytorch_model.safetensors")
+    written, _ = read_header(weights)
+    first = min(written.values(), key=lambda info: info.start)
+    assert first.start % PAGE_BYTES == source[first.name].start % PAGE_BYTES
+    assert _data_start(weights) % 8 == 0
+    kept = [0, 2, 3]
+    with safe_open(weights, "pt") as f:
+        names = list(f.keys())
+        assert len(names) == len([n for n in state if not n.startswith("transformer_blocks.")]) + sum(
+            n.startswith(tuple(f"transformer_blocks.{i}." for i in kept)) for n in state
+        )
+        for name in names:
+            parts = name.split(".", 2)
+            origin = (
+                f"{parts[0]}.{kept[int(parts[1])]}.{parts[2]}" if parts[0] == "transformer_blocks" else name
+            )
+            assert torch.equal(f.get_tensor(name), state[origin]), name
