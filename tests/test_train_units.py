@@ -108,3 +108,21 @@ def test_activation_budget_is_measured_and_checkpointing_shrinks_it():
     light = activation_bytes(config, 4, 8, 16, torch.float32, checkpointing=True)
     assert 1.9 < double / full < 2.1  # linear in the batch
     assert light < full / 2
+
+
+def test_default_lr_follows_the_command_and_optimizer():
+    from sanatool.training.options import TrainOptions, validate_options
+
+    def filled(**kwargs):
+        opts = TrainOptions(data=None, out=None, steps=10, **kwargs)
+        validate_options(opts, dry_run=True)
+        return opts.lr
+
+    # CAME's uncorrected confidence statistic makes its early steps ~10x AdamW's: a smaller default.
+    assert filled(source="m", optimizer="came8bit") == 1e-5
+    assert filled(source="m", optimizer="came") == 1e-5
+    assert filled(source="m", optimizer="adamw") == 1e-4
+    assert filled(preset="tiny", optimizer="came8bit") == 5e-4
+    assert filled(source="m", optimizer="came8bit", lr=3e-4) == 3e-4
+    with pytest.raises(InputError, match="--lr must be positive"):
+        filled(source="m", lr=0.0)

@@ -16,7 +16,11 @@ _DATA = typer.Option(
 )
 _OUT = typer.Option(None, "--out", "-o", help="Output pipeline dir (must not exist unless --force).")
 _STEPS = typer.Option(100, "--steps", help="Optimizer steps to train.")
-_LR = typer.Option(1e-4, "--lr", help="Peak learning rate.")
+_LR = typer.Option(
+    None,
+    "--lr",
+    help="Peak learning rate (default: 1e-5 with came/came8bit, whose early steps are ~10x AdamW's; 1e-4 otherwise).",
+)
 _WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="Decoupled weight decay.")
 _BATCH = typer.Option(4, "--batch-size", "-b", help="Images per process per micro-step.")
 _ACCUM = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step (gradient accumulation).")
@@ -114,7 +118,7 @@ def finetune(
     out: Path = _OUT,
     steps: int = _STEPS,
     optimizer: str = typer.Option("came8bit", "--optimizer", help="came8bit, came, adamw, adamw8bit."),
-    lr: float = _LR,
+    lr: float | None = _LR,
     weight_decay: float = _WEIGHT_DECAY,
     batch_size: int = _BATCH,
     grad_accum: int = _ACCUM,
@@ -177,7 +181,7 @@ def train(
     out: Path = _OUT,
     steps: int = _STEPS,
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw8bit, came, came8bit."),
-    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 5e-4)."),
     weight_decay: float = _WEIGHT_DECAY,
     batch_size: int = _BATCH,
     grad_accum: int = _ACCUM,
