@@ -63,3 +63,17 @@ def tiny_transformer(tmp_path_factory):
     config = preset_config("tiny")
     write_transformer_dir(out, config, random_init_entries(config, "fp32", 0), 10**9)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models' matrices gain nothing from threads, and lose a lot (up to 5×) when the cores are shared.
+
+    Modules of tiny forward and training passes take it with ``pytestmark``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

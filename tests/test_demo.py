@@ -20,15 +20,7 @@ TINY = DemoSettings(
 ROWS = ["full", "pruned", "pruned + fine-tuned", "+ best-of-2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's matrices are too small for two threads to pay off (on a busy CPU they cost 5×)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
