@@ -42,7 +42,7 @@ class DemoSettings:
     guidance: float = 4.5
     batch_size: int = 64
     finetune_batch: int = 16
-    lr: float = 1e-4
+    lr: float | None = None  # None: `finetune`'s default for CAME-8bit (sanatool.training.options.default_lr)
     warmup_steps: int = 10
 
     @classmethod
