@@ -105,9 +105,14 @@ def resolve_device(device: str | Any = "auto") -> Any:
             raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
-        return torch.device(name)
+        target = torch.device(name)
     except RuntimeError as err:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
+        raise InputError(
+            f"--device {device}: no such CUDA device ({torch.cuda.device_count()} available); use --device cpu"
+        )
+    return target
 
 
 def resolve_dtype(dtype: str | Any, device: Any) -> Any:

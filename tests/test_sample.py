@@ -281,6 +281,7 @@ def test_ranks_split_prompts_and_rank_zero_merges_one_manifest(pipe, tiny_pipeli
         (["--batch-size", "0"], "--batch-size"),
         (["--sampler", "ddim"], "sampler"),
         (["--size", "30", "30"], "multiples of 4"),
+        (["--device", "cuda:99"], "no such CUDA device"),
     ],
 )
 def test_sample_bad_settings(cli, tiny_pipeline, tmp_path, args, message):

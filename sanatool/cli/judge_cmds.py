@@ -8,24 +8,6 @@ import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
 
-
-def _device(name: str) -> str:
-    """Resolve ``--device`` and refuse a CUDA device this machine does not have (exit 2, before any work)."""
-    import torch
-
-    from sanatool.errors import InputError
-    from sanatool.pipeline import resolve_device
-
-    device = resolve_device(name)
-    if device.type == "cuda" and (
-        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
-    ):
-        raise InputError(
-            f"--device {name}: no such CUDA device ({torch.cuda.device_count()} available); use --device cpu"
-        )
-    return str(device)
-
-
 _JUDGE_HELP = (
     "shapes (the rule-based evaluator: an oracle), clip:PATH (a transformers CLIPModel dir), "
     "vlm:PATH (an image-text-to-text model dir), verifier:PATH (from `sanatool train-verifier`)."
@@ -66,6 +48,7 @@ def judge(
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """
     from sanatool.judge.picking import ORACLE_NOTE, judge_samples_dir
+    from sanatool.pipeline import resolve_device
 
     with progress_bar() as progress:
         result = judge_samples_dir(
@@ -75,7 +58,7 @@ def judge(
             pick=pick,
             mode=mode,
             batch_size=batch_size,
-            device=_device(device),
+            device=str(resolve_device(device)),
             template=template,
             force=force,
             progress=progress,
@@ -124,6 +107,7 @@ def train_verifier_cmd(
     from rich.table import Table
 
     from sanatool.judge.verifier_train import VerifierTraining, train_verifier
+    from sanatool.pipeline import resolve_device
 
     options = VerifierTraining(
         steps=steps,
@@ -135,7 +119,9 @@ def train_verifier_cmd(
         seed=seed,
     )
     with progress_bar() as progress:
-        summary = train_verifier(out, options, device=_device(device), force=force, progress=progress)
+        summary = train_verifier(
+            out, options, device=str(resolve_device(device)), force=force, progress=progress
+        )
     table = Table(title="verifier on held-out data", title_justify="left")
     table.add_column("pairs")
     table.add_column("accuracy", justify="right")
