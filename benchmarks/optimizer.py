@@ -404,7 +404,7 @@ def _bnb_share(shapes: list[tuple[int, ...]]) -> tuple[float, float]:
 
         return wrapper
 
-    names = ("quantize", "quantize_into", "dequantize")
+    names = ("quantize_rows", "dequantize_rows")
     originals = {name: getattr(came8bit_module, name) for name in names}
     fns = _optimizer_steps(shapes, ("came8bit",))
     try:

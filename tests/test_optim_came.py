@@ -287,6 +287,76 @@ def test_state_dict_round_trip_resumes_bit_for_bit(cls):
         assert torch.equal(a, b)
 
 
+# Stacks: 8-bit tensors whose size is no multiple of the block size (each row quantized on its own,
+# the last block partial), large fp32 ones (updated in place per parameter), small 1-D ones and a bf16
+# stack (updated through a copy).
+_STACKED_SHAPES = [(40, 1, 3, 3)] * 3 + [(64, 64)] * 2 + [(128,)] * 3 + [(24, 16)] * 2
+
+
+def _stacked_params(seed: int) -> list[torch.nn.Parameter]:
+    torch.manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in _STACKED_SHAPES]
+    return params[:-2] + [torch.nn.Parameter(p.detach().bfloat16()) for p in params[-2:]]
+
+
+def _stacked_grads(params: list[torch.nn.Parameter], steps: int, seed: int) -> list[list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(p.shape, generator=gen) * (1 + t % 3) for p in params] for t in range(steps)]
+
+
+def test_stacked_8bit_rows_with_partial_blocks(monkeypatch):
+    """Stacked tensors are linked into one tensor per state key and updated together: the same
+    parameters as one optimizer per tensor, and the same state bit for bit with either quantizer."""
+
+    def run(one_by_one: bool) -> tuple[list[torch.Tensor], list[dict]]:
+        params = _stacked_params(12)
+        opts = [CAME8bit([p], lr=1e-2, weight_decay=0.1, min_8bit_size=300) for p in params]
+        if not one_by_one:
+            opts = [CAME8bit(params, lr=1e-2, weight_decay=0.1, min_8bit_size=300)]
+        for grads in _stacked_grads(params, 4, seed=13):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.to(p.dtype)
+            for opt in opts:
+                opt.step()
+        states = [o.state[p] for p in params for o in opts if p in o.state]
+        return [p.detach().float() for p in params], states
+
+    fast_params, fast_state = run(one_by_one=False)
+    assert fast_state[0]["exp_avg"].dtype == torch.uint8 and fast_state[0]["exp_avg"]._base is not None
+    alone_params, _ = run(one_by_one=True)
+    for a, b in zip(fast_params, alone_params, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=2e-6)
+    monkeypatch.setattr(blockwise, "cpu_quantizer", lambda: None)
+    bnb_params, bnb_state = run(one_by_one=False)
+    for a, b in zip(fast_params, bnb_params, strict=True):
+        assert torch.equal(a, b)
+    for sa, sb in zip(fast_state, bnb_state, strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("cls", [CAME, CAME8bit])
+def test_stacked_state_dict_round_trip_resumes_bit_for_bit(cls):
+    """A loaded state holds its own tensors; the next step links them into stacks again, values kept."""
+    run = _stacked_params(14)
+    grads = _stacked_grads(run, 6, seed=15)
+    opt = cls(run, lr=1e-2, weight_decay=0.01)
+    _run(run, opt, grads[:3])
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in run]}, buf)
+    _run(run, opt, grads[3:])
+
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    resumed = [torch.nn.Parameter(w) for w in saved["params"]]
+    opt2 = cls(resumed, lr=1.0)
+    opt2.load_state_dict(saved["opt"])
+    _run(resumed, opt2, grads[3:])
+    for a, b in zip(run, resumed, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(run, resumed, strict=True):
+        assert all(torch.equal(opt.state[a][k], opt2.state[b][k]) for k in opt.state[a])
+
+
 def test_bad_hyperparameters_are_refused():
     p = [torch.nn.Parameter(torch.randn(4, 4))]
     bad = [

@@ -3,7 +3,8 @@
 A tensor is split (flattened, row-major) into blocks of :data:`BLOCK_SIZE` values; each block keeps
 one fp32 absmax and one uint8 code per value, indexing bitsandbytes' signed dynamic map (a
 sign bit, a unary exponent, a linear fraction: fine steps near zero, coarse near ±1). That costs
-``1 + 4 / 256`` bytes per value.
+``1 + 4 / 256`` bytes per value. A stack of tensors is quantized row by row: each row's blocks
+start with it, so its codes and absmax are those of the tensor quantized alone.
 
 Quantizing fp32 on CPU does not call bitsandbytes at every step, and why: bitsandbytes 0.50's CPU
 kernel (``quantize_cpu`` in ``libbitsandbytes_cpu``) is built so that it calls ``std::fabs``,
@@ -16,7 +17,7 @@ kernel's rule is not nearest-value but a table over 65536 bins of [−1, 1]: bin
 table read out of bitsandbytes' own quantizer, and :func:`cpu_quantizer` checks it against
 bitsandbytes before first use: the codes and absmax are bit for bit what bitsandbytes writes, and
 if that check fails (another bitsandbytes version, another rule) every call goes to bitsandbytes.
-CUDA tensors always go to bitsandbytes.
+CUDA tensors always go to bitsandbytes, and dequantizing always does (its CPU kernel is fast).
 
 bitsandbytes is imported on first use, so importing :mod:`sanatool.optim` stays light.
 """
@@ -27,7 +28,7 @@ import functools
 
 import torch
 
-from sanatool.optim.update import Workspace
+from sanatool.optim.update import Workspace, scalar
 
 #: Values per quantization block (one fp32 absmax each).
 BLOCK_SIZE = 256
@@ -55,19 +56,29 @@ def dynamic_code(device: torch.device) -> torch.Tensor:
     return code
 
 
-def _bin_index(scaled: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """bitsandbytes' bin of each finite normalized fp32 value, into int32 ``out`` (``scaled`` is
-    overwritten).
+def _fine_index(scaled: torch.Tensor) -> torch.Tensor:
+    """The half-bin ``j = trunc(fl(fl(y + 1) · 65535))`` of each normalized fp32 value ``y`` (finite,
+    within 1.5e-5 of [-1, 1]), as int32 written over ``scaled`` itself; bitsandbytes' bin is
+    ``(j + 1) >> 1``.
 
     bitsandbytes computes ``65535 · ((clamp(y, −1, 1) + 1) / 2) + 0.5`` in one fused multiply-add;
     rounding the product to fp32 before adding 0.5 gives the same bin for every fp32 ``y`` in
-    [-1, 1] (checked for all 2³¹ of them), and the halving is exact, so this is
-    ``(y + 1) · 32767.5 + 0.5``. The clamp is left out: ``|x · (1 / absmax)| <= 1`` in fp32 (up to
+    [-1, 1], and the halving is exact, so the bin is ``trunc(fl(u + 0.5))`` with
+    ``u = fl(fl(y + 1) · 32767.5)``. Below 2¹⁶ that is ``floor(u + 0.5)``, and since scaling by 2
+    is exact, ``2u = fl(fl(y + 1) · 65535)``, so the bin is ``floor((floor(2u) + 1) / 2)``: one
+    pass fewer, the halving folded into the table. Both equalities were checked for all 2³¹ fp32
+    values in [-1, 1]. The clamp is left out: ``|x · (1 / absmax)| <= 1`` in fp32 (up to
     1 + 3e-7 when 1 / absmax is subnormal, absmax >= 2^126), and anything within 1.5e-5 of ±1 is
     in an end bin anyway.
     """
-    scaled.add_(1.0).mul_(_HALF_SPAN).add_(0.5)
-    return out.copy_(scaled)  # float to int32 truncates, as C's cast does
+    scaled.add_(scalar(1.0)).mul_(scalar(2 * _HALF_SPAN))
+    # float to int32 truncates, as C's cast does; element by element in place, so no int32 buffer.
+    return scaled.view(torch.int32).copy_(scaled)
+
+
+def _bins(values: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' bin of each normalized fp32 value (int32; for checks, not the hot path)."""
+    return (_fine_index(values.clone()) + 1) >> 1
 
 
 class CpuQuantizer:
@@ -78,43 +89,55 @@ class CpuQuantizer:
 
     def __init__(self, table: torch.Tensor) -> None:
         self.table = table
+        self._fine = table[(torch.arange(2 * _BINS - 1) + 1) >> 1]  # indexed by _fine_index
 
-    def quantize_into(
+    def quantize_rows(
         self, values: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor, ws: Workspace
     ) -> None:
-        """Quantize fp32 ``values`` into flat contiguous uint8 ``codes_out`` and fp32 ``absmax_out``
-        (one absmax per block of :data:`BLOCK_SIZE`; the last block may be partial), with scratch
-        from ``ws``."""
-        flat = values.reshape(-1)
-        numel = flat.numel()
+        """Quantize each row of fp32 ``values`` [B, n] as a tensor of its own (its blocks start with
+        the row; the last may be partial) into contiguous uint8 ``codes_out`` [B, n] and fp32
+        ``absmax_out`` [B, num_blocks(n)], with scratch from ``ws``."""
+        batch, numel = values.shape
+        scaled = ws.take("quantize", (batch, numel), values)
         full = numel - numel % BLOCK_SIZE
+        special = False
         if full:
-            blocks = full // BLOCK_SIZE
-            x = flat[:full].view(blocks, BLOCK_SIZE)
-            self._blocks(x, codes_out[:full], absmax_out[:blocks], ws)
+            special |= _scale_blocks(
+                values[:, :full].view(batch, -1, BLOCK_SIZE),
+                absmax_out[:, : full // BLOCK_SIZE],
+                scaled[:, :full].view(batch, -1, BLOCK_SIZE),
+            )
         if full < numel:
-            self._blocks(flat[full:].view(1, -1), codes_out[full:], absmax_out[-1:], ws)
-
-    def _blocks(
-        self, x: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor, ws: Workspace
-    ) -> None:
-        # max |x| of each block from its max and min: two fast reductions and no |x| temporary;
-        # abs_() makes an all-zero block's absmax +0, as bitsandbytes' max(0, ·) does.
-        torch.maximum(x.amax(dim=1).abs_(), x.amin(dim=1).abs_(), out=absmax_out)
-        nan = absmax_out.isnan()
-        if nan.any():  # bitsandbytes' absmax skips NaN values (a NaN value itself gets code 0)
-            rows = x[nan]
-            absmax_out[nan] = torch.where(rows.isnan(), 0.0, rows.abs()).amax(dim=1)
-        # x · (1 / absmax), not x / absmax: the same two roundings as bitsandbytes.
-        inverse = absmax_out.reciprocal()
-        scaled = torch.mul(x, inverse.unsqueeze(1), out=ws.take("quantize", tuple(x.shape), x))
-        if nan.any() or not (torch.isfinite(absmax_out).all() and torch.isfinite(inverse).all()):
+            special |= _scale_blocks(
+                values[:, full:].unsqueeze(1), absmax_out[:, -1:], scaled[:, full:].unsqueeze(1)
+            )
+        if special:
             # NaN values, ∞ (then absmax = ∞ and ∞ · 0 = NaN), an all-zero block (0 · ∞) or a
             # subnormal absmax (1 / absmax = ∞): NaN goes to bin 0 and ±∞ to the end bins, as in
             # bitsandbytes' clamp and float-to-int conversion. Finite blocks skip this pass.
             scaled.nan_to_num_(nan=-1.0, posinf=1.0, neginf=-1.0)
-        index = _bin_index(scaled, ws.take("quantize_bin", tuple(x.shape), x, torch.int32))
-        torch.index_select(self.table, 0, index.view(-1), out=codes_out)
+        torch.index_select(self._fine, 0, _fine_index(scaled).view(-1), out=codes_out.view(-1))
+
+
+def _scale_blocks(x: torch.Tensor, absmax_out: torch.Tensor, scaled_out: torch.Tensor) -> bool:
+    """bitsandbytes' absmax of each block of ``x`` [B, k, size] into ``absmax_out`` [B, k], and
+    ``x · (1 / absmax)`` into ``scaled_out``; True when some scaled value may be NaN or ±∞."""
+    # max |x| of each block from its max and min: two fast reductions and no |x| temporary;
+    # abs_() makes an all-zero block's absmax +0, as bitsandbytes' max(0, ·) does.
+    torch.maximum(x.amax(dim=2).abs_(), x.amin(dim=2).abs_(), out=absmax_out)
+    inverse = absmax_out.reciprocal()
+    # absmax · (1 / absmax) is finite, one check for all blocks, unless a block holds NaN or ±∞,
+    # is all zero or has a subnormal absmax whose inverse overflows.
+    special = not bool(torch.isfinite(inverse * absmax_out).all())
+    if special:
+        nan = absmax_out.isnan()
+        if nan.any():  # bitsandbytes' absmax skips NaN values (a NaN value itself gets code 0)
+            rows = x[nan]
+            absmax_out[nan] = torch.where(rows.isnan(), 0.0, rows.abs()).amax(dim=1)
+            inverse = absmax_out.reciprocal()
+    # x · (1 / absmax), not x / absmax: the same two roundings as bitsandbytes.
+    torch.mul(x, inverse.unsqueeze(2), out=scaled_out)
+    return special
 
 
 def _bnb_quantize(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,73 +205,88 @@ def cpu_quantizer() -> CpuQuantizer | None:
 
     Its table is bitsandbytes' code for the centre of each bin. Before use, it must give the same
     codes as bitsandbytes for the values of the first :func:`quantizer_probes` tensor (absmax 1),
-    and the same codes and absmax (as bits) for every probe tensor quantized whole.
+    and the same codes and absmax (as bits) for every probe tensor quantized whole, alone and as
+    the rows of a stack.
     """
     centres = (torch.arange(_BINS, dtype=torch.float64) / _HALF_SPAN - 1.0).float()
-    bins = torch.arange(_BINS, dtype=torch.int32)
-    if not torch.equal(_bin_index(centres.clone(), torch.empty_like(bins)), bins):
+    if not torch.equal(_bins(centres), torch.arange(_BINS, dtype=torch.int32)):
         return None
     quantizer = CpuQuantizer(_unit_codes(centres))
     probes = quantizer_probes()
     unit = probes[0]
-    unit_bins = _bin_index(unit.clone(), torch.empty(unit.shape, dtype=torch.int32))
-    if not torch.equal(quantizer.table[unit_bins], _unit_codes(unit)):
+    if not torch.equal(quantizer.table[_bins(unit)], _unit_codes(unit)):
         return None
     ws = Workspace()
     for values in probes:
-        codes = torch.empty(values.numel(), dtype=torch.uint8)
-        absmax = torch.empty(num_blocks(values.numel()))
-        quantizer.quantize_into(values, codes, absmax, ws)
         ref_codes, ref_absmax = _bnb_quantize(values)
-        same_absmax = torch.equal(absmax.view(torch.int32), ref_absmax.view(torch.int32))
-        if not (same_absmax and torch.equal(codes, ref_codes)):
-            return None
+        for rows in (1, 3):  # alone, and as three identical rows of a stack
+            codes = torch.empty(rows, values.numel(), dtype=torch.uint8)
+            absmax = torch.empty(rows, num_blocks(values.numel()))
+            quantizer.quantize_rows(values.reshape(1, -1).expand(rows, -1), codes, absmax, ws)
+            same_absmax = torch.equal(absmax.view(torch.int32), ref_absmax.view(torch.int32).expand(rows, -1))
+            if not (same_absmax and torch.equal(codes, ref_codes.expand(rows, -1))):
+                return None
     return quantizer
 
 
-def _fast_path(values: torch.Tensor) -> CpuQuantizer | None:
-    if values.device.type != "cpu" or values.dtype != torch.float32:
-        return None
-    return cpu_quantizer()
+def _fast_path(device: torch.device) -> CpuQuantizer | None:
+    return cpu_quantizer() if device.type == "cpu" else None
 
 
-def quantize_into(
+def quantize_rows(
     values: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor, ws: Workspace | None = None
 ) -> None:
-    """Quantize fp32 ``values`` (contiguous; its length a multiple of :data:`BLOCK_SIZE` unless it
-    ends the tensor) into the uint8 slice ``codes_out`` and the fp32 slice ``absmax_out``.
+    """Quantize each row of fp32 ``values`` [B, n] as a tensor of its own into contiguous uint8
+    ``codes_out`` [B, n] and contiguous fp32 ``absmax_out`` [B, num_blocks(n)].
 
-    ``ws`` lends scratch to the CPU path (fresh multi-megabyte tensors cost page faults there).
+    A row may also be a slice of a tensor that starts on a block boundary and holds whole blocks
+    unless it ends the tensor. ``ws`` lends scratch to the CPU path (fresh multi-megabyte tensors
+    cost page faults there).
     """
-    quantizer = _fast_path(values)
+    quantizer = _fast_path(values.device) if values.dtype == torch.float32 else None
     if quantizer is not None:
-        quantizer.quantize_into(values, codes_out.view(-1), absmax_out, ws if ws is not None else Workspace())
+        quantizer.quantize_rows(values, codes_out, absmax_out, ws if ws is not None else Workspace())
         return
     import bitsandbytes.functional as bnbf
 
-    bnbf.quantize_blockwise(
-        values.reshape(-1),
-        code=dynamic_code(values.device),
-        absmax=absmax_out,
-        out=codes_out,
-        blocksize=BLOCK_SIZE,
+    code = dynamic_code(values.device)
+    if values.shape[1] % BLOCK_SIZE == 0:  # rows of whole blocks: one call for all
+        values, codes_out, absmax_out = values.reshape(1, -1), codes_out.view(1, -1), absmax_out.view(1, -1)
+    for v, c, a in zip(values, codes_out, absmax_out, strict=True):
+        bnbf.quantize_blockwise(v.contiguous(), code=code, absmax=a, out=c, blocksize=BLOCK_SIZE)
+
+
+def dequantize_rows(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    """The fp32 values of uint8 ``codes`` [B, n] as :func:`quantize_rows` wrote them (with their
+    ``absmax`` [B, num_blocks(n)]), as a new contiguous [B, n] tensor.
+
+    bitsandbytes' CPU kernel dequantizes in one pass (a lookup in the 256-value map and a multiply),
+    faster than torch ops can; rows of whole blocks (or a lone row) take one call for all.
+    """
+    import bitsandbytes.functional as bnbf
+
+    code = dynamic_code(codes.device)
+    if codes.shape[0] == 1 or codes.shape[1] % BLOCK_SIZE == 0:
+        flat = bnbf.dequantize_blockwise(
+            codes.reshape(-1), absmax=absmax.reshape(-1), code=code, blocksize=BLOCK_SIZE
+        )
+        return flat.view(codes.shape)
+    return torch.stack(
+        [
+            bnbf.dequantize_blockwise(c, absmax=a, code=code, blocksize=BLOCK_SIZE)
+            for c, a in zip(codes, absmax, strict=True)
+        ]
     )
 
 
 def quantize(values: torch.Tensor, ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize fp32 ``values`` into new flat tensors: uint8 codes and fp32 absmax per block."""
-    if _fast_path(values) is None:
-        return _bnb_quantize(values.reshape(-1))
-    codes = torch.empty(values.numel(), dtype=torch.uint8)
-    absmax = torch.empty(num_blocks(values.numel()))
-    quantize_into(values, codes, absmax, ws)
+    codes = torch.empty(values.numel(), dtype=torch.uint8, device=values.device)
+    absmax = torch.empty(num_blocks(values.numel()), device=values.device)
+    quantize_rows(values.reshape(1, -1), codes.view(1, -1), absmax.view(1, -1), ws)
     return codes, absmax
 
 
 def dequantize(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
-    """The fp32 values of a uint8 slice ``codes`` and its blocks' ``absmax`` (a new flat tensor)."""
-    import bitsandbytes.functional as bnbf
-
-    return bnbf.dequantize_blockwise(
-        codes.reshape(-1), absmax=absmax, code=dynamic_code(codes.device), blocksize=BLOCK_SIZE
-    )
+    """The fp32 values of flat uint8 ``codes`` and their blocks' ``absmax`` (a new flat tensor)."""
+    return dequantize_rows(codes.reshape(1, -1), absmax.reshape(1, -1)).view(-1)

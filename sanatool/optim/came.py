@@ -14,13 +14,17 @@ last two dims, which for SANA's 1×1 and depthwise 3×3 convs costs more than th
 0-D) parameters keep a full second moment and skip the confidence term, as in the reference.
 
 All state is fp32, whatever the parameter dtype. Small parameters of one shape are updated as one
-stack; large ones in chunks of rows (:mod:`sanatool.optim.update`).
+stack; large ones in chunks of rows (:mod:`sanatool.optim.update`). The state tensors of a stack's
+parameters are views of one tensor per state key, so a step reads and writes them with one kernel
+for all (after ``load_state_dict`` or any change to a stack's members, the first step re-links them:
+values are kept bit for bit).
 :class:`~sanatool.optim.came8bit.CAME8bit` is the same optimizer with an 8-bit first moment.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,10 +36,12 @@ from sanatool.optim.update import (
     Fp32Moments,
     Hyper,
     MomentStore,
+    Params,
     Workspace,
     factored_update,
     gather,
-    scatter,
+    scalar,
+    stacked,
     unfactored_update,
 )
 
@@ -176,6 +182,10 @@ class CAME(torch.optim.Optimizer):
         name = type(self).__name__
         ws = self.__dict__.setdefault("_workspace", Workspace())  # not state: not saved nor pickled
         moments = self._moments()
+        linked = self.__dict__.get("_linked", {})
+        # Not state either: the views each stack's members held after this step's link (see _link);
+        # only this step's stacks, so that the tensors of stacks gone are freed.
+        self._linked: dict[tuple[int, ...], list[list[torch.Tensor]]] = {}
         for group in self.param_groups:
             live = []
             for p in group["params"]:
@@ -193,16 +203,17 @@ class CAME(torch.optim.Optimizer):
                             shape, dtype=dtype, device="cpu" if key == "step" else p.device
                         )
                 live.append(p)
-            if live:
-                torch._foreach_add_([self.state[p]["step"] for p in live], 1.0)
             hp = Hyper.of(group)
             for bucket in self._buckets(live, group["chunk_size"]):
-                self._update_bucket(bucket, hp, group["chunk_size"], moments, ws)
+                states = self._link(bucket, linked)
+                stacked(states, "step").add_(scalar(1.0))
+                self._update_bucket(bucket, states, hp, group["chunk_size"], moments, ws)
         return loss
 
     def _buckets(self, params: list[torch.Tensor], chunk_size: int) -> list[list[torch.Tensor]]:
         """Split params into batches updated together: small contiguous ones of one shape, dtype and
-        state kind are stacked (up to ``chunk_size`` values a stack); others go alone."""
+        state kind are stacked (up to ``chunk_size`` values a stack, stacks of one shape about
+        equal); others go alone."""
         out: list[list[torch.Tensor]] = []
         stacks: dict[tuple[Any, ...], list[torch.Tensor]] = {}
         for p in params:
@@ -213,35 +224,73 @@ class CAME(torch.optim.Optimizer):
             stacks.setdefault(key, []).append(p)
         for members in stacks.values():
             size = max(1, chunk_size // members[0].numel())
-            out.extend(members[i : i + size] for i in range(0, len(members), size))
+            parts = -(-len(members) // size)
+            bounds = [len(members) * i // parts for i in range(parts + 1)]
+            out.extend(members[a:b] for a, b in zip(bounds, bounds[1:], strict=False))
         return out
 
+    def _link(
+        self, params: list[torch.Tensor], linked: dict[tuple[int, ...], list[list[torch.Tensor]]]
+    ) -> list[dict[str, Any]]:
+        """The state dicts of ``params``, ready for :func:`~sanatool.optim.update.stacked`.
+
+        A lone parameter's state tensors are made contiguous. A stack's are made views of one
+        tensor per key (the rows, in order) at its first step, and stay so while every member still
+        holds those views (``linked`` has the previous step's views); otherwise they are copied into
+        new tensors, which keeps every value.
+        """
+        states = [self.state[p] for p in params]
+        if len(params) == 1:
+            state = states[0]
+            for key, value in state.items():
+                if not value.is_contiguous():
+                    state[key] = value.contiguous()
+            return states
+        ids = tuple(map(id, params))
+        views = linked.get(ids)
+        keys = list(states[0])
+        if (
+            views is None
+            or len(views) != len(keys)
+            or not all(
+                all(map(operator.is_, (s[key] for s in states), rows))
+                for key, rows in zip(keys, views, strict=True)
+            )
+        ):
+            views = []
+            for key in keys:
+                rows = list(torch.stack([s[key] for s in states]).unbind(0))
+                for s, row in zip(states, rows, strict=True):
+                    s[key] = row
+                views.append(rows)
+        self._linked[ids] = views
+        return states
+
     def _update_bucket(
-        self, params: list[torch.Tensor], hp: Hyper, chunk_size: int, moments: MomentStore, ws: Workspace
+        self,
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        hp: Hyper,
+        chunk_size: int,
+        moments: MomentStore,
+        ws: Workspace,
     ) -> None:
         shape = tuple(params[0].shape)
-        states = [self.state[p] for p in params]
-        # A lone parameter is updated through a view (a non-contiguous one through a contiguous
-        # copy); a stack is copied into scratch and back, cheap for the small tensors stacked.
-        work = [p if p.is_contiguous() else p.contiguous() for p in params]
         dims = factored_dims(shape)
         if dims is None:
             numel = math.prod(shape)
-            p_all = gather(work, (numel,), ws, "params")
+            target = Params(params, (numel,), ws)
             g_all = gather([p.grad for p in params], (numel,), ws, "grads")
             chunk = max(BLOCK_SIZE, chunk_size // BLOCK_SIZE * BLOCK_SIZE)
-            unfactored_update(p_all, g_all, states, hp, chunk, moments, ws)
+            unfactored_update(target, g_all, states, hp, chunk, moments, ws)
         else:
             rows, cols = dims
-            p_all = gather(work, dims, ws, "params")
+            target = Params(params, dims, ws)
             g_all = gather([p.grad for p in params], dims, ws, "grads")
             align = self._row_alignment(cols)
             chunk_rows = max(align, chunk_size // max(cols, 1) // align * align)
-            factored_update(p_all, g_all, states, hp, chunk_rows, moments, ws)
-        scatter(work, p_all)
-        for p, w in zip(params, work, strict=True):
-            if w is not p:
-                p.copy_(w)
+            factored_update(target, g_all, states, hp, chunk_rows, moments, ws)
+        target.finish()
 
     # ----------------------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ Chunks of the update are whole rows holding whole quantization blocks, so a chun
 dequantized, updated in fp32 and quantized again exactly as if the whole tensor were. The update
 applied to the weights uses the fp32 new moment; only later steps see its 8-bit copy. A step
 dequantizes a factored tensor's moment twice when it spans several chunks (once for the instability
-statistics, once to update it), once when it fits in one, and quantizes it once.
+statistics, once to update it), once when it fits in one, and quantizes it once. Stacks of small
+tensors are quantized row by row, each row as its own tensor.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sanatool.optim.blockwise import BLOCK_SIZE, dequantize, quantize, quantize_into
+from sanatool.optim.blockwise import BLOCK_SIZE, dequantize_rows, quantize_rows
 from sanatool.optim.came import (
     CAME,
     DEFAULT_CHUNK_SIZE,
@@ -28,7 +29,7 @@ from sanatool.optim.came import (
     validate_hyperparameters,
 )
 from sanatool.optim.layout import StateLayout, state_layout
-from sanatool.optim.update import Fp32Moments, Workspace, scatter
+from sanatool.optim.update import Fp32Moments, Workspace, stacked
 
 #: Tensors with at least this many values get an 8-bit first moment by default.
 DEFAULT_MIN_8BIT_SIZE = 4096
@@ -37,21 +38,16 @@ DEFAULT_MIN_8BIT_SIZE = 4096
 class Blockwise8bitMoments(Fp32Moments):
     """The first moment as uint8 ``exp_avg`` codes + fp32 ``exp_avg_absmax`` (fp32 states pass through).
 
-    A stack holds whole tensors whose sizes are multiples of the block size, so its blocks never
-    straddle two parameters and one quantizer call serves all of them.
+    Each row of a stack is quantized as its own tensor, so a stack's codes and absmax are those of
+    its members quantized one by one, whatever their sizes.
     """
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor:
-        """Dequantized values ``[lo, hi)`` of each state, as [B, hi - lo] (a new fp32 tensor)."""
+        """Dequantized values ``[lo, hi)`` of each state, as [B, hi - lo] (a new tensor)."""
         if states[0]["exp_avg"].dtype != torch.uint8:
             return super().load(states, lo, hi, ws)
-        b0, b1 = lo // BLOCK_SIZE, -(-hi // BLOCK_SIZE)
-        if len(states) == 1:
-            codes, absmax = states[0]["exp_avg"].view(-1)[lo:hi], states[0]["exp_avg_absmax"][b0:b1]
-        else:
-            codes = torch.stack([s["exp_avg"] for s in states])
-            absmax = torch.stack([s["exp_avg_absmax"] for s in states])
-        return dequantize(codes, absmax).view(len(states), hi - lo)
+        codes, absmax = self._rows(states, lo, hi)
+        return dequantize_rows(codes, absmax)
 
     def store(
         self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
@@ -59,15 +55,14 @@ class Blockwise8bitMoments(Fp32Moments):
         """Quantize updated values back into the states' codes and absmax."""
         if states[0]["exp_avg"].dtype != torch.uint8:
             return super().store(states, lo, hi, values, ws)
-        b0, b1 = lo // BLOCK_SIZE, -(-hi // BLOCK_SIZE)
-        if len(states) == 1:
-            quantize_into(
-                values, states[0]["exp_avg"].view(-1)[lo:hi], states[0]["exp_avg_absmax"][b0:b1], ws
-            )
-            return
-        codes, absmax = quantize(values, ws)
-        scatter([s["exp_avg"] for s in states], codes)
-        scatter([s["exp_avg_absmax"] for s in states], absmax)
+        codes, absmax = self._rows(states, lo, hi)
+        quantize_rows(values.view(len(states), -1), codes, absmax, ws)
+
+    @staticmethod
+    def _rows(states: list[dict[str, Any]], lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes ``[lo, hi)`` of each state and the absmax of their blocks, as [B, ...] views."""
+        codes = stacked(states, "exp_avg").view(len(states), -1)[:, lo:hi]
+        return codes, stacked(states, "exp_avg_absmax")[:, lo // BLOCK_SIZE : -(-hi // BLOCK_SIZE)]
 
 
 class CAME8bit(CAME):
@@ -116,7 +111,3 @@ class CAME8bit(CAME):
         # Rows whose values fill whole quantization blocks: chunked quantization then stores exactly
         # what quantizing the whole tensor at once would.
         return BLOCK_SIZE // math.gcd(cols, BLOCK_SIZE)
-
-    def _stackable(self, p: torch.Tensor) -> bool:
-        quantized = self.state[p]["exp_avg"].dtype == torch.uint8
-        return super()._stackable(p) and not (quantized and p.numel() % BLOCK_SIZE)

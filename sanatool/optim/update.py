@@ -4,7 +4,8 @@ Shapes: a factored stack is ``[B, rows, cols]`` (B same-shape parameters viewed 
 unfactored one ``[B, n]``. Several small parameters are updated as one stack (one set of kernels
 for all of them); a large one (B = 1) is walked in chunks of rows, so the fp32 temporaries of a
 step are bounded by the chunk size, and the first moment passes through a :class:`MomentStore`
-that may keep it in 8 bits.
+that may keep it in 8 bits. The B members' state tensors of one key are rows of one ``[B, ...]``
+tensor (:func:`stacked`), updated in place.
 
 The factored update needs three statistics of the whole tensor (the second-moment factors, the
 RMS of the update, the instability factors of the *new* moment) before it can apply anything, so
@@ -15,6 +16,7 @@ chunk keeps pass 3's moment and difference instead). The unfactored update takes
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +75,27 @@ class Workspace:
         return t if t.dtype == _F32 else self.take(name, tuple(t.shape), t).copy_(t)
 
 
+@functools.lru_cache(maxsize=1024)
+def scalar(value: float) -> torch.Tensor:
+    """``value`` as a 0-d fp32 CPU tensor (shared: never write to it). An op with a Python float
+    converts it to a tensor at every call, which costs more than a small kernel does; a 0-d CPU
+    tensor acts as the same fp32 scalar, on any device."""
+    return torch.tensor(value, dtype=_F32)
+
+
+def stacked(states: list[dict[str, Any]], key: str) -> torch.Tensor:
+    """The members' ``key`` state as one ``[B, ...]`` tensor that updates them in place: a lone
+    member's viewed as [1, ...], or the tensor whose rows several members' are views of (as
+    :class:`~sanatool.optim.came.CAME` links a stack's state before each step)."""
+    first = states[0][key]
+    if len(states) == 1:
+        return first.unsqueeze(0)
+    base = first._base
+    if base is None or base.shape[0] != len(states) or base.storage_offset() != first.storage_offset():
+        raise ValueError(f"the {key!r} states of a stack are not rows of one tensor")
+    return base
+
+
 def gather(
     tensors: list[torch.Tensor], dims: tuple[int, ...], ws: Workspace | None = None, name: str = ""
 ) -> torch.Tensor:
@@ -94,7 +117,8 @@ def scatter(tensors: list[torch.Tensor], stacked: torch.Tensor) -> None:
 class MomentStore(Protocol):
     """Where the first moment lives: ``load`` gives fp32 values ``[lo, hi)`` (flat, row-major) of
     each state as ``[B, hi - lo]``; ``store`` writes back what ``load`` returned, after an update
-    (``values`` must stay intact: the update applies it after the store; ``ws`` lends scratch)."""
+    (``values`` must stay intact: the update applies it after the store; ``ws`` lends scratch).
+    Several states are those of a linked stack (see :func:`stacked`)."""
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor: ...
 
@@ -104,17 +128,75 @@ class MomentStore(Protocol):
 
 
 class Fp32Moments:
-    """The first moment as fp32 ``exp_avg``: a lone state is updated in place through a view."""
+    """The first moment as fp32 ``exp_avg``, updated in place through a view."""
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor:
-        """Values ``[lo, hi)`` of each state's ``exp_avg``, as [B, hi - lo]."""
-        return gather([s["exp_avg"] for s in states], (-1,), ws, "moment")[:, lo:hi]
+        """Values ``[lo, hi)`` of each state's ``exp_avg``, as a [B, hi - lo] view."""
+        return stacked(states, "exp_avg").view(len(states), -1)[:, lo:hi]
 
     def store(
         self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
     ) -> None:
-        """Copy a stack back (a stack always spans whole tensors); nothing to do for a view."""
-        scatter([s["exp_avg"] for s in states], values)
+        """Nothing to do: ``values`` is the state itself."""
+
+
+# A stack of fp32 parameters of at least this many values each is updated in place, one kernel per
+# parameter (foreach); smaller ones through a copy stacked in scratch, whose copy in and out costs
+# less than per-parameter kernels do.
+_IN_PLACE_MIN_NUMEL = 2048
+
+
+class Params:
+    """The B parameters a step updates, seen as ``[B, *dims]``.
+
+    A lone parameter is updated through a view (of a contiguous copy when it is not contiguous), a
+    stack of large fp32 ones in place with foreach ops, any other stack through an fp32 copy in
+    scratch. :meth:`finish` writes back what did not change in place.
+    """
+
+    def __init__(self, params: list[torch.Tensor], dims: tuple[int, ...], ws: Workspace) -> None:
+        self._params = params
+        self._stacked: torch.Tensor | None = None
+        first = params[0]
+        if len(params) == 1:
+            self._work = first if first.is_contiguous() else first.contiguous()
+            self._stacked = self._work.view(1, *dims)
+        elif first.dtype != _F32 or first.numel() < _IN_PLACE_MIN_NUMEL:
+            self._stacked = gather(params, dims, ws, "params")
+
+    def apply(
+        self,
+        lo: int,
+        hi: int,
+        update: torch.Tensor,
+        col_scale: torch.Tensor | None,
+        hp: Hyper,
+        ws: Workspace,
+    ) -> None:
+        """``p -= lr·wd·p; p -= lr·update·col_scale`` for rows ``lo:hi`` of dim 1 (None = 1).
+
+        ``update`` is [B, hi - lo, ...]; a stack always spans whole parameters."""
+        if self._stacked is not None:
+            _apply(self._stacked[:, lo:hi], update, col_scale, hp, ws)
+            return
+        # Per parameter, the same ops as _apply on an fp32 stack, so the same bits.
+        params, batch, shape = self._params, len(self._params), self._params[0].shape
+        if hp.weight_decay != 0:
+            torch._foreach_add_(params, params, alpha=-hp.weight_decay * hp.lr)
+        updates = update.view(batch, *shape).unbind(0)
+        if col_scale is None:
+            torch._foreach_add_(params, updates, alpha=-hp.lr)
+        else:
+            scales = col_scale.view(batch, 1, *shape[1:]).unbind(0)
+            torch._foreach_addcmul_(params, updates, scales, value=-hp.lr)
+
+    def finish(self) -> None:
+        """Write back a copy: a lone non-contiguous parameter, or a stack in scratch."""
+        if len(self._params) == 1:
+            if self._work is not self._params[0]:
+                self._params[0].copy_(self._work)
+        elif self._stacked is not None:
+            scatter(self._params, self._stacked)
 
 
 def _apply(
@@ -134,7 +216,7 @@ def _apply(
 
 
 def factored_update(
-    p: torch.Tensor,
+    params: Params,
     grad: torch.Tensor,
     states: list[dict[str, Any]],
     hp: Hyper,
@@ -142,39 +224,44 @@ def factored_update(
     moments: MomentStore,
     ws: Workspace,
 ) -> None:
-    """One CAME step for a stack ``p``, ``grad`` of shape [B, rows, cols] (chunked when B = 1)."""
-    batch, rows, cols = p.shape
+    """One CAME step for a stack of parameters and their ``grad`` [B, rows, cols] (chunked when B = 1)."""
+    batch, rows, cols = grad.shape
     step_rows = chunk_rows if batch == 1 else rows
     spans = [(r0, min(r0 + step_rows, rows)) for r0 in range(0, rows, step_rows)]
     single = len(spans) == 1
-    f32 = {"dtype": _F32, "device": p.device}
+    f32 = {"dtype": _F32, "device": grad.device}
 
     def grad_sq(r0: int, r1: int) -> torch.Tensor:
         g = ws.as_f32("grad", grad[:, r0:r1])
         return torch.mul(g, g, out=ws.take("tmp", tuple(g.shape), g))
 
     # Pass 1: row and column means of G² (ε₁ added to the means: mean(G² + ε₁) = mean(G²) + ε₁).
-    row_mean = torch.empty(batch, rows, **f32)
-    col_sum = torch.zeros(batch, cols, **f32)
-    for r0, r1 in spans:
-        sq = grad_sq(r0, r1)
-        torch.mean(sq, dim=2, out=row_mean[:, r0:r1])
-        col_sum.add_(sq.sum(dim=1))
-    sq_row = gather([s["exp_avg_sq_row"] for s in states], (rows,))
-    sq_col = gather([s["exp_avg_sq_col"] for s in states], (cols,))
-    sq_row.mul_(hp.beta2).add_(row_mean.add_(hp.eps1), alpha=1.0 - hp.beta2)
-    sq_col.mul_(hp.beta2).add_(col_sum.div_(rows).add_(hp.eps1), alpha=1.0 - hp.beta2)
-    r_factor = (sq_row / sq_row.mean(dim=1, keepdim=True)).rsqrt_()
+    if single:
+        sq = grad_sq(0, rows)
+        row_mean, col_sum = sq.mean(dim=2), sq.sum(dim=1)
+    else:
+        row_mean, col_sum = torch.empty(batch, rows, **f32), torch.zeros(batch, cols, **f32)
+        for r0, r1 in spans:
+            sq = grad_sq(r0, r1)
+            torch.mean(sq, dim=2, out=row_mean[:, r0:r1])
+            col_sum.add_(sq.sum(dim=1))
+    sq_row, sq_col = stacked(states, "exp_avg_sq_row"), stacked(states, "exp_avg_sq_col")
+    sq_row.mul_(scalar(hp.beta2)).add_(row_mean.add_(scalar(hp.eps1)), alpha=1.0 - hp.beta2)
+    col_mean = col_sum.div_(scalar(rows)).add_(scalar(hp.eps1))
+    sq_col.mul_(scalar(hp.beta2)).add_(col_mean, alpha=1.0 - hp.beta2)
+    r_factor = torch.div(sq_row, sq_row.mean(dim=1, keepdim=True)).rsqrt_()
     c_factor = sq_col.rsqrt()
 
     # Pass 2: RMS(U), U = G·r·cᵀ, for update clipping without materializing U:
     # ΣU² = Σⱼ cⱼ² Σᵢ rᵢ² G²ᵢⱼ, a (batched) vector-matrix product. One chunk: G² is still in scratch.
     r_sq, c_sq = (r_factor * r_factor).unsqueeze(1), c_factor * c_factor
-    u_sq_sum = torch.zeros(batch, **f32)
-    for r0, r1 in spans:
-        sq = sq if single else grad_sq(r0, r1)
-        u_sq_sum += torch.linalg.vecdot(torch.bmm(r_sq[:, :, r0:r1], sq).squeeze(1), c_sq)
-    denom = ((u_sq_sum / (rows * cols)).sqrt_() / hp.clip).clamp_(min=1.0)
+    if single:
+        u_sq_sum = torch.linalg.vecdot(torch.bmm(r_sq, sq).squeeze(1), c_sq)
+    else:
+        u_sq_sum = torch.zeros(batch, **f32)
+        for r0, r1 in spans:
+            u_sq_sum += torch.linalg.vecdot(torch.bmm(r_sq[:, :, r0:r1], grad_sq(r0, r1)).squeeze(1), c_sq)
+    denom = u_sq_sum.div_(scalar(rows * cols)).sqrt_().div_(scalar(hp.clip)).clamp_min_(scalar(1.0))
     r_scaled = r_factor.div_(denom.unsqueeze(1)).unsqueeze(2)
     c_factor = c_factor.unsqueeze(1)
 
@@ -185,32 +272,28 @@ def factored_update(
         return torch.addcmul(m_old, e, c_factor, value=-1.0, out=e)
 
     # Pass 3: the instability of the new moment, (U − m_new)² = β₁²(U − m_old)² (m_new = β₁m + (1−β₁)U).
-    res_row_mean = torch.empty(batch, rows, **f32)
-    res_col_sum = torch.zeros(batch, cols, **f32)
-    # One chunk: m_old and e are kept for pass 4 (e squared into other scratch), which then neither
-    # loads (dequantizes, gathers) the moment again nor recomputes e.
-    for r0, r1 in spans:
-        m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
-        diff = diff_of(m_old, r0, r1)
-        res = (
-            torch.mul(diff, diff, out=ws.take("tmp2", tuple(diff.shape), diff)) if single else diff.square_()
-        )
-        torch.mean(res, dim=2, out=res_row_mean[:, r0:r1])
-        res_col_sum.add_(res.sum(dim=1))
-    res_row = gather([s["exp_avg_res_row"] for s in states], (rows,))
-    res_col = gather([s["exp_avg_res_col"] for s in states], (cols,))
+    if single:
+        # m_old and e are kept for pass 4 (e squared into other scratch), which then neither
+        # loads (dequantizes) the moment again nor recomputes e.
+        m_old = moments.load(states, 0, rows * cols, ws).view(batch, rows, cols)
+        diff = diff_of(m_old, 0, rows)
+        res = torch.mul(diff, diff, out=ws.take("tmp2", tuple(diff.shape), diff))
+        res_row_mean, res_col_sum = res.mean(dim=2), res.sum(dim=1)
+    else:
+        res_row_mean, res_col_sum = torch.empty(batch, rows, **f32), torch.zeros(batch, cols, **f32)
+        for r0, r1 in spans:
+            res = diff_of(moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols), r0, r1)
+            res.square_()
+            torch.mean(res, dim=2, out=res_row_mean[:, r0:r1])
+            res_col_sum.add_(res.sum(dim=1))
+    res_row, res_col = stacked(states, "exp_avg_res_row"), stacked(states, "exp_avg_res_col")
     b1_sq = hp.beta1 * hp.beta1
-    res_row.mul_(hp.beta3).add_(res_row_mean.mul_(b1_sq).add_(hp.eps2), alpha=1.0 - hp.beta3)
-    res_col.mul_(hp.beta3).add_(res_col_sum.mul_(b1_sq / rows).add_(hp.eps2), alpha=1.0 - hp.beta3)
-    rr_factor = (res_row / res_row.mean(dim=1, keepdim=True)).rsqrt_().unsqueeze(2)
+    res_row_mean.mul_(scalar(b1_sq)).add_(scalar(hp.eps2))
+    res_row.mul_(scalar(hp.beta3)).add_(res_row_mean, alpha=1.0 - hp.beta3)
+    res_col_mean = res_col_sum.mul_(scalar(b1_sq / rows)).add_(scalar(hp.eps2))
+    res_col.mul_(scalar(hp.beta3)).add_(res_col_mean, alpha=1.0 - hp.beta3)
+    rr_factor = torch.div(res_row, res_row.mean(dim=1, keepdim=True)).rsqrt_().unsqueeze(2)
     rc_factor = res_col.rsqrt().unsqueeze(1)
-    for key, stacked in (
-        ("exp_avg_sq_row", sq_row),
-        ("exp_avg_sq_col", sq_col),
-        ("exp_avg_res_row", res_row),
-        ("exp_avg_res_col", res_col),
-    ):
-        scatter([s[key] for s in states], stacked)
 
     # Pass 4: m_new = m_old − (1−β₁)(m_old − U), stored; W -= lr·wd·W; W -= lr · m_new / √S with
     # the fp32 m_new (an 8-bit store only ever affects later steps, as in the reference rule).
@@ -221,11 +304,11 @@ def factored_update(
         m = m_old.add_(diff, alpha=hp.beta1 - 1.0)
         moments.store(states, r0 * cols, r1 * cols, m, ws)
         update = torch.mul(m, rr_factor[:, r0:r1], out=ws.take("tmp", tuple(m.shape), m))
-        _apply(p[:, r0:r1], update, rc_factor, hp, ws)
+        params.apply(r0, r1, update, rc_factor, hp, ws)
 
 
 def unfactored_update(
-    p: torch.Tensor,
+    params: Params,
     grad: torch.Tensor,
     states: list[dict[str, Any]],
     hp: Hyper,
@@ -233,32 +316,31 @@ def unfactored_update(
     moments: MomentStore,
     ws: Workspace,
 ) -> None:
-    """One CAME step for a stack ``p``, ``grad`` of shape [B, n] of 1-D parameters (chunked when B = 1)."""
-    batch, numel = p.shape
+    """One CAME step for a stack of 1-D parameters and their ``grad`` [B, n] (chunked when B = 1)."""
+    batch, numel = grad.shape
     step = chunk_numel if batch == 1 else numel
     spans = [(lo, min(lo + step, numel)) for lo in range(0, numel, step)]
     single = len(spans) == 1
-    exp_avg_sq = gather([s["exp_avg_sq"] for s in states], (numel,))
+    exp_avg_sq = stacked(states, "exp_avg_sq").view(batch, numel)
 
     def update_of(lo: int, hi: int) -> torch.Tensor:
         g = ws.as_f32("grad", grad[:, lo:hi])
         return torch.rsqrt(exp_avg_sq[:, lo:hi], out=ws.take("tmp", tuple(g.shape), g)).mul_(g)
 
     # Pass 1: second moment v ← β₂v + (1−β₂)(G² + ε₁), and ΣU² with U = G / √v.
-    u_sq_sum = torch.zeros(batch, dtype=_F32, device=p.device)
+    u_sq_sum = torch.zeros(batch, dtype=_F32, device=grad.device)
     for lo, hi in spans:
         g = ws.as_f32("grad", grad[:, lo:hi])
-        sq = torch.mul(g, g, out=ws.take("tmp", tuple(g.shape), g)).add_(hp.eps1)
-        exp_avg_sq[:, lo:hi].mul_(hp.beta2).add_(sq, alpha=1.0 - hp.beta2)
+        sq = torch.mul(g, g, out=ws.take("tmp", tuple(g.shape), g)).add_(scalar(hp.eps1))
+        exp_avg_sq[:, lo:hi].mul_(scalar(hp.beta2)).add_(sq, alpha=1.0 - hp.beta2)
         u = update_of(lo, hi)
         u_sq_sum += torch.linalg.vecdot(u, u)
-    scatter([s["exp_avg_sq"] for s in states], exp_avg_sq)
-    denom = ((u_sq_sum / numel).sqrt_() / hp.clip).clamp_(min=1.0).unsqueeze(1)
+    denom = u_sq_sum.div_(scalar(numel)).sqrt_().div_(scalar(hp.clip)).clamp_min_(scalar(1.0)).unsqueeze(1)
 
     # Pass 2: m ← β₁m + (1−β₁)U/denom, then W -= lr·wd·W; W -= lr·m (no confidence term for 1-D).
     for lo, hi in spans:
         u = (u if single else update_of(lo, hi)).div_(denom)
         m = moments.load(states, lo, hi, ws)
-        m.mul_(hp.beta1).add_(u, alpha=1.0 - hp.beta1)
+        m.mul_(scalar(hp.beta1)).add_(u, alpha=1.0 - hp.beta1)
         moments.store(states, lo, hi, m, ws)
-        _apply(p[:, lo:hi], m, None, hp, ws)
+        params.apply(lo, hi, m, None, hp, ws)
