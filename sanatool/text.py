@@ -107,3 +107,27 @@ def encode_prompts(
             complex_human_instruction=instruction,
         )
     return embeds, mask
+
+
+def tokenize_prompts(
+    tokenizer: Any, prompts: list[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH
+) -> tuple[Any, Any]:
+    """The token ids and attention mask ``encode_prompts`` feeds the text encoder (no instruction).
+
+    Same preprocessing and tokenizer call as diffusers' ``SanaPipeline._get_gemma_prompt_embeds``,
+    so ``text_encoder(ids, mask).last_hidden_state`` equals :func:`encode_prompts`' embeddings
+    (its BOS + last tokens selection is the identity without an instruction). Training a text
+    encoder needs these, with gradients; sampling keeps using :func:`encode_prompts`.
+    """
+    pipe = _encoder_pipeline(tokenizer, None)
+    tokenizer.padding_side = "right"
+    texts = pipe._text_preprocessing(list(prompts), clean_caption=False)
+    tokens = tokenizer(
+        texts,
+        padding="max_length",
+        max_length=max_sequence_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
+    return tokens.input_ids, tokens.attention_mask

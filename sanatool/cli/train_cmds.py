@@ -52,6 +52,11 @@ _CLIP = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping norm (0: of
 _WARMUP = typer.Option(0, "--warmup-steps", help="Linear learning-rate warm-up steps.")
 _SCHEDULE = typer.Option("constant", "--lr-schedule", help="After warm-up: constant, or cosine decay to 10%.")
 _FSDP = typer.Option(False, "--fsdp", help="Shard the model with FSDP2 (under torchrun).")
+_TRAIN_TE = typer.Option(
+    False,
+    "--train-text-encoder",
+    help="Train the (small, from-scratch) text encoder with the transformer; the output gets it.",
+)
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:LOCAL_RANK under torchrun).")
 _DTYPE = typer.Option(
     None, "--dtype", help="Output weights: fp32, bf16, fp16 (default: the input's; fp32 for train)."
@@ -140,6 +145,7 @@ def finetune(
     warmup_steps: int = _WARMUP,
     lr_schedule: str = _SCHEDULE,
     fsdp: bool = _FSDP,
+    train_text_encoder: bool = _TRAIN_TE,
     device: str = _DEVICE,
     dtype: str = _DTYPE,
     max_shard_size: str = _SHARD,
@@ -147,7 +153,8 @@ def finetune(
     force: bool = _FORCE,
     as_json: bool = _JSON,
 ) -> None:
-    """Fine-tune a pipeline's transformer with flow matching; the text encoder and VAE stay frozen.
+    """Fine-tune a pipeline's transformer with flow matching; the text encoder and VAE stay frozen
+    (unless [bold]--train-text-encoder[/], for the shapes world's small encoder).
 
     Latents and caption embeddings are computed once and cached. Runs under
     [bold]torchrun --nproc-per-node N[/] with DDP ([bold]--fsdp[/] for FSDP2). Ctrl-C saves a
@@ -161,7 +168,7 @@ def finetune(
         save_every=save_every, keep_checkpoints=keep_checkpoints, resume=resume, seed=seed, cache_dir=cache_dir,
         checkpoint_dir=checkpoint_dir, resolution=resolution, caption_dropout=caption_dropout,
         weighting_scheme=weighting_scheme, logit_mean=logit_mean, logit_std=logit_std, ema_decay=ema,
-        max_grad_norm=max_grad_norm, warmup_steps=warmup_steps, lr_schedule=lr_schedule, fsdp=fsdp, device=device, dtype=dtype,
+        max_grad_norm=max_grad_norm, warmup_steps=warmup_steps, lr_schedule=lr_schedule, fsdp=fsdp, train_text_encoder=train_text_encoder, device=device, dtype=dtype,
         max_shard_size=max_shard_size, force=force,
     )  # fmt: skip
     _run(opts, dry_run, as_json)
@@ -203,6 +210,7 @@ def train(
     warmup_steps: int = _WARMUP,
     lr_schedule: str = _SCHEDULE,
     fsdp: bool = _FSDP,
+    train_text_encoder: bool = _TRAIN_TE,
     device: str = _DEVICE,
     dtype: str = _DTYPE,
     max_shard_size: str = _SHARD,
@@ -214,7 +222,8 @@ def train(
 
     The frozen text encoder, tokenizer, VAE and scheduler come from [bold]--components[/]
     (for the tiny preset, the built-in tiny-shapes pipeline). Same loop, cache, checkpoints,
-    resume and torchrun support as [bold]finetune[/].
+    resume and torchrun support as [bold]finetune[/]. [bold]--train-text-encoder[/] trains a small
+    text encoder along (how the shipped tiny model learns which colour goes with which shape).
 
     Example: sanatool train --preset tiny --data shapes/ -o tiny-run --steps 1000 --batch-size 64
     """
@@ -224,7 +233,7 @@ def train(
         grad_checkpointing=grad_checkpointing, save_every=save_every, keep_checkpoints=keep_checkpoints,
         resume=resume, seed=seed, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir, resolution=resolution,
         caption_dropout=caption_dropout, weighting_scheme=weighting_scheme, logit_mean=logit_mean,
-        logit_std=logit_std, ema_decay=ema, max_grad_norm=max_grad_norm, warmup_steps=warmup_steps, lr_schedule=lr_schedule, fsdp=fsdp,
+        logit_std=logit_std, ema_decay=ema, max_grad_norm=max_grad_norm, warmup_steps=warmup_steps, lr_schedule=lr_schedule, fsdp=fsdp, train_text_encoder=train_text_encoder,
         device=device, dtype=dtype, max_shard_size=max_shard_size, force=force,
     )  # fmt: skip
     _run(opts, dry_run, as_json)

@@ -3,7 +3,8 @@
 SANA users' top complaint is VAE and text-encoder memory during training; here the frozen
 encoders run once, in inference mode, and are freed before the transformer is built. Entries live
 under ``CACHE_ROOT/<key>/`` as safetensors shards (``latents``, ``embeds``, ``mask`` per item)
-plus the empty-caption embedding used for caption dropout. The key hashes the encoders' files
+plus the empty-caption embedding used for caption dropout. The token ids (``ids``) behind each
+embedding are kept too, for runs that train the text encoder (``--train-text-encoder``). The key hashes the encoders' files
 (text encoder, tokenizer, VAE), the data set (captions, image names, sizes, times), the image
 resolution and the prompt-encoding settings, so any change to any of them means a fresh entry.
 Weight files over 256 MB are hashed by 32 evenly spaced MiB (the first holds the safetensors
@@ -30,7 +31,7 @@ from sanatool.outputs import give_usual_mode
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.training.data import ImageDataset, load_pixels
 
-CACHE_FORMAT = "sanatool-latent-cache/1"
+CACHE_FORMAT = "sanatool-latent-cache/2"
 CACHE_META = "cache.json"
 DEFAULT_CACHE_NAME = ".sanatool-cache"
 #: Items per safetensors shard of the cache.
@@ -125,12 +126,13 @@ class LatentCache:
         """A reader that gathers batches of items from the memory-mapped shards."""
         return CacheReader(self)
 
-    def null_embedding(self) -> tuple[Any, Any]:
-        """The empty caption's embedding and mask, (1, L, D) and (1, L): what caption dropout swaps in."""
+    def null_embedding(self) -> tuple[Any, Any, Any]:
+        """The empty caption's embedding, mask and token ids, (1, L, D), (1, L) and (1, L): what
+        caption dropout swaps in."""
         from safetensors.torch import load_file
 
         null = load_file(str(self.path / "null.safetensors"))
-        return null["embeds"], null["mask"]
+        return null["embeds"], null["mask"], null["ids"]
 
 
 class CacheReader:
@@ -144,11 +146,14 @@ class CacheReader:
         self.count = cache.count
         self.latent_shape = cache.latent_shape
 
-    def gather(self, indices: list[int]) -> dict[str, Any]:
-        """``latents`` (B, C, h, w), ``embeds`` (B, L, D), ``mask`` (B, L) for the given item indices."""
+    def gather(
+        self, indices: list[int], keys: tuple[str, ...] = ("latents", "embeds", "mask")
+    ) -> dict[str, Any]:
+        """``latents`` (B, C, h, w), ``embeds`` (B, L, D), ``mask`` and ``ids`` (B, L), those named
+        in ``keys``, for the given items."""
         import torch
 
-        rows: dict[str, list[Any]] = {"latents": [], "embeds": [], "mask": []}
+        rows: dict[str, list[Any]] = {key: [] for key in keys}
         for index in indices:
             handle = self._handles[index // SHARD_ITEMS]
             row = index % SHARD_ITEMS
@@ -227,7 +232,7 @@ class _ShardWriter:
 
         width = max(batch["mask"].shape[1] for batch in self.pending)
         merged = {"latents": torch.cat([b["latents"] for b in self.pending])}
-        for key in ("embeds", "mask"):
+        for key in ("embeds", "mask", "ids"):
             merged[key] = torch.cat([_pad_columns(b[key], width) for b in self.pending])
         head = {key: value[:items].contiguous() for key, value in merged.items()}
         save_file(head, str(self.folder / f"items-{self.shards:05d}.safetensors"))
@@ -251,7 +256,7 @@ def build_cache(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from sanatool.text import encode_prompts
+    from sanatool.text import encode_prompts, tokenize_prompts
 
     key = cache_key(pipeline_dir, dataset, settings)
     target = cache_root / key
@@ -270,7 +275,7 @@ def build_cache(
         tokenizer, text_encoder, vae = load_encoders(pipeline_dir, settings.device, settings.dtype)
         scaling = float(vae.config.scaling_factor)
 
-        def encode_text(texts: list[str], instruction: bool = True) -> tuple[Any, Any]:
+        def encode_text(texts: list[str], instruction: bool = True) -> tuple[Any, Any, Any]:
             embeds, mask = encode_prompts(
                 tokenizer,
                 text_encoder,
@@ -279,9 +284,17 @@ def build_cache(
                 max_sequence_length=settings.max_sequence_length,
                 complex_human_instruction=settings.complex_human_instruction if instruction else None,
             )
+            use_instruction = instruction and settings.complex_human_instruction
+            # The ids behind the embeddings: only without an instruction do they line up column for
+            # column (training a text encoder refuses instruction runs); zeros stand in otherwise.
+            ids = (
+                torch.zeros_like(mask)
+                if use_instruction
+                else tokenize_prompts(tokenizer, texts, settings.max_sequence_length)[0]
+            )
             # Each batch keeps only the columns its captions use; shards are padded to a common width.
             width = _last_used_column(mask)
-            return embeds[:, :width].cpu(), mask[:, :width].cpu()
+            return embeds[:, :width].cpu(), mask[:, :width].cpu(), ids[:, :width].to(torch.int32).cpu()
 
         writer = _ShardWriter(tmp)
         total = len(dataset)
@@ -289,15 +302,15 @@ def build_cache(
         progress("encode", 0, total)
         with torch.inference_mode():
             # The unconditional embedding is the empty prompt without instruction, as sampling computes it.
-            null_embeds, null_mask = encode_text([""], instruction=False)
+            null_embeds, null_mask, null_ids = encode_text([""], instruction=False)
             for start in range(0, total, settings.batch_size):
                 batch = dataset.items[start : start + settings.batch_size]
                 pixels = torch.stack([load_pixels(item, dataset.resolution) for item in batch])
                 pixels = pixels.to(settings.device, dtype=vae.dtype)
                 latents = vae.encode(pixels).latent.float().cpu() * scaling
-                embeds, mask = encode_text([item.text for item in batch])
+                embeds, mask, ids = encode_text([item.text for item in batch])
                 latent_shape = tuple(latents.shape[1:])
-                writer.add({"latents": latents, "embeds": embeds, "mask": mask})
+                writer.add({"latents": latents, "embeds": embeds, "mask": mask, "ids": ids})
                 progress("encode", min(start + len(batch), total), total)
             writer.close()
         # Give every shard (and the empty caption) one width: the longest caption's.
@@ -306,11 +319,15 @@ def build_cache(
         used = max([null_mask.shape[1]] + [data["mask"].shape[1] for data in loaded.values()])
         for shard, data in loaded.items():
             if data["mask"].shape[1] != used:
-                data["embeds"] = _pad_columns(data["embeds"], used)
-                data["mask"] = _pad_columns(data["mask"], used)
+                for key in ("embeds", "mask", "ids"):
+                    data[key] = _pad_columns(data[key], used)
                 save_file(data, str(shard))
         del loaded
-        null = {"embeds": _pad_columns(null_embeds, used), "mask": _pad_columns(null_mask, used)}
+        null = {
+            "embeds": _pad_columns(null_embeds, used),
+            "mask": _pad_columns(null_mask, used),
+            "ids": _pad_columns(null_ids, used),
+        }
         save_file(null, str(tmp / "null.safetensors"))
         meta = {
             "format": CACHE_FORMAT,

@@ -75,7 +75,7 @@ class Trainer:
         wrapped: Any,
         optimizer: Any,
         reader: Any,
-        null_embedding: tuple[Any, Any],
+        null_embedding: tuple[Any, Any, Any],
         flow_shift: float,
         num_train_timesteps: int,
         timestep_scale: float,
@@ -88,7 +88,9 @@ class Trainer:
         self.wrapped = wrapped
         self.optimizer = optimizer
         self.reader = reader
-        self.null_embeds, self.null_mask = null_embedding
+        self.null_embeds, self.null_mask, self.null_ids = null_embedding
+        # With --train-text-encoder the model is a TextConditionedTransformer fed token ids.
+        self.text_keys = ("ids", "mask") if opts.train_text_encoder else ("embeds", "mask")
         self.flow_shift = flow_shift
         self.time_scale = num_train_timesteps * timestep_scale
         self.generator = torch.Generator().manual_seed(opts.seed)
@@ -146,13 +148,18 @@ class Trainer:
         per_rank = self.opts.batch_size
         lo, hi = self.ctx.rank * per_rank, (self.ctx.rank + 1) * per_rank
         device = self.ctx.device
-        batch = self.reader.gather(draw["indices"][lo:hi])
+        batch = self.reader.gather(draw["indices"][lo:hi], ("latents", *self.text_keys))
         x0 = batch["latents"].to(device, torch.float32)
-        embeds, mask = batch["embeds"], batch["mask"]
+        mask = batch["mask"]
         drop = draw["drop"][lo:hi]
         if drop.any():
-            embeds = torch.where(drop[:, None, None], self.null_embeds.to(embeds.dtype), embeds)
             mask = torch.where(drop[:, None], self.null_mask.to(mask.dtype), mask)
+            if self.opts.train_text_encoder:
+                batch["ids"] = torch.where(drop[:, None], self.null_ids.to(batch["ids"].dtype), batch["ids"])
+            else:
+                batch["embeds"] = torch.where(
+                    drop[:, None, None], self.null_embeds.to(batch["embeds"].dtype), batch["embeds"]
+                )
         noise = draw["noise"][lo:hi].to(device)
         u = draw["u"][lo:hi].to(device)
         shift = self.flow_shift
@@ -161,13 +168,19 @@ class Trainer:
         noisy = (1.0 - sig) * x0 + sig * noise
         target = noise - x0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            pred = self.wrapped(
-                noisy,
-                encoder_hidden_states=embeds.to(device, torch.float32),  # autocast casts down as needed
-                timestep=sigmas * self.time_scale,
-                encoder_attention_mask=mask.to(device),
-                return_dict=False,
-            )[0]
+            if self.opts.train_text_encoder:
+                pred = self.wrapped(
+                    noisy, batch["ids"].to(device, torch.long), mask.to(device), sigmas * self.time_scale
+                )
+            else:
+                pred = self.wrapped(
+                    noisy,
+                    # autocast casts down as needed
+                    encoder_hidden_states=batch["embeds"].to(device, torch.float32),
+                    timestep=sigmas * self.time_scale,
+                    encoder_attention_mask=mask.to(device),
+                    return_dict=False,
+                )[0]
         weighting = compute_loss_weighting_for_sd3(self.opts.weighting_scheme, sigmas=sigmas)
         per_sample = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
         return (weighting * per_sample).mean()

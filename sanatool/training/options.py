@@ -54,6 +54,7 @@ class TrainOptions:
     warmup_steps: int = 0
     lr_schedule: str = "constant"
     fsdp: bool = False
+    train_text_encoder: bool = False
     device: str = "auto"
     dtype: str | None = None
     max_shard_size: str = "5GB"
@@ -143,6 +144,10 @@ def validate_options(opts: TrainOptions, dry_run: bool = False) -> None:
         raise InputError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {opts.ema_decay}")
     if opts.ema_decay is not None and opts.fsdp:
         raise InputError("--ema with --fsdp is not supported (EMA keeps a full copy); drop one of them")
+    if opts.train_text_encoder and opts.fsdp:
+        raise InputError(
+            "--train-text-encoder with --fsdp is not supported (FSDP shards the transformer alone)"
+        )
     if opts.lr_schedule not in LR_SCHEDULES:
         raise InputError(
             f"unknown --lr-schedule {opts.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"

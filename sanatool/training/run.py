@@ -133,6 +133,11 @@ def _check_resume(opts: TrainOptions, sources: Sources, checkpoint: Path) -> dic
             f"the checkpoint {checkpoint} belongs to a run of another model ({_describe(meta.get('identity'))}), "
             f"not {_describe(sources.identity)}; resume with the model it was trained from, or start afresh with --force"
         )
+    if bool(meta.get("train_text_encoder", False)) != opts.train_text_encoder:
+        flag = "with" if meta.get("train_text_encoder") else "without"
+        raise InputError(
+            f"the checkpoint {checkpoint} was trained {flag} --train-text-encoder; resume the same way"
+        )
     if meta.get("optimizer") != opts.optimizer:
         raise InputError(
             f"the checkpoint {checkpoint} was trained with --optimizer {meta.get('optimizer')}; resume with the same one"
@@ -280,6 +285,14 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     """
     validate_options(opts)
     sources = resolve_sources(opts)
+    if opts.train_text_encoder:
+        from sanatool.pipeline import default_instruction
+
+        if default_instruction(sources.config) is not None:
+            raise InputError(
+                "--train-text-encoder is for small text encoders trained from scratch (the shapes world); this "
+                "model encodes prompts with the complex human instruction of a pretrained Gemma, keep it frozen"
+            )
     vae_config = check_components(sources.config, sources.components)
     assert opts.data is not None and opts.out is not None
     dataset = load_dataset(opts.data, opts.resolution)
@@ -331,6 +344,12 @@ def _train(
         model = init_transformer(sources.config, opts.seed)
     if opts.grad_checkpointing:
         model.enable_gradient_checkpointing()
+    text_encoder = None
+    if opts.train_text_encoder:
+        from sanatool.training.text_encoder import TextConditionedTransformer, load_text_encoder
+
+        text_encoder = load_text_encoder(resume_from if resume_from is not None else sources.components.path)
+        model = TextConditionedTransformer(model, text_encoder)
     model.to(ctx.device).train()
     wrapped = wrap_model(model, ctx, opts.fsdp)
     optimizer = _build_optimizer(opts, model)
@@ -365,6 +384,31 @@ def _train(
     elif ctx.is_main:
         live_log.write_text("")
 
+    def write_output(root: Path, weights: dict[str, Any], dtype: str, summary: str) -> None:
+        """A full pipeline dir: carried components, the transformer (and a trained text encoder)."""
+        text_state = None
+        if text_encoder is not None:
+            from sanatool.training.text_encoder import split_state
+
+            weights, text_state = split_state(weights)
+        write_model_dir(
+            root,
+            sources.components,
+            sources.config,
+            weights,
+            dtype,
+            opts.max_shard_size,
+            sources.parent,
+            opts.command,
+            opts.recorded(),
+            summary,
+            origin=sources.origin,
+        )
+        if text_state is not None:
+            from sanatool.training.text_encoder import write_text_encoder
+
+            write_text_encoder(root, text_encoder, text_state, dtype)
+
     def save_checkpoint() -> Path:
         step = trainer.step_count
         weights = full_state_dict(wrapped, ctx, opts.fsdp)
@@ -372,19 +416,7 @@ def _train(
         target = run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
         if ctx.is_main:
             with atomic_output_dir(target, force=True) as tmp:
-                write_model_dir(
-                    tmp,
-                    sources.components,
-                    sources.config,
-                    weights,
-                    "fp32",
-                    opts.max_shard_size,
-                    sources.parent,
-                    opts.command,
-                    opts.recorded(),
-                    f"{opts.command}(step {step}/{opts.steps})",
-                    origin=sources.origin,
-                )
+                write_output(tmp, weights, "fp32", f"{opts.command}(step {step}/{opts.steps})")
                 save_state(
                     tmp,
                     {
@@ -398,6 +430,7 @@ def _train(
                     "step": step,
                     "identity": sources.identity,
                     "optimizer": opts.optimizer,
+                    "train_text_encoder": opts.train_text_encoder,
                     "cache_key": cache_key,
                     "global_batch": opts.batch_size * opts.grad_accum * ctx.world_size,
                 }
@@ -472,19 +505,9 @@ def _train(
     if ctx.is_main:
         records = read_log(live_log)
         with atomic_output_dir(out, force=opts.force, inputs=[*sources.inputs, dataset.root]) as tmp:
-            write_model_dir(
-                tmp,
-                sources.components,
-                sources.config,
-                weights,
-                out_dtype,
-                opts.max_shard_size,
-                sources.parent,
-                opts.command,
-                opts.recorded(),
-                f"{opts.command}({opts.preset + ', ' if opts.preset else ''}{opts.steps} steps)",
-                origin=sources.origin,
-            )
+            detail = ", text encoder trained" if opts.train_text_encoder else ""
+            summary = f"{opts.command}({opts.preset + ', ' if opts.preset else ''}{opts.steps} steps{detail})"
+            write_output(tmp, weights, out_dtype, summary)
             shutil.copyfile(live_log, tmp / LOSS_LOG)
             plot_loss(records, tmp / LOSS_CURVE, title=f"{opts.command}: {out.name}")
         if not opts.save_every:
