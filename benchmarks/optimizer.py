@@ -384,8 +384,8 @@ def bench_speed(rounds: int) -> None:
     )
     print(
         f"A CAME8bit step on the block: {total * 1e3:.0f} ms CPU, of which {inside * 1e3:.0f} ms "
-        f"({inside / total:.0%}) in quantizing and dequantizing (1 quantize + 2 dequantize per 8-bit value "
-        "of a tensor in several chunks, 1 + 1 of one in a single chunk).\n"
+        f"({inside / total:.0%}) in quantizing and dequantizing (1 quantize + 1 dequantize per 8-bit value, "
+        "and a second dequantize for all but the last chunk of a tensor in several chunks).\n"
     )
 
 

@@ -214,9 +214,28 @@ def test_cpu_quantizer_is_bit_identical_to_bitsandbytes():
         _assert_same_as_bnb(values)
 
 
+def test_cpu_dequantizer_writes_what_bitsandbytes_returns():
+    """bitsandbytes' CPU kernel called straight into a given tensor: its op's values bit for bit, for
+    stacked rows with a partial last block and absmax zero, ±inf, NaN and subnormal."""
+    import bitsandbytes.functional as bnbf
+
+    assert blockwise.cpu_dequantizer() is not None  # the fast path is in use with this bitsandbytes
+    generator = torch.Generator().manual_seed(12)
+    codes = torch.randint(0, 256, (3, 2 * BLOCK_SIZE + 50), dtype=torch.uint8, generator=generator)
+    absmax = torch.rand(3, 3, generator=generator) * 1e-2
+    absmax[0] = torch.tensor([0.0, float("inf"), float("nan")])
+    absmax[1, 0] = 1e-41
+    out = torch.full(codes.shape, 7.0)
+    assert blockwise.dequantize_rows(codes, absmax, out) is out
+    code = blockwise.dynamic_code(torch.device("cpu"))
+    for c, a, o in zip(codes, absmax, out, strict=True):
+        ref = bnbf.dequantize_blockwise(c, absmax=a, code=code, blocksize=BLOCK_SIZE)
+        assert torch.equal(o.view(torch.int32), ref.view(torch.int32))
+
+
 def test_came8bit_state_is_the_same_with_bitsandbytes_quantizer(monkeypatch):
-    """End to end: CAME8bit steps with the CPU fast path and with bitsandbytes' own quantizer agree bit
-    for bit (stacked tensors, chunked tensors, a partial last block)."""
+    """End to end: CAME8bit steps with the CPU fast paths and with bitsandbytes' own quantizer and
+    dequantizer agree bit for bit (stacked tensors, chunked tensors, a partial last block)."""
     shapes = [(64, 64), (64, 64), (300, 70), (5000,)]
 
     def run() -> tuple[list[torch.Tensor], list[dict]]:
@@ -231,6 +250,7 @@ def test_came8bit_state_is_the_same_with_bitsandbytes_quantizer(monkeypatch):
 
     fast_params, fast_state = run()
     monkeypatch.setattr(blockwise, "cpu_quantizer", lambda: None)
+    monkeypatch.setattr(blockwise, "cpu_dequantizer", lambda: None)
     bnb_params, bnb_state = run()
     for a, b in zip(fast_params, bnb_params, strict=True):
         assert torch.equal(a, b)
@@ -327,6 +347,7 @@ def test_stacked_8bit_rows_with_partial_blocks(monkeypatch):
     for a, b in zip(fast_params, alone_params, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=2e-6)
     monkeypatch.setattr(blockwise, "cpu_quantizer", lambda: None)
+    monkeypatch.setattr(blockwise, "cpu_dequantizer", lambda: None)
     bnb_params, bnb_state = run(one_by_one=False)
     for a, b in zip(fast_params, bnb_params, strict=True):
         assert torch.equal(a, b)

@@ -17,14 +17,21 @@ kernel's rule is not nearest-value but a table over 65536 bins of [−1, 1]: bin
 table read out of bitsandbytes' own quantizer, and :func:`cpu_quantizer` checks it against
 bitsandbytes before first use: the codes and absmax are bit for bit what bitsandbytes writes, and
 if that check fails (another bitsandbytes version, another rule) every call goes to bitsandbytes.
-CUDA tensors always go to bitsandbytes, and dequantizing always does (its CPU kernel is fast).
+CUDA tensors always go to bitsandbytes, and dequantizing always does (its CPU kernel is fast). On
+CPU that kernel is called straight, as bitsandbytes' own CPU backend calls it, so that it writes into
+scratch the caller lends: bitsandbytes' CPU op has no ``out=`` variant, and a fresh multi-megabyte
+tensor at every call costs page faults (about 8 % of a CAME8bit step on the tiny preset). That call
+too is checked against bitsandbytes' op before first use, and skipped if it differs.
 
 bitsandbytes is imported on first use, so importing :mod:`sanatool.optim` stays light.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import math
+from collections.abc import Callable
 
 import torch
 
@@ -122,19 +129,22 @@ class CpuQuantizer:
 def _scale_blocks(x: torch.Tensor, absmax_out: torch.Tensor, scaled_out: torch.Tensor) -> bool:
     """bitsandbytes' absmax of each block of ``x`` [B, k, size] into ``absmax_out`` [B, k], and
     ``x · (1 / absmax)`` into ``scaled_out``; True when some scaled value may be NaN or ±∞."""
-    # max |x| of each block from its max and min: two fast reductions and no |x| temporary;
-    # abs_() makes an all-zero block's absmax +0, as bitsandbytes' max(0, ·) does.
-    torch.maximum(x.amax(dim=2).abs_(), x.amin(dim=2).abs_(), out=absmax_out)
+    # max |x| of each block as max(max x, −min x): two fast reductions, no |x| temporary, and fewer
+    # small kernels (each costs microseconds) than taking the absolute value of both.
+    torch.amax(x, dim=2, out=absmax_out)
+    torch.maximum(absmax_out, x.amin(dim=2).neg_(), out=absmax_out)
     inverse = absmax_out.reciprocal()
-    # absmax · (1 / absmax) is finite, one check for all blocks, unless a block holds NaN or ±∞,
-    # is all zero or has a subnormal absmax whose inverse overflows.
-    special = not bool(torch.isfinite(inverse * absmax_out).all())
+    # Σ absmax · (1 / absmax) is finite (about the number of blocks), one kernel for all blocks,
+    # unless a block holds NaN or ±∞, is all zero or has a subnormal absmax whose inverse overflows.
+    special = not math.isfinite(inverse.view(-1).dot(absmax_out.reshape(-1)))
     if special:
+        # An all-zero block's absmax may be −0 here; bitsandbytes' max(0, ·) makes it +0.
+        absmax_out.abs_()
         nan = absmax_out.isnan()
         if nan.any():  # bitsandbytes' absmax skips NaN values (a NaN value itself gets code 0)
             rows = x[nan]
             absmax_out[nan] = torch.where(rows.isnan(), 0.0, rows.abs()).amax(dim=1)
-            inverse = absmax_out.reciprocal()
+        inverse = absmax_out.reciprocal()
     # x · (1 / absmax), not x / absmax: the same two roundings as bitsandbytes.
     torch.mul(x, inverse.unsqueeze(2), out=scaled_out)
     return special
@@ -256,27 +266,85 @@ def quantize_rows(
         bnbf.quantize_blockwise(v.contiguous(), code=code, absmax=a, out=c, blocksize=BLOCK_SIZE)
 
 
-def dequantize_rows(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+#: bitsandbytes' fp32 CPU dequantizer called straight: (codes, absmax, out) into ``out``, all
+#: contiguous on CPU, ``codes`` uint8 and the others fp32.
+_Dequantizer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def _bnb_dequantize(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.dequantize_blockwise(
+        codes, absmax=absmax, code=dynamic_code(codes.device), blocksize=BLOCK_SIZE
+    )
+
+
+@functools.cache
+def cpu_dequantizer() -> _Dequantizer | None:
+    """bitsandbytes' fp32 CPU dequantize kernel, writing into a tensor given, or None where calling
+    it straight does not give what bitsandbytes' op gives (codes of every value, absmax normal,
+    zero, subnormal, ±∞ and NaN, a partial last block), bit for bit."""
+    try:
+        import bitsandbytes
+        from bitsandbytes.cextension import lib
+
+        kernel = lib.cdequantize_blockwise_cpu_fp32
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    # A C function called through ctypes cannot check its arguments: a release that changed this
+    # one's signature could crash inside the check below instead of failing it. Only the releases
+    # whose signature was read (0.50.x) are called straight; others go through bitsandbytes' op.
+    if bitsandbytes.__version__.split(".")[:2] != ["0", "50"]:
+        return None
+    code = dynamic_code(torch.device("cpu"))
+    block = ctypes.c_longlong(BLOCK_SIZE)
+
+    def dequantize_into(codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor) -> None:
+        pointers = (ctypes.c_void_p(t.data_ptr()) for t in (code, codes, absmax, out))
+        kernel(*pointers, block, ctypes.c_longlong(codes.numel()))
+
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.cat([torch.randperm(256, generator=generator) for _ in range(9)])[:-77].to(torch.uint8)
+    absmax = torch.randn(num_blocks(codes.numel()), generator=generator).abs_() * 1e-3
+    absmax[:5] = torch.tensor([0.0, float("inf"), float("nan"), 1e-40, 3e38])
+    out = torch.empty(codes.numel())
+    try:
+        dequantize_into(codes, absmax, out)
+    except Exception:  # e.g. bitsandbytes' stand-in for a library that did not load: use the op
+        return None
+    if not torch.equal(out.view(torch.int32), _bnb_dequantize(codes, absmax).view(torch.int32)):
+        return None
+    return dequantize_into
+
+
+def dequantize_rows(
+    codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The fp32 values of uint8 ``codes`` [B, n] as :func:`quantize_rows` wrote them (with their
-    ``absmax`` [B, num_blocks(n)]), as a new contiguous [B, n] tensor.
+    ``absmax`` [B, num_blocks(n)]), written into contiguous ``out`` [B, n] (a new tensor if None),
+    which is returned.
 
     bitsandbytes' CPU kernel dequantizes in one pass (a lookup in the 256-value map and a multiply),
     faster than torch ops can; rows of whole blocks (or a lone row) take one call for all.
     """
-    import bitsandbytes.functional as bnbf
-
-    code = dynamic_code(codes.device)
+    if out is None:
+        out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
     if codes.shape[0] == 1 or codes.shape[1] % BLOCK_SIZE == 0:
-        flat = bnbf.dequantize_blockwise(
-            codes.reshape(-1), absmax=absmax.reshape(-1), code=code, blocksize=BLOCK_SIZE
-        )
-        return flat.view(codes.shape)
-    return torch.stack(
-        [
-            bnbf.dequantize_blockwise(c, absmax=a, code=code, blocksize=BLOCK_SIZE)
-            for c, a in zip(codes, absmax, strict=True)
-        ]
-    )
+        rows = [(codes.reshape(-1), absmax.reshape(-1), out.view(-1))]
+    else:
+        rows = list(zip(codes, absmax, out, strict=True))
+    dequantize_into = cpu_dequantizer() if codes.device.type == "cpu" else None
+    for c, a, o in rows:
+        if dequantize_into is not None:
+            dequantize_into(c.contiguous(), a.contiguous(), o)
+        elif o.device.type == "cpu":  # bitsandbytes' CPU op writes only into a tensor of its own
+            o.copy_(_bnb_dequantize(c, a))
+        else:
+            import bitsandbytes.functional as bnbf
+
+            code = dynamic_code(c.device)
+            bnbf.dequantize_blockwise(c, absmax=a, code=code, out=o, blocksize=BLOCK_SIZE)
+    return out
 
 
 def quantize(values: torch.Tensor, ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:

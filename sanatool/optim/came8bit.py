@@ -43,11 +43,12 @@ class Blockwise8bitMoments(Fp32Moments):
     """
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor:
-        """Dequantized values ``[lo, hi)`` of each state, as [B, hi - lo] (a new tensor)."""
+        """Dequantized values ``[lo, hi)`` of each state, as [B, hi - lo] in scratch (valid until the
+        next load)."""
         if states[0]["exp_avg"].dtype != torch.uint8:
             return super().load(states, lo, hi, ws)
         codes, absmax = self._rows(states, lo, hi)
-        return dequantize_rows(codes, absmax)
+        return dequantize_rows(codes, absmax, ws.take("moment", tuple(codes.shape), absmax))
 
     def store(
         self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace

@@ -10,8 +10,9 @@ tensor (:func:`stacked`), updated in place.
 The factored update needs three statistics of the whole tensor (the second-moment factors, the
 RMS of the update, the instability factors of the *new* moment) before it can apply anything, so
 it takes four passes over the chunks: the new moment is computed in pass 3 for its statistics only
-and again, identically, in pass 4, where it is stored and applied in fp32 (a stack or a tensor in one
-chunk keeps pass 3's moment and difference instead). The unfactored update takes two passes.
+and again, identically, in pass 4, where it is stored and applied in fp32 (except for the last chunk
+of pass 3, whose moment and difference pass 4 keeps and takes first: all of a stack or of a tensor in
+one chunk). The unfactored update takes two passes.
 """
 
 from __future__ import annotations
@@ -272,9 +273,9 @@ def factored_update(
         return torch.addcmul(m_old, e, c_factor, value=-1.0, out=e)
 
     # Pass 3: the instability of the new moment, (U − m_new)² = β₁²(U − m_old)² (m_new = β₁m + (1−β₁)U).
+    # The last chunk's m_old and e are kept for pass 4 (e squared into other scratch), which takes
+    # that chunk first and so neither loads (dequantizes) its moment again nor recomputes its e.
     if single:
-        # m_old and e are kept for pass 4 (e squared into other scratch), which then neither
-        # loads (dequantizes) the moment again nor recomputes e.
         m_old = moments.load(states, 0, rows * cols, ws).view(batch, rows, cols)
         diff = diff_of(m_old, 0, rows)
         res = torch.mul(diff, diff, out=ws.take("tmp2", tuple(diff.shape), diff))
@@ -282,8 +283,9 @@ def factored_update(
     else:
         res_row_mean, res_col_sum = torch.empty(batch, rows, **f32), torch.zeros(batch, cols, **f32)
         for r0, r1 in spans:
-            res = diff_of(moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols), r0, r1)
-            res.square_()
+            m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
+            diff = diff_of(m_old, r0, r1)
+            res = torch.mul(diff, diff, out=ws.take("tmp2", tuple(diff.shape), diff))
             torch.mean(res, dim=2, out=res_row_mean[:, r0:r1])
             res_col_sum.add_(res.sum(dim=1))
     res_row, res_col = stacked(states, "exp_avg_res_row"), stacked(states, "exp_avg_res_col")
@@ -297,8 +299,9 @@ def factored_update(
 
     # Pass 4: m_new = m_old − (1−β₁)(m_old − U), stored; W -= lr·wd·W; W -= lr · m_new / √S with
     # the fp32 m_new (an 8-bit store only ever affects later steps, as in the reference rule).
-    for r0, r1 in spans:
-        if not single:
+    # The chunks' updates are independent: last chunk first, then the others in order.
+    for r0, r1 in spans[-1:] + spans[:-1]:
+        if r1 != rows:
             m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
             diff = diff_of(m_old, r0, r1)
         m = m_old.add_(diff, alpha=hp.beta1 - 1.0)
