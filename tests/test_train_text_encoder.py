@@ -19,16 +19,14 @@ def shapes_data(tmp_path_factory):
     return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", 8, seed=5)
 
 
-def _text_weights(model_dir: Path) -> dict:
+_TEXT_ENCODER = "text_encoder/model.safetensors"
+_TRANSFORMER = "transformer/diffusion_pytorch_model.safetensors"
+
+
+def _weights(model_dir: Path, file: str = _TEXT_ENCODER) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(model_dir / "text_encoder" / "model.safetensors"))
-
-
-def _transformer_weights(model_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    return load_file(str(model_dir / file))
 
 
 def test_token_ids_feed_the_encoder_exactly_as_diffusers_encodes(tiny_pipeline):
@@ -58,7 +56,7 @@ def test_train_text_encoder_writes_both_and_samples(cli, tiny_pipeline, shapes_d
         "--ema", "0.5", "--train-text-encoder", "--json",
     )  # fmt: skip
     assert res.code == 0, res.stderr
-    trained, init = _text_weights(out), _text_weights(tiny_pipeline)
+    trained, init = _weights(out), _weights(tiny_pipeline)
     assert trained.keys() == init.keys()
     assert all(t.dtype.is_floating_point and t.element_size() == 2 for t in trained.values())
     assert any(not trained[k].float().equal(init[k].float()) for k in init)
@@ -98,8 +96,8 @@ def test_train_text_encoder_resumes_bit_exact(tiny_pipeline, shapes_data, tmp_pa
     with pytest.raises(Exception, match="was trained with --train-text-encoder"):
         run_training(TrainOptions(out=tmp_path / "split", resume=True, **{**common, "train_text_encoder": False}))
     run_training(TrainOptions(out=tmp_path / "split", resume=True, **common))
-    for weights in (_text_weights, _transformer_weights):
-        straight, split = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    for file in (_TEXT_ENCODER, _TRANSFORMER):
+        straight, split = _weights(tmp_path / "straight", file), _weights(tmp_path / "split", file)
         assert all(straight[k].equal(split[k]) for k in straight)
 
 

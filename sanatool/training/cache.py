@@ -4,9 +4,10 @@ SANA users' top complaint is VAE and text-encoder memory during training; here t
 encoders run once, in inference mode, and are freed before the transformer is built. Entries live
 under ``CACHE_ROOT/<key>/`` as safetensors shards (``latents``, ``embeds``, ``mask`` per item)
 plus the empty-caption embedding used for caption dropout. The token ids (``ids``) behind each
-embedding are kept too, for runs that train the text encoder (``--train-text-encoder``). The key hashes the encoders' files
-(text encoder, tokenizer, VAE), the data set (captions, image names, sizes, times), the image
-resolution and the prompt-encoding settings, so any change to any of them means a fresh entry.
+embedding are kept too, for runs that train the text encoder (``--train-text-encoder``). The key
+hashes the encoders' files (text encoder, tokenizer, VAE), the data set (captions, image names,
+sizes, times), the image resolution and the prompt-encoding settings, so any change to any of them
+means a fresh entry.
 Weight files over 256 MB are hashed by 32 evenly spaced MiB (the first holds the safetensors
 header), so keying a 5 GB text encoder takes a fraction of a second.
 
