@@ -87,16 +87,10 @@ def official_state_bytes(shape: tuple[int, ...]) -> int:
 class OfficialMinMaxMoments(Fp32Moments):
     """The official scheme's first moment (for tensors processed in one chunk)."""
 
-    def __init__(self) -> None:
-        self._fresh: dict[int, torch.Tensor] = {}
-
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor:
         st = states[0]
         if st["exp_avg"].dtype != torch.uint8:
             return super().load(states, lo, hi, ws)
-        fresh = self._fresh.pop(id(st), None)  # the final pass of a step: the unquantized moment
-        if fresh is not None:
-            return fresh
         rows = st["exp_avg"].shape[0]
         parts = []
         for i, r0 in enumerate(range(0, rows, OFFICIAL_ROWS)):
@@ -121,7 +115,6 @@ class OfficialMinMaxMoments(Fp32Moments):
                 ((chunk - low) / safe).round()
             )
             st["exp_avg_min"][i], st["exp_avg_scale"][i] = low, scale
-        self._fresh[id(st)] = values
 
 
 class OfficialCAME8bit(CAME):
@@ -142,7 +135,7 @@ class OfficialCAME8bit(CAME):
     def _moments(self) -> OfficialMinMaxMoments:
         return self._store
 
-    def _stackable(self, p: torch.Tensor) -> bool:
+    def _stackable(self, p: torch.Tensor, grad: torch.Tensor) -> bool:
         return False
 
 

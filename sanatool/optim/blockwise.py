@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import torch
 
-from sanatool.optim.update import Workspace, scalar
+from sanatool.optim.update import scalar
 
 #: Values per quantization block (one fp32 absmax each).
 BLOCK_SIZE = 256
@@ -99,13 +99,13 @@ class CpuQuantizer:
         self._fine = table[(torch.arange(2 * _BINS - 1) + 1) >> 1]  # indexed by _fine_index
 
     def quantize_rows(
-        self, values: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor, ws: Workspace
+        self, values: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor, scaled: torch.Tensor
     ) -> None:
         """Quantize each row of fp32 ``values`` [B, n] as a tensor of its own (its blocks start with
         the row; the last may be partial) into contiguous uint8 ``codes_out`` [B, n] and fp32
-        ``absmax_out`` [B, num_blocks(n)], with scratch from ``ws``."""
+        ``absmax_out`` [B, num_blocks(n)], computing in contiguous fp32 ``scaled`` [B, n] (which
+        may be ``values`` itself: it is overwritten)."""
         batch, numel = values.shape
-        scaled = ws.take("quantize", (batch, numel), values)
         full = numel - numel % BLOCK_SIZE
         special = False
         if full:
@@ -226,13 +226,13 @@ def cpu_quantizer() -> CpuQuantizer | None:
     unit = probes[0]
     if not torch.equal(quantizer.table[_bins(unit)], _unit_codes(unit)):
         return None
-    ws = Workspace()
     for values in probes:
         ref_codes, ref_absmax = _bnb_quantize(values)
         for rows in (1, 3):  # alone, and as three identical rows of a stack
             codes = torch.empty(rows, values.numel(), dtype=torch.uint8)
             absmax = torch.empty(rows, num_blocks(values.numel()))
-            quantizer.quantize_rows(values.reshape(1, -1).expand(rows, -1), codes, absmax, ws)
+            stack = values.reshape(1, -1).expand(rows, -1)
+            quantizer.quantize_rows(stack, codes, absmax, torch.empty(stack.shape))
             same_absmax = torch.equal(absmax.view(torch.int32), ref_absmax.view(torch.int32).expand(rows, -1))
             if not (same_absmax and torch.equal(codes, ref_codes.expand(rows, -1))):
                 return None
@@ -244,18 +244,23 @@ def _fast_path(device: torch.device) -> CpuQuantizer | None:
 
 
 def quantize_rows(
-    values: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor, ws: Workspace | None = None
+    values: torch.Tensor,
+    codes_out: torch.Tensor,
+    absmax_out: torch.Tensor,
+    scratch: torch.Tensor | None = None,
 ) -> None:
     """Quantize each row of fp32 ``values`` [B, n] as a tensor of its own into contiguous uint8
     ``codes_out`` [B, n] and contiguous fp32 ``absmax_out`` [B, num_blocks(n)].
 
     A row may also be a slice of a tensor that starts on a block boundary and holds whole blocks
-    unless it ends the tensor. ``ws`` lends scratch to the CPU path (fresh multi-megabyte tensors
-    cost page faults there).
+    unless it ends the tensor. ``scratch``, a contiguous fp32 [B, n] tensor, lends the CPU path
+    room to compute in (a fresh multi-megabyte tensor costs page faults there); it may be
+    ``values`` itself, which is then overwritten, and saves the cache a buffer.
     """
     quantizer = _fast_path(values.device) if values.dtype == torch.float32 else None
     if quantizer is not None:
-        quantizer.quantize_rows(values, codes_out, absmax_out, ws if ws is not None else Workspace())
+        scaled = scratch if scratch is not None else torch.empty(values.shape)
+        quantizer.quantize_rows(values, codes_out, absmax_out, scaled)
         return
     import bitsandbytes.functional as bnbf
 
@@ -347,11 +352,11 @@ def dequantize_rows(
     return out
 
 
-def quantize(values: torch.Tensor, ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize fp32 ``values`` into new flat tensors: uint8 codes and fp32 absmax per block."""
     codes = torch.empty(values.numel(), dtype=torch.uint8, device=values.device)
     absmax = torch.empty(num_blocks(values.numel()), device=values.device)
-    quantize_rows(values.reshape(1, -1), codes.view(1, -1), absmax.view(1, -1), ws)
+    quantize_rows(values.reshape(1, -1), codes.view(1, -1), absmax.view(1, -1))
     return codes, absmax
 
 

@@ -29,7 +29,7 @@ from sanatool.optim.came import (
     validate_hyperparameters,
 )
 from sanatool.optim.layout import StateLayout, state_layout
-from sanatool.optim.update import Fp32Moments, Workspace, stacked
+from sanatool.optim.update import Fp32Moments, Workspace, span, stacked
 
 #: Tensors with at least this many values get an 8-bit first moment by default.
 DEFAULT_MIN_8BIT_SIZE = 4096
@@ -53,17 +53,20 @@ class Blockwise8bitMoments(Fp32Moments):
     def store(
         self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
     ) -> None:
-        """Quantize updated values back into the states' codes and absmax."""
+        """Quantize updated values back into the states' codes and absmax, computing in
+        ``values`` itself when it is contiguous (one buffer fewer for the cache to hold)."""
         if states[0]["exp_avg"].dtype != torch.uint8:
             return super().store(states, lo, hi, values, ws)
         codes, absmax = self._rows(states, lo, hi)
-        quantize_rows(values.view(len(states), -1), codes, absmax, ws)
+        rows = values.view(len(states), -1)
+        scratch = rows if rows.is_contiguous() else ws.take("quantize", tuple(rows.shape), rows)
+        quantize_rows(rows, codes, absmax, scratch)
 
     @staticmethod
     def _rows(states: list[dict[str, Any]], lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes ``[lo, hi)`` of each state and the absmax of their blocks, as [B, ...] views."""
-        codes = stacked(states, "exp_avg").view(len(states), -1)[:, lo:hi]
-        return codes, stacked(states, "exp_avg_absmax")[:, lo // BLOCK_SIZE : -(-hi // BLOCK_SIZE)]
+        codes = span(stacked(states, "exp_avg").view(len(states), -1), lo, hi)
+        return codes, span(stacked(states, "exp_avg_absmax"), lo // BLOCK_SIZE, -(-hi // BLOCK_SIZE))
 
 
 class CAME8bit(CAME):

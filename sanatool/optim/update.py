@@ -9,15 +9,17 @@ tensor (:func:`stacked`), updated in place.
 
 The factored update needs three statistics of the whole tensor (the second-moment factors, the
 RMS of the update, the instability factors of the *new* moment) before it can apply anything, so
-it takes four passes over the chunks: the new moment is computed in pass 3 for its statistics only
-and again, identically, in pass 4, where it is stored and applied in fp32 (except for the last chunk
-of pass 3, whose moment and difference pass 4 keeps and takes first: all of a stack or of a tensor in
-one chunk). The unfactored update takes two passes.
+it takes four passes over the chunks: the new moment's difference from the update is computed in
+pass 3 for its statistics only and again, identically, in pass 4, where the new moment is applied in
+fp32 and then stored (except for the last chunk, whose new moment pass 3 makes and pass 4 takes
+first: all of a stack or of a tensor in one chunk). The unfactored update takes two passes. A store
+may use the moment it is handed as scratch (8-bit quantization does), so nothing reads it after.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,19 +59,25 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+        # The views handed out, by buffer and shape: making a view costs about as much as a small
+        # kernel, and a step asks for the same few shapes every time.
+        self._views: dict[tuple[tuple[str, torch.dtype, torch.device], tuple[int, ...]], torch.Tensor] = {}
 
     def take(
         self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype = _F32
     ) -> torch.Tensor:
         """A contiguous ``shape`` tensor of ``dtype`` on ``like``'s device; its content is garbage."""
-        numel = 1
-        for d in shape:
-            numel *= d
         key = (name, dtype, like.device)
+        view = self._views.get((key, shape))
+        if view is not None:
+            return view
+        numel = math.prod(shape)
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < numel:
             buf = self._buffers[key] = torch.empty(numel, dtype=dtype, device=like.device)
-        return buf[:numel].view(shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != key}
+        view = self._views[(key, shape)] = buf[:numel].view(shape)
+        return view
 
     def as_f32(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """``t`` itself when fp32, else an fp32 copy in scratch."""
@@ -82,6 +90,12 @@ def scalar(value: float) -> torch.Tensor:
     converts it to a tensor at every call, which costs more than a small kernel does; a 0-d CPU
     tensor acts as the same fp32 scalar, on any device."""
     return torch.tensor(value, dtype=_F32)
+
+
+def span(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``t[:, lo:hi]``, or ``t`` itself when that is all of dim 1: a view fewer, and on small stacks
+    the ops, not the values, are what a step costs."""
+    return t if lo == 0 and hi == t.shape[1] else t[:, lo:hi]
 
 
 def stacked(states: list[dict[str, Any]], key: str) -> torch.Tensor:
@@ -118,8 +132,8 @@ def scatter(tensors: list[torch.Tensor], stacked: torch.Tensor) -> None:
 class MomentStore(Protocol):
     """Where the first moment lives: ``load`` gives fp32 values ``[lo, hi)`` (flat, row-major) of
     each state as ``[B, hi - lo]``; ``store`` writes back what ``load`` returned, after an update
-    (``values`` must stay intact: the update applies it after the store; ``ws`` lends scratch).
-    Several states are those of a linked stack (see :func:`stacked`)."""
+    has been applied, and may use ``values`` as scratch (the update is done with them; ``ws`` lends
+    more). Several states are those of a linked stack (see :func:`stacked`)."""
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor: ...
 
@@ -133,7 +147,7 @@ class Fp32Moments:
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor:
         """Values ``[lo, hi)`` of each state's ``exp_avg``, as a [B, hi - lo] view."""
-        return stacked(states, "exp_avg").view(len(states), -1)[:, lo:hi]
+        return span(stacked(states, "exp_avg").view(len(states), -1), lo, hi)
 
     def store(
         self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
@@ -178,7 +192,7 @@ class Params:
 
         ``update`` is [B, hi - lo, ...]; a stack always spans whole parameters."""
         if self._stacked is not None:
-            _apply(self._stacked[:, lo:hi], update, col_scale, hp, ws)
+            _apply(span(self._stacked, lo, hi), update, col_scale, hp, ws)
             return
         # Per parameter, the same ops as _apply on an fp32 stack, so the same bits.
         params, batch, shape = self._params, len(self._params), self._params[0].shape
@@ -233,7 +247,7 @@ def factored_update(
     f32 = {"dtype": _F32, "device": grad.device}
 
     def grad_sq(r0: int, r1: int) -> torch.Tensor:
-        g = ws.as_f32("grad", grad[:, r0:r1])
+        g = ws.as_f32("grad", span(grad, r0, r1))
         return torch.mul(g, g, out=ws.take("tmp", tuple(g.shape), g))
 
     # Pass 1: row and column means of G² (ε₁ added to the means: mean(G² + ε₁) = mean(G²) + ε₁).
@@ -246,10 +260,11 @@ def factored_update(
             sq = grad_sq(r0, r1)
             torch.mean(sq, dim=2, out=row_mean[:, r0:r1])
             col_sum.add_(sq.sum(dim=1))
+    # Running means as lerp (x + (1−β)(new − x) = βx + (1−β)new): one kernel each, and on small
+    # stacks the kernels, not the values, are what a step costs.
     sq_row, sq_col = stacked(states, "exp_avg_sq_row"), stacked(states, "exp_avg_sq_col")
-    sq_row.mul_(scalar(hp.beta2)).add_(row_mean.add_(scalar(hp.eps1)), alpha=1.0 - hp.beta2)
-    col_mean = col_sum.div_(scalar(rows)).add_(scalar(hp.eps1))
-    sq_col.mul_(scalar(hp.beta2)).add_(col_mean, alpha=1.0 - hp.beta2)
+    sq_row.lerp_(row_mean.add_(scalar(hp.eps1)), 1.0 - hp.beta2)
+    sq_col.lerp_(col_sum.div_(scalar(rows)).add_(scalar(hp.eps1)), 1.0 - hp.beta2)
     r_factor = torch.div(sq_row, sq_row.mean(dim=1, keepdim=True)).rsqrt_()
     c_factor = sq_col.rsqrt()
 
@@ -262,52 +277,53 @@ def factored_update(
         u_sq_sum = torch.zeros(batch, **f32)
         for r0, r1 in spans:
             u_sq_sum += torch.linalg.vecdot(torch.bmm(r_sq[:, :, r0:r1], grad_sq(r0, r1)).squeeze(1), c_sq)
-    denom = u_sq_sum.div_(scalar(rows * cols)).sqrt_().div_(scalar(hp.clip)).clamp_min_(scalar(1.0))
+    denom = u_sq_sum.div_(scalar(rows * cols * hp.clip * hp.clip)).sqrt_().clamp_min_(scalar(1.0))
     r_scaled = r_factor.div_(denom.unsqueeze(1)).unsqueeze(2)
     c_factor = c_factor.unsqueeze(1)
 
+    # Pass 3: the instability of the new moment, (U − m_new)² = β₁²(U − m_old)² (m_new = β₁m + (1−β₁)U),
+    # from e = m_old − U, squared in place. The last chunk's new moment is made here too and kept
+    # for pass 4, which takes that chunk first and so neither loads (dequantizes) its moment again
+    # nor recomputes its e: all of a stack or of a tensor in one chunk.
     def diff_of(m_old: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """e = m_old − U for rows r0:r1, in scratch."""
-        g = ws.as_f32("grad", grad[:, r0:r1])
-        e = torch.mul(g, r_scaled[:, r0:r1], out=ws.take("tmp", tuple(g.shape), g))
+        g = ws.as_f32("grad", span(grad, r0, r1))
+        e = torch.mul(g, span(r_scaled, r0, r1), out=ws.take("tmp", tuple(g.shape), g))
         return torch.addcmul(m_old, e, c_factor, value=-1.0, out=e)
 
-    # Pass 3: the instability of the new moment, (U − m_new)² = β₁²(U − m_old)² (m_new = β₁m + (1−β₁)U).
-    # The last chunk's m_old and e are kept for pass 4 (e squared into other scratch), which takes
-    # that chunk first and so neither loads (dequantizes) its moment again nor recomputes its e.
-    if single:
-        m_old = moments.load(states, 0, rows * cols, ws).view(batch, rows, cols)
-        diff = diff_of(m_old, 0, rows)
-        res = torch.mul(diff, diff, out=ws.take("tmp2", tuple(diff.shape), diff))
-        res_row_mean, res_col_sum = res.mean(dim=2), res.sum(dim=1)
-    else:
-        res_row_mean, res_col_sum = torch.empty(batch, rows, **f32), torch.zeros(batch, cols, **f32)
-        for r0, r1 in spans:
-            m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
-            diff = diff_of(m_old, r0, r1)
-            res = torch.mul(diff, diff, out=ws.take("tmp2", tuple(diff.shape), diff))
-            torch.mean(res, dim=2, out=res_row_mean[:, r0:r1])
+    if not single:
+        res_row_sum, res_col_sum = torch.empty(batch, rows, **f32), torch.zeros(batch, cols, **f32)
+    for r0, r1 in spans:
+        m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
+        res = diff_of(m_old, r0, r1)
+        if r1 == rows:  # m_new = m_old − (1−β₁)(m_old − U), in place: kept for pass 4
+            m_last = m_old.add_(res, alpha=hp.beta1 - 1.0)
+        res.mul_(res)
+        if single:
+            res_row_sum, res_col_sum = res.sum(dim=2), res.sum(dim=1)
+        else:
+            torch.sum(res, dim=2, out=res_row_sum[:, r0:r1])
             res_col_sum.add_(res.sum(dim=1))
     res_row, res_col = stacked(states, "exp_avg_res_row"), stacked(states, "exp_avg_res_col")
     b1_sq = hp.beta1 * hp.beta1
-    res_row_mean.mul_(scalar(b1_sq)).add_(scalar(hp.eps2))
-    res_row.mul_(scalar(hp.beta3)).add_(res_row_mean, alpha=1.0 - hp.beta3)
-    res_col_mean = res_col_sum.mul_(scalar(b1_sq / rows)).add_(scalar(hp.eps2))
-    res_col.mul_(scalar(hp.beta3)).add_(res_col_mean, alpha=1.0 - hp.beta3)
+    # Means as sums times β₁² / n: a sum costs half a mean's kernels, and the multiply is there anyway.
+    res_row.lerp_(res_row_sum.mul_(scalar(b1_sq / cols)).add_(scalar(hp.eps2)), 1.0 - hp.beta3)
+    res_col.lerp_(res_col_sum.mul_(scalar(b1_sq / rows)).add_(scalar(hp.eps2)), 1.0 - hp.beta3)
     rr_factor = torch.div(res_row, res_row.mean(dim=1, keepdim=True)).rsqrt_().unsqueeze(2)
     rc_factor = res_col.rsqrt().unsqueeze(1)
 
-    # Pass 4: m_new = m_old − (1−β₁)(m_old − U), stored; W -= lr·wd·W; W -= lr · m_new / √S with
-    # the fp32 m_new (an 8-bit store only ever affects later steps, as in the reference rule).
-    # The chunks' updates are independent: last chunk first, then the others in order.
+    # Pass 4: W -= lr·wd·W; W -= lr · m_new / √S with the fp32 m_new, then m_new is stored (an 8-bit
+    # store only ever affects later steps, as in the reference rule). The chunks' updates are
+    # independent: last chunk first (its m_new made in pass 3), then the others in order.
     for r0, r1 in spans[-1:] + spans[:-1]:
-        if r1 != rows:
+        if r1 == rows:
+            m = m_last
+        else:
             m_old = moments.load(states, r0 * cols, r1 * cols, ws).view(batch, r1 - r0, cols)
-            diff = diff_of(m_old, r0, r1)
-        m = m_old.add_(diff, alpha=hp.beta1 - 1.0)
-        moments.store(states, r0 * cols, r1 * cols, m, ws)
-        update = torch.mul(m, rr_factor[:, r0:r1], out=ws.take("tmp", tuple(m.shape), m))
+            m = m_old.add_(diff_of(m_old, r0, r1), alpha=hp.beta1 - 1.0)
+        update = torch.mul(m, span(rr_factor, r0, r1), out=ws.take("tmp", tuple(m.shape), m))
         params.apply(r0, r1, update, rc_factor, hp, ws)
+        moments.store(states, r0 * cols, r1 * cols, m, ws)
 
 
 def unfactored_update(
@@ -327,23 +343,23 @@ def unfactored_update(
     exp_avg_sq = stacked(states, "exp_avg_sq").view(batch, numel)
 
     def update_of(lo: int, hi: int) -> torch.Tensor:
-        g = ws.as_f32("grad", grad[:, lo:hi])
-        return torch.rsqrt(exp_avg_sq[:, lo:hi], out=ws.take("tmp", tuple(g.shape), g)).mul_(g)
+        g = ws.as_f32("grad", span(grad, lo, hi))
+        return torch.rsqrt(span(exp_avg_sq, lo, hi), out=ws.take("tmp", tuple(g.shape), g)).mul_(g)
 
     # Pass 1: second moment v ← β₂v + (1−β₂)(G² + ε₁), and ΣU² with U = G / √v.
     u_sq_sum = torch.zeros(batch, dtype=_F32, device=grad.device)
     for lo, hi in spans:
-        g = ws.as_f32("grad", grad[:, lo:hi])
+        g = ws.as_f32("grad", span(grad, lo, hi))
         sq = torch.mul(g, g, out=ws.take("tmp", tuple(g.shape), g)).add_(scalar(hp.eps1))
-        exp_avg_sq[:, lo:hi].mul_(scalar(hp.beta2)).add_(sq, alpha=1.0 - hp.beta2)
+        span(exp_avg_sq, lo, hi).lerp_(sq, 1.0 - hp.beta2)
         u = update_of(lo, hi)
         u_sq_sum += torch.linalg.vecdot(u, u)
-    denom = u_sq_sum.div_(scalar(numel)).sqrt_().div_(scalar(hp.clip)).clamp_min_(scalar(1.0)).unsqueeze(1)
+    denom = u_sq_sum.div_(scalar(numel * hp.clip * hp.clip)).sqrt_().clamp_min_(scalar(1.0)).unsqueeze(1)
 
     # Pass 2: m ← β₁m + (1−β₁)U/denom, then W -= lr·wd·W; W -= lr·m (no confidence term for 1-D).
     for lo, hi in spans:
         u = (u if single else update_of(lo, hi)).div_(denom)
         m = moments.load(states, lo, hi, ws)
-        m.mul_(scalar(hp.beta1)).add_(u, alpha=1.0 - hp.beta1)
-        moments.store(states, lo, hi, m, ws)
+        m.lerp_(u, 1.0 - hp.beta1)
         params.apply(lo, hi, m, None, hp, ws)
+        moments.store(states, lo, hi, m, ws)
