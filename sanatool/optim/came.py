@@ -205,17 +205,22 @@ class CAME(torch.optim.Optimizer):
                             shape, dtype=dtype, device="cpu" if key == "step" else p.device
                         )
                 live.append(p)
-                # What decides a param's stack (None: updated alone).
-                stackable = self._stackable(p, grad)
-                kinds.append(
-                    (p.shape, p.dtype, grad.dtype, p.device, state["exp_avg"].dtype) if stackable else None
-                )
+                kinds.append(self._kind(p, grad, state["exp_avg"].dtype))
             hp = Hyper.of(group)
             for bucket in self._planned_buckets(plans, gi, live, kinds, group["chunk_size"]):
                 states = self._link(bucket, linked)
                 stacked(states, "step").add_(scalar(1.0))
                 self._update_bucket(bucket, states, hp, group["chunk_size"], moments, ws)
         return loss
+
+    def _kind(self, p: torch.Tensor, grad: torch.Tensor, moment_dtype: torch.dtype) -> tuple[Any, ...] | None:
+        """What decides a param's stack: its shape, dtypes and device, or None for one updated alone.
+        Small 1-D params with an fp32 moment go in one ragged stack whatever their lengths (shape
+        None): biases and norms come in many lengths, and each stack costs a few dozen kernels."""
+        if not self._stackable(p, grad):
+            return None
+        shape = None if p.dim() == 1 and moment_dtype == torch.float32 else p.shape
+        return (shape, p.dtype, grad.dtype, p.device, moment_dtype)
 
     def _planned_buckets(
         self,
@@ -253,7 +258,8 @@ class CAME(torch.optim.Optimizer):
         for members in stacks.values():
             # Stacks of about chunk_size values (at most 1.5 times): one kernel set fewer where a
             # shape's params hold a little more than a chunk.
-            parts = min(len(members), max(1, round(len(members) * members[0].numel() / chunk_size)))
+            total = sum(p.numel() for p in members)
+            parts = min(len(members), max(1, round(total / chunk_size)))
             bounds = [len(members) * i // parts for i in range(parts + 1)]
             out.extend(members[a:b] for a, b in zip(bounds, bounds[1:], strict=False))
         return out
@@ -264,9 +270,10 @@ class CAME(torch.optim.Optimizer):
         """The state dicts of ``params``, ready for :func:`~sanatool.optim.update.stacked`.
 
         A lone parameter's state tensors are made contiguous. A stack's are made views of one
-        tensor per key (the rows, in order) at its first step, and stay so while every member still
-        holds those views (``linked`` has the previous step's views); otherwise they are copied into
-        new tensors, which keeps every value.
+        tensor per key (the rows, in order; for keys whose shape differs between the members of a
+        ragged stack, consecutive segments of one flat tensor) at its first step, and stay so while
+        every member still holds those views (``linked`` has the previous step's views); otherwise
+        they are copied into new tensors, which keeps every value.
         """
         states = [self.state[p] for p in params]
         if len(params) == 1:
@@ -288,7 +295,11 @@ class CAME(torch.optim.Optimizer):
         ):
             views = []
             for key in keys:
-                rows = list(torch.stack([s[key] for s in states]).unbind(0))
+                values = [s[key] for s in states]
+                if all(v.shape == values[0].shape for v in values):
+                    rows = list(torch.stack(values).unbind(0))
+                else:
+                    rows = list(torch.cat(values).split([v.numel() for v in values]))
                 for s, row in zip(states, rows, strict=True):
                     s[key] = row
                 views.append(rows)
@@ -307,11 +318,13 @@ class CAME(torch.optim.Optimizer):
         shape = tuple(params[0].shape)
         dims = factored_dims(shape)
         if dims is None:
-            numel = math.prod(shape)
-            target = Params(params, (numel,), ws)
-            g_all = gather([p.grad for p in params], (numel,), ws, "grads")
+            # A ragged stack (1-D params of several lengths, see _kind) goes end to end.
+            lengths = [p.numel() for p in params] if any(p.shape != shape for p in params) else None
+            numel = sum(lengths) if lengths is not None else math.prod(shape)
+            target = Params(params, (numel,), ws, lengths)
+            g_all = gather([p.grad for p in params], (numel,), ws, "grads", lengths)
             chunk = max(BLOCK_SIZE, chunk_size // BLOCK_SIZE * BLOCK_SIZE)
-            unfactored_update(target, g_all, states, hp, chunk, moments, ws)
+            unfactored_update(target, g_all, states, hp, chunk, moments, ws, lengths)
         else:
             rows, cols = dims
             target = Params(params, dims, ws)

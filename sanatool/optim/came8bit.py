@@ -58,14 +58,14 @@ class Blockwise8bitMoments(Fp32Moments):
         if states[0]["exp_avg"].dtype != torch.uint8:
             return super().store(states, lo, hi, values, ws)
         codes, absmax = self._rows(states, lo, hi)
-        rows = values.view(len(states), -1)
+        rows = values.flatten(1)
         scratch = rows if rows.is_contiguous() else ws.take("quantize", tuple(rows.shape), rows)
         quantize_rows(rows, codes, absmax, scratch)
 
     @staticmethod
     def _rows(states: list[dict[str, Any]], lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes ``[lo, hi)`` of each state and the absmax of their blocks, as [B, ...] views."""
-        codes = span(stacked(states, "exp_avg").view(len(states), -1), lo, hi)
+        codes = span(stacked(states, "exp_avg").flatten(1), lo, hi)
         return codes, span(stacked(states, "exp_avg_absmax"), lo // BLOCK_SIZE, -(-hi // BLOCK_SIZE))
 
 

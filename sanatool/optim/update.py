@@ -100,32 +100,47 @@ def span(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
 def stacked(states: list[dict[str, Any]], key: str) -> torch.Tensor:
     """The members' ``key`` state as one ``[B, ...]`` tensor that updates them in place: a lone
-    member's viewed as [1, ...], or the tensor whose rows several members' are views of (as
-    :class:`~sanatool.optim.came.CAME` links a stack's state before each step)."""
+    member's viewed as [1, ...], the tensor whose rows several members' are views of, or, for the
+    1-D states of a ragged stack (members of several lengths), the flat tensor whose consecutive
+    segments they are, viewed as [1, total] (as :class:`~sanatool.optim.came.CAME` links a stack's
+    state before each step)."""
     first = states[0][key]
     if len(states) == 1:
         return first.unsqueeze(0)
     base = first._base
-    if base is None or base.shape[0] != len(states) or base.storage_offset() != first.storage_offset():
-        raise ValueError(f"the {key!r} states of a stack are not rows of one tensor")
-    return base
+    if base is not None and base.storage_offset() == first.storage_offset():
+        if base.dim() == 1 and first.dim() == 1:
+            return base.view(1, -1)
+        if base.shape[0] == len(states):
+            return base
+    raise ValueError(f"the {key!r} states of a stack are not rows or segments of one tensor")
 
 
 def gather(
-    tensors: list[torch.Tensor], dims: tuple[int, ...], ws: Workspace | None = None, name: str = ""
+    tensors: list[torch.Tensor],
+    dims: tuple[int, ...],
+    ws: Workspace | None = None,
+    name: str = "",
+    lengths: list[int] | None = None,
 ) -> torch.Tensor:
     """``[B, *dims]`` of same-shape tensors: a view of a lone one (a copy if not contiguous), or a
-    stack of several (in scratch ``name`` when ``ws`` is given)."""
-    if len(tensors) == 1:
-        return tensors[0].reshape(1, *dims)
+    stack of several (in scratch ``name`` when ``ws`` is given). With ``lengths`` (a ragged stack of
+    1-D tensors), ``[1, sum(lengths)]``: the tensors end to end."""
     first = tensors[0]
+    if lengths is not None:
+        out = ws.take(name, (sum(lengths),), first, first.dtype) if ws is not None else None
+        return torch.cat(tensors, out=out).view(1, -1)
+    if len(tensors) == 1:
+        return first.reshape(1, *dims)
     out = ws.take(name, (len(tensors), *first.shape), first, first.dtype) if ws is not None else None
     return torch.stack(tensors, out=out).view(len(tensors), *dims)
 
 
-def scatter(tensors: list[torch.Tensor], stacked: torch.Tensor) -> None:
+def scatter(tensors: list[torch.Tensor], stacked: torch.Tensor, lengths: list[int] | None = None) -> None:
     """Copy a stack made by :func:`gather` back into its tensors (nothing to do for a view)."""
-    if len(tensors) > 1:
+    if lengths is not None:
+        torch._foreach_copy_(tensors, list(stacked.view(-1).split(lengths)))
+    elif len(tensors) > 1:
         torch._foreach_copy_(tensors, list(stacked.view(len(tensors), *tensors[0].shape).unbind(0)))
 
 
@@ -147,7 +162,7 @@ class Fp32Moments:
 
     def load(self, states: list[dict[str, Any]], lo: int, hi: int, ws: Workspace) -> torch.Tensor:
         """Values ``[lo, hi)`` of each state's ``exp_avg``, as a [B, hi - lo] view."""
-        return span(stacked(states, "exp_avg").view(len(states), -1), lo, hi)
+        return span(stacked(states, "exp_avg").flatten(1), lo, hi)
 
     def store(
         self, states: list[dict[str, Any]], lo: int, hi: int, values: torch.Tensor, ws: Workspace
@@ -162,22 +177,30 @@ _IN_PLACE_MIN_NUMEL = 2048
 
 
 class Params:
-    """The B parameters a step updates, seen as ``[B, *dims]``.
+    """The B parameters a step updates, seen as ``[B, *dims]`` (``[1, total]`` for a ragged stack of
+    1-D parameters of ``lengths``).
 
     A lone parameter is updated through a view (of a contiguous copy when it is not contiguous), a
     stack of large fp32 ones in place with foreach ops, any other stack through an fp32 copy in
     scratch. :meth:`finish` writes back what did not change in place.
     """
 
-    def __init__(self, params: list[torch.Tensor], dims: tuple[int, ...], ws: Workspace) -> None:
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        dims: tuple[int, ...],
+        ws: Workspace,
+        lengths: list[int] | None = None,
+    ) -> None:
         self._params = params
+        self._lengths = lengths
         self._stacked: torch.Tensor | None = None
         first = params[0]
         if len(params) == 1:
             self._work = first if first.is_contiguous() else first.contiguous()
             self._stacked = self._work.view(1, *dims)
-        elif first.dtype != _F32 or first.numel() < _IN_PLACE_MIN_NUMEL:
-            self._stacked = gather(params, dims, ws, "params")
+        elif lengths is not None or first.dtype != _F32 or first.numel() < _IN_PLACE_MIN_NUMEL:
+            self._stacked = gather(params, dims, ws, "params", lengths)
 
     def apply(
         self,
@@ -211,7 +234,7 @@ class Params:
             if self._work is not self._params[0]:
                 self._params[0].copy_(self._work)
         elif self._stacked is not None:
-            scatter(self._params, self._stacked)
+            scatter(self._params, self._stacked, self._lengths)
 
 
 def _apply(
@@ -334,10 +357,13 @@ def unfactored_update(
     chunk_numel: int,
     moments: MomentStore,
     ws: Workspace,
+    lengths: list[int] | None = None,
 ) -> None:
-    """One CAME step for a stack of 1-D parameters and their ``grad`` [B, n] (chunked when B = 1)."""
+    """One CAME step for a stack of 1-D parameters and their ``grad`` [B, n] (chunked when B = 1),
+    or for a ragged stack: parameters of ``lengths`` end to end in ``grad`` [1, sum(lengths)], in one
+    chunk, with update clipping per parameter."""
     batch, numel = grad.shape
-    step = chunk_numel if batch == 1 else numel
+    step = chunk_numel if batch == 1 and lengths is None else numel
     spans = [(lo, min(lo + step, numel)) for lo in range(0, numel, step)]
     single = len(spans) == 1
     exp_avg_sq = stacked(states, "exp_avg_sq").view(batch, numel)
@@ -353,8 +379,16 @@ def unfactored_update(
         sq = torch.mul(g, g, out=ws.take("tmp", tuple(g.shape), g)).add_(scalar(hp.eps1))
         span(exp_avg_sq, lo, hi).lerp_(sq, 1.0 - hp.beta2)
         u = update_of(lo, hi)
-        u_sq_sum += torch.linalg.vecdot(u, u)
-    denom = u_sq_sum.div_(scalar(numel * hp.clip * hp.clip)).sqrt_().clamp_min_(scalar(1.0)).unsqueeze(1)
+        if lengths is None:
+            u_sq_sum += torch.linalg.vecdot(u, u)
+    if lengths is None:
+        denom = u_sq_sum.div_(scalar(numel * hp.clip * hp.clip)).sqrt_().clamp_min_(scalar(1.0)).unsqueeze(1)
+    else:
+        segments = torch.tensor(lengths, device=grad.device)
+        u_sq = torch.mul(u, u, out=ws.take("tmp2", tuple(u.shape), u)).view(-1)
+        u_sq_sum = torch.segment_reduce(u_sq, "sum", lengths=segments)
+        denom = u_sq_sum.div_(segments.mul(hp.clip * hp.clip)).sqrt_().clamp_min_(scalar(1.0))
+        denom = torch.repeat_interleave(denom, segments, output_size=numel).view(1, numel)
 
     # Pass 2: m ← β₁m + (1−β₁)U/denom, then W -= lr·wd·W; W -= lr·m (no confidence term for 1-D).
     for lo, hi in spans:
