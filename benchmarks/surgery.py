@@ -11,7 +11,9 @@ the same run and interleaved so that load from other processes hits every method
   `save_file` it (a fresh process).
 
 Every timing starts after `sync` and ends after `sync`, so written bytes are on disk, not only in
-the page cache; the source is read once beforehand so every method reads it from the cache. Peak
+the page cache; the source is read once beforehand so every method reads it from the cache.
+sanatool's modules are byte-compiled first, as an install does (with PYTHONDONTWRITEBYTECODE set,
+every run would otherwise compile them again, some 20 ms of each start-up). Peak
 RSS is `/usr/bin/time`'s maximum resident set size of the process, CPU s its user + system time
 (on a shared machine the wall times vary with other load; CPU time much less). "× copy" divides
 a method's median time by the median time of copying the same number of bytes. The order of the
@@ -36,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import sanatool as sanatool_pkg
 from sanatool.blocks import format_block_list
 from sanatool.checkpoint import human_bytes, open_model_dir
 from sanatool.grow import plan_grow
@@ -143,6 +146,9 @@ def main() -> None:
     src, out, rss = work / "src", work / "out", work / "rss.txt"
     sanatool = [sys.executable, "-m", "sanatool"]
     load_before = os.getloadavg()
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(Path(sanatool_pkg.__file__).parent)], check=True
+    )
     try:
         init_s, _, _ = _timed(
             [*sanatool, "init", "--preset", args.preset, "--dtype", args.dtype, "-o", str(src)], rss

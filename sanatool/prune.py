@@ -14,7 +14,6 @@ from pathlib import Path
 from sanatool.blocks import check_uniform_blocks, copied_block_entries, format_block_list, parse_block_list
 from sanatool.checkpoint import ModelDir
 from sanatool.errors import InputError
-from sanatool.importance_file import read_importance_file
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.surgery import (
     BlockOrigin,
@@ -78,6 +77,8 @@ def select_blocks(
         if importance is not None and strategy is not None:
             raise InputError("pass either --importance FILE or --strategy tail|uniform with --keep, not both")
         if importance is not None:
+            from sanatool.importance_file import read_importance_file
+
             result = read_importance_file(importance)
             fingerprint = model.fingerprint()
             if result.fingerprint != fingerprint or result.depth != depth:

@@ -199,6 +199,14 @@ COPY_RUN_BYTES = 128 * 1024 * 1024
 #: The page size copies are placed by (see :func:`_data_start_in_page`).
 PAGE_BYTES = 4096
 
+#: A copy whose output offset is not on a boundary of this many bytes starts with a short copy up
+#: to the next one (see :func:`_copy_range`).
+COPY_ALIGN_BYTES = 64 * 1024
+
+#: Copied tensors up to this size may be moved out of their run to place the next run (see
+#: :func:`page_aligned_layout`).
+FILLER_MAX_BYTES = 1024 * 1024
+
 
 def _data_start_in_page(entries: Sequence[TensorEntry]) -> int:
     """Where in a page the data section should start: the first copied tensor keeps its in-page offset.
@@ -215,6 +223,155 @@ def _data_start_in_page(entries: Sequence[TensorEntry]) -> int:
             return wanted if wanted % 8 == 0 else 0
         offset += entry.nbytes
     return 0
+
+
+def page_aligned_layout(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
+    """The order of one shard's tensors in its data section: copied runs at their source's in-page offsets.
+
+    Runs of tensors that lie back to back in one source file are copied with one
+    ``copy_file_range`` each; one whose output offset is not its source offset modulo a page
+    splits every page it writes in two, and copies markedly slower (1 GB in 0.42 s against 0.27 s,
+    0.9 s against 0.6 s to disk, on ext4, Linux 6.18): a prune that drops blocks shifts each kept
+    block by the dropped bytes. The header's padding places the first run. Before each later run
+    that is off, the fewest small tensors (up to ``FILLER_MAX_BYTES`` and not whole pages: norms,
+    biases, modulation tables; generated tensors too) whose sizes bring it to its offset are
+    written out of turn, taken from the tensors after it, nearest first; moving a tensor forward
+    shifts only what lies between its two places. The rest keep their order. It is a greedy
+    search, not an exact one: on a 4.8B prune to a third of its blocks it places about 80% of
+    the bytes (the order as planned: under 10%). safetensors allows any order of tensors in the
+    data section (offsets are in the header; names, shapes and bytes do not change), so the file
+    loads as before. Returns ``entries`` in their order when a size is not a multiple of 8 (the
+    data keeps safetensors' 8-byte alignment).
+    """
+    if any(entry.nbytes % 8 for entry in entries):
+        return list(entries)
+    # Runs from different source files sit at unrelated offsets, which the small tensors may not
+    # be able to reconcile: also try each file's tensors first, and keep the best layout.
+    best = _fill_gaps(entries)
+    files = list(dict.fromkeys(e.source.file for e in entries if isinstance(e.source, FileSlice)))
+    if len(files) > 1 and _aligned_bytes(best) < sum(
+        e.nbytes for e in entries if isinstance(e.source, FileSlice)
+    ):
+        for file in files[1:]:
+            first = [e for e in entries if isinstance(e.source, FileSlice) and e.source.file == file]
+            rest = [e for e in entries if not (isinstance(e.source, FileSlice) and e.source.file == file)]
+            layout = _fill_gaps(first + rest)
+            if _aligned_bytes(layout) > _aligned_bytes(best):
+                best = layout
+    return best
+
+
+def _aligned_bytes(layout: Sequence[TensorEntry]) -> int:
+    """Bytes of the copied runs of ``layout`` that sit at their source's in-page offset."""
+    aligned = position = 0
+    base: int | None = None
+    in_place = False
+    previous: TensorEntry | None = None
+    for entry in layout:
+        source = entry.source
+        if isinstance(source, FileSlice):
+            if not (previous and _continues(previous, entry)):
+                if base is None:
+                    base = (source.start - position) % PAGE_BYTES
+                in_place = (source.start - base - position) % PAGE_BYTES == 0
+            aligned += entry.nbytes if in_place else 0
+        position += entry.nbytes
+        previous = entry
+    return aligned
+
+
+def _fill_gaps(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
+    """``entries`` with the fillers of :func:`page_aligned_layout` moved forward."""
+    layout: list[TensorEntry] = []
+    moved: set[int] = set()  # indices of entries written out of turn
+    pool: dict[int, TensorEntry] = {}  # candidates seen ahead, still in their place
+    donor = 0  # the next candidate to look at
+    position = 0  # in the data section
+    base: int | None = None  # the data section's offset in its page
+    for index, entry in enumerate(entries):
+        if index in moved:
+            continue
+        pool.pop(index, None)
+        source = entry.source
+        if isinstance(source, FileSlice) and not (layout and _continues(layout[-1], entry)):
+            if base is None:
+                base = (source.start - position) % PAGE_BYTES
+                if base % 8:
+                    return list(entries)
+            need = (source.start - base - position) % PAGE_BYTES
+            if need:
+                # Candidates come from after this run, nearest first: moving a tensor forward
+                # shifts only what lies between its two places.
+                end = index + 1
+                while end < len(entries) and _continues(entries[end - 1], entries[end]):
+                    end += 1
+                donor = max(donor, end)
+            fillers = _fillers(pool, need)
+            while fillers is None and donor < len(entries):
+                taken = 0
+                while donor < len(entries) and taken < 8:  # a few more candidates, then look again
+                    if donor not in moved and _movable(entries[donor]):
+                        pool[donor] = entries[donor]
+                        taken += 1
+                    donor += 1
+                fillers = _fillers(pool, need)
+            if fillers is None and need:
+                # Nothing after this run will do (the last run, say): take its own small tensors
+                # from its end; what follows them becomes a run of its own, placed in turn.
+                for k in range(end - 1, index, -1):
+                    if k not in moved and _movable(entries[k]):
+                        pool[k] = entries[k]
+                        fillers = _fillers(pool, need)
+                        if fillers is not None:
+                            break
+            for k in fillers or []:
+                layout.append(pool.pop(k))
+                moved.add(k)
+                position += entries[k].nbytes
+        layout.append(entry)
+        position += entry.nbytes
+    return layout
+
+
+def _movable(entry: TensorEntry) -> bool:
+    """Whether ``entry`` may be written out of turn as a filler: generated, or a small copy."""
+    if not isinstance(entry.source, FileSlice):
+        return True
+    return entry.nbytes <= FILLER_MAX_BYTES and entry.nbytes % PAGE_BYTES != 0
+
+
+def _fillers(pool: dict[int, TensorEntry], need: int) -> list[int] | None:
+    """Keys of the fewest ``pool`` tensors whose sizes add up to ``need`` modulo a page (None if none found)."""
+    if need == 0:
+        return []
+    by_residue: dict[int, list[int]] = {}
+    for key, entry in pool.items():
+        if entry.nbytes % PAGE_BYTES:
+            by_residue.setdefault(entry.nbytes % PAGE_BYTES, []).append(key)
+    residues = list(by_residue)
+    if need % math.gcd(PAGE_BYTES, *residues):
+        return None
+    # Breadth first over the sums reached (modulo a page), each with the count taken of each size.
+    counts: dict[int, tuple[int, ...]] = {0: (0,) * len(residues)}
+    frontier = [0]
+    while frontier:
+        reached = []
+        for total in frontier:
+            used = counts[total]
+            for k, residue in enumerate(residues):
+                if used[k] == len(by_residue[residue]):
+                    continue
+                nxt = (total + residue) % PAGE_BYTES
+                if nxt in counts:
+                    continue
+                counts[nxt] = used[:k] + (used[k] + 1,) + used[k + 1 :]
+                if nxt == need:
+                    return [
+                        key for r, n in zip(residues, counts[nxt], strict=True) for key in by_residue[r][:n]
+                    ]
+                reached.append(nxt)
+        frontier = reached
+    return None
 
 
 def _encode_header(entries: Sequence[TensorEntry], metadata: dict[str, str]) -> bytes:
@@ -285,10 +442,22 @@ def _continues(previous: TensorEntry, entry: TensorEntry) -> bool:
 
 
 def _copy_range(src_fd: int, dst_fd: int, start: int, length: int, dst_offset: int) -> None:
+    """Copy ``length`` bytes from ``start`` in one file to ``dst_offset`` in another, in the kernel.
+
+    With both at the same offset in their pages, the bulk of the copy starts at a
+    ``COPY_ALIGN_BYTES`` boundary of the output (after a short first copy): the kernel moves
+    the bytes in chunks of 16 pages, and chunks that straddle those boundaries of the output
+    copied 1 GB in 0.40 s against 0.27 s (0.9 s against 0.6 s to disk) on ext4, Linux 6.18.
+    """
     remaining, offset, target = length, start, dst_offset
+    head = 0
+    if (start - dst_offset) % PAGE_BYTES == 0 and length > COPY_ALIGN_BYTES:
+        head = -dst_offset % COPY_ALIGN_BYTES
     try:
         while remaining:
-            copied = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset, target)
+            count = head or min(remaining, 1 << 30)
+            head = 0
+            copied = os.copy_file_range(src_fd, dst_fd, count, offset, target)
             if copied == 0:
                 raise ModelDirError("source file ended early while copying tensor bytes")
             remaining -= copied
@@ -317,7 +486,11 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 def _write_shard(
     path: Path, entries: Sequence[TensorEntry], metadata: dict[str, str], on_bytes: Callable[[int], None]
 ) -> None:
-    """Write one shard: the header, then every tensor at its offset, in :func:`write_order`."""
+    """Write one shard: the header, then every tensor at its offset, in :func:`write_order`.
+
+    The tensors are laid out by :func:`page_aligned_layout`.
+    """
+    entries = page_aligned_layout(entries)
     header = _encode_header(entries, metadata)
     offsets: dict[str, int] = {}
     position = len(header)

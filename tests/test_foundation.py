@@ -314,6 +314,39 @@ def test_info_needs_no_torch(tiny_pipeline):
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_command_modules_map_names_each_commands_module():
+    """`main` imports only the module of the command it runs, so the map must be exact."""
+    code = (
+        "from typer.main import get_command; import sanatool.cli as c\n"
+        "seen = set()\n"
+        "for module in c._MODULES:\n"
+        "    c._register((module,))\n"
+        "    names = set(get_command(c._typer_app).commands)\n"
+        "    new = names - seen; seen |= names\n"
+        "    mapped = {k for k, v in c._COMMAND_MODULES.items() if v == module}\n"
+        "    assert new == mapped, (module, new, mapped)\n"
+        "assert seen == set(c._COMMAND_MODULES), seen ^ set(c._COMMAND_MODULES)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_surgery_dry_run_imports_only_what_it_needs(tiny_pipeline, tmp_path):
+    """A `prune`/`grow` process is a large part of the surgery's wall time: keep its start-up lean."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['sanatool', 'prune', {str(tiny_pipeline)!r}, '--keep-blocks', '0-3', "
+        f"'-o', {str(tmp_path / 'out')!r}, '--dry-run']\n"
+        "from sanatool.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as ex:\n    assert not ex.code, ex.code\n"
+        "heavy = ('torch', 'numpy', 'rich.console', 'importlib.metadata', 'sanatool.cli.train_cmds')\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_version_flag(cli):
     res = cli("--version")
     assert res.code == 0 and res.stdout.startswith("sanatool ")

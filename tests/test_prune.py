@@ -240,3 +240,47 @@ def test_written_headers_place_copies_at_their_source_page_offset(tiny_transform
                 f"{parts[0]}.{kept[int(parts[1])]}.{parts[2]}" if parts[0] == "transformer_blocks" else name
             )
             assert torch.equal(f.get_tensor(name), state[origin]), name
+
+
+def test_pruned_runs_keep_their_source_page_offsets(tiny_transformer, tmp_path):
+    """Dropping blocks shifts the kept ones; small tensors moved out of turn put each copy back in phase."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sanatool.prune import prune_model
+    from sanatool.safetensors_io import PAGE_BYTES, read_header
+
+    # A source written by safetensors itself: name-sorted, data only 8-byte aligned.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_bytes((tiny_transformer / "config.json").read_bytes())
+    with safe_open(tiny_transformer / "diffusion_pytorch_model.safetensors", "pt") as f:
+        state = {name: f.get_tensor(name) for name in list(f.keys())}
+    save_file(state, src / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    kept = [0, 2, 3, 6]
+    out = prune_model(src, tmp_path / "pruned", keep_blocks="0,2-3,6")
+    weights = out / "diffusion_pytorch_model.safetensors"
+    source, _ = read_header(src / "diffusion_pytorch_model.safetensors")
+    written, _ = read_header(weights)
+
+    def origin(name: str) -> str:
+        parts = name.split(".", 2)
+        return f"{parts[0]}.{kept[int(parts[1])]}.{parts[2]}" if parts[0] == "transformer_blocks" else name
+
+    # Most bytes sit at their source's in-page offset (as written in order, about a third would)...
+    in_phase = sum(
+        info.nbytes
+        for info in written.values()
+        if (info.start - source[origin(info.name)].start) % PAGE_BYTES == 0
+    )
+    assert in_phase > 0.8 * sum(info.nbytes for info in written.values())
+    # ... the data section has no gaps, and every tensor reads back as the original.
+    spans = sorted((info.start, info.end) for info in written.values())
+    assert all(a_end == b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    assert spans[-1][1] == weights.stat().st_size
+    with safe_open(weights, "pt") as f:
+        assert len(list(f.keys())) == len(written)
+        for name in f.keys():
+            assert torch.equal(f.get_tensor(name), state[origin(name)]), name
+    assert open_model_dir(out).transformer.num_layers == len(kept)

@@ -2,22 +2,74 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
+from typing import Any
 
 import typer
 
 from sanatool import __version__
-from sanatool.cli._app import app, console, setup_logging, state
+from sanatool.cli._app import app as _typer_app
+from sanatool.cli._app import console, setup_logging, state
 
-# Registering the commands: each import adds its commands to ``app``.
-from sanatool.cli import model_cmds  # noqa: E402,F401  isort: skip
-from sanatool.cli import judge_cmds  # noqa: E402,F401  isort: skip
-from sanatool.cli import train_cmds  # noqa: E402,F401  isort: skip
-from sanatool.cli import surgery_cmds  # noqa: E402,F401  isort: skip
-from sanatool.cli import shapes_cmds  # noqa: E402,F401  isort: skip
-from sanatool.cli import sample_cmds  # noqa: E402,F401  isort: skip
-from sanatool.cli import demo_cmds  # noqa: E402,F401  isort: skip
+# Where each command is defined. Importing a module registers its commands on the app, so a run
+# of one command imports only its module (``main``); ``app`` (tests, docs) has them all.
+_COMMAND_MODULES = {
+    "init": "model_cmds",
+    "info": "model_cmds",
+    "judge": "judge_cmds",
+    "train-verifier": "judge_cmds",
+    "finetune": "train_cmds",
+    "train": "train_cmds",
+    "train-vae": "train_cmds",
+    "grow": "surgery_cmds",
+    "prune": "surgery_cmds",
+    "data": "shapes_cmds",
+    "eval": "shapes_cmds",
+    "sample": "sample_cmds",
+    "importance": "sample_cmds",
+    "demo": "demo_cmds",
+}
+# Registration order, which is the order of ``sanatool --help``.
+_MODULES = (
+    "model_cmds",
+    "judge_cmds",
+    "train_cmds",
+    "surgery_cmds",
+    "shapes_cmds",
+    "sample_cmds",
+    "demo_cmds",
+)
+
+
+def _register(modules: tuple[str, ...] = _MODULES) -> None:
+    for module in modules:
+        importlib.import_module(f"sanatool.cli.{module}")
+    if len(modules) > 1:
+        # Keep the help's order whatever ran first in this process (tests run many commands).
+        rank = {f"sanatool.cli.{module}": i for i, module in enumerate(_MODULES)}
+        _typer_app.registered_commands.sort(
+            key=lambda info: rank.get(getattr(info.callback, "__module__", ""), -1)
+        )
+
+
+def _register_for(argv: list[str]) -> None:
+    """Register the module of the command in ``argv``; all of them when it is not a known command."""
+    # The root options (--debug, --version, --help) take no value: the command is the first word.
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in _COMMAND_MODULES:
+        _register((_COMMAND_MODULES[command],))
+    else:
+        _register()
+
+
+def __getattr__(name: str) -> Any:
+    # ``from sanatool.cli import app``: the app with every command registered.
+    if name == "app":
+        _register()
+        return _typer_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _version(value: bool) -> None:
@@ -26,7 +78,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@_typer_app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
     version: bool = typer.Option(
@@ -43,7 +95,8 @@ def main() -> None:
     from sanatool.errors import SanatoolError
 
     try:
-        app(standalone_mode=False)
+        _register_for(sys.argv[1:])
+        _typer_app(standalone_mode=False)
     except SanatoolError as err:
         if state.debug:
             traceback.print_exc()

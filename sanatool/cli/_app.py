@@ -11,10 +11,12 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     name="sanatool",
@@ -26,8 +28,48 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+class _LazyConsole:
+    """The stderr rich ``Console``, made on first use: importing rich costs tens of milliseconds of
+    every start-up, and many runs (``--dry-run``, ``--version``) never print to stderr."""
+
+    _console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+_lazy_console = _LazyConsole()
+
 #: Progress, tables and logs. Never stdout: that is for the result.
-console = Console(stderr=True, highlight=False)
+console: Console = _lazy_console  # type: ignore[assignment]
+
+
+class _RichLogHandler(logging.Handler):
+    """Logs through a rich ``RichHandler`` on ``console``, made at the first record (see above)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rich: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._rich is None:
+            from rich.logging import RichHandler
+
+            self._rich = RichHandler(
+                console=_lazy_console.get(),
+                show_time=False,
+                show_path=False,
+                markup=False,
+            )
+        self._rich.emit(record)
 
 
 class _State:
@@ -41,8 +83,6 @@ def setup_logging(debug: bool) -> None:
     """Route the library's ``sanatool`` logger to stderr; quiet third-party chatter unless --debug."""
     import os
 
-    from rich.logging import RichHandler
-
     # Everything runs from local dirs: never reach for a hub, never draw foreign progress bars.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not debug:
@@ -55,7 +95,7 @@ def setup_logging(debug: bool) -> None:
 
     logger = logging.getLogger("sanatool")
     logger.handlers.clear()
-    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    handler = _RichLogHandler()
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
@@ -73,15 +113,6 @@ def emit(result: Any, as_json: bool = False) -> None:
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[Any]:
     """A rich progress bar on stderr, yielded as a library ``ProgressFn`` callback."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     if quiet or not console.is_terminal:
         tasks_seen: dict[str, int] = {}
 
@@ -96,6 +127,15 @@ def progress_bar(quiet: bool = False) -> Iterator[Any]:
         yield plain
         return
 
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -105,7 +145,7 @@ def progress_bar(quiet: bool = False) -> Iterator[Any]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=_lazy_console.get(), transient=False) as bar:
         ids: dict[str, Any] = {}
 
         def update(task: str, done: int, total: int | None = None, **info: object) -> None:
