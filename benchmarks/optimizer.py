@@ -278,13 +278,28 @@ def _median_interleaved(fns: dict[str, Any], rounds: int) -> dict[str, float]:
     CPU time rather than wall time: on a shared machine other jobs stretch wall time by whatever
     they take, while the CPU a step itself needs changes much less.
     """
+    return {name: statistics.median(ts) for name, ts in _interleaved_times(fns, rounds).items()}
+
+
+def _interleaved_times(fns: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """CPU times of each callable over ``rounds`` round-robin rounds."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             t0 = time.process_time()
             fn()
             times[name].append(time.process_time() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def _paired_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
+    """Median over rounds of each callable's time divided by the baseline's in the same round: the
+    machine's speed drifts between rounds (a VM's neighbours), and a ratio within one round cancels
+    that drift where a ratio of medians does not."""
+    return {
+        name: statistics.median(t / b for t, b in zip(ts, times[baseline], strict=True))
+        for name, ts in times.items()
+    }
 
 
 def _optimizer_steps(shapes: list[tuple[int, ...]], names: tuple[str, ...]) -> dict[str, Any]:
@@ -336,11 +351,9 @@ def bench_speed(rounds: int) -> None:
     big = sana_model("sana1.5-1.6b")
     block_shapes = [tuple(p.shape) for p in big.transformer_blocks[0].parameters()]
     results = {
-        "tiny preset: optimizer.step()": _median_interleaved(_optimizer_steps(tiny_shapes, names), rounds),
-        "tiny preset: train step, batch 16": _median_interleaved(
-            _train_steps(names, 16), max(5, rounds // 3)
-        ),
-        "sana1.5-1.6b block: optimizer.step()": _median_interleaved(_optimizer_steps(block_shapes, names), 3),
+        "tiny preset: optimizer.step()": _interleaved_times(_optimizer_steps(tiny_shapes, names), rounds),
+        "tiny preset: train step, batch 16": _interleaved_times(_train_steps(names, 16), max(5, rounds // 6)),
+        "sana1.5-1.6b block: optimizer.step()": _interleaved_times(_optimizer_steps(block_shapes, names), 3),
     }
     n_tiny, n_block = sum(map(math.prod, tiny_shapes)), sum(map(math.prod, block_shapes))
     print(
@@ -348,9 +361,13 @@ def bench_speed(rounds: int) -> None:
         f"block: {n_block / 1e6:.1f} M in {len(block_shapes)}\n"
     )
     rows = []
-    for what, res in results.items():
-        rows.append([what, *(f"{res[n] * 1e3:.1f} ms ({res[n] / res['adamw']:.2f}×)" for n in names)])
+    for what, times in results.items():
+        ratios = _paired_ratios(times, "adamw")
+        rows.append(
+            [what, *(f"{statistics.median(times[n]) * 1e3:.1f} ms ({ratios[n]:.2f}×)" for n in names)]
+        )
     table(["workload", *names], rows)
+    print("Ratios: median over rounds of the step's time over AdamW's in the same round.\n")
 
     # The 8-bit (de)quantizers (signed dynamic map, blocks of 256): bitsandbytes' CPU kernels, the
     # torch CPU quantizer CAME8bit uses (same codes), and the share of a CAME8bit block step spent in
@@ -561,7 +578,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fidelity-steps", type=int, default=150, help="steps per gradient regime")
     parser.add_argument("--train-steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (tiny preset)")
+    parser.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds (tiny preset)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fidelity run")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the convergence runs")
     parser.add_argument(
