@@ -189,11 +189,24 @@ def _data_start(path: Path) -> int:
         return 8 + int.from_bytes(handle.read(8), "little")
 
 
+def _written_by_safetensors(tiny_transformer: Path, src: Path) -> dict:
+    """A copy of the tiny transformer at ``src`` written by safetensors itself (name-sorted, data
+    only 8-byte aligned, unlike sanatool's outputs), and its state dict."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src.mkdir()
+    (src / "config.json").write_bytes((tiny_transformer / "config.json").read_bytes())
+    with safe_open(tiny_transformer / "diffusion_pytorch_model.safetensors", "pt") as f:
+        state = {name: f.get_tensor(name) for name in list(f.keys())}
+    save_file(state, src / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    return state
+
+
 def test_written_headers_place_copies_at_their_source_page_offset(tiny_transformer, tmp_path):
     """A generated file's data starts on a page; a copy keeps its source's in-page offsets; both read back exactly."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from sanatool.prune import prune_model
     from sanatool.safetensors_io import PAGE_BYTES, TensorEntry, Zeros, read_header, write_sharded
@@ -215,11 +228,7 @@ def test_written_headers_place_copies_at_their_source_page_offset(tiny_transform
 
     # A source written by safetensors itself (data only 8-byte aligned), copied by prune.
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "config.json").write_bytes((tiny_transformer / "config.json").read_bytes())
-    with safe_open(tiny_transformer / "diffusion_pytorch_model.safetensors", "pt") as f:
-        state = {name: f.get_tensor(name) for name in list(f.keys())}
-    save_file(state, src / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    state = _written_by_safetensors(tiny_transformer, src)
     assert _data_start(src / "diffusion_pytorch_model.safetensors") % PAGE_BYTES != 0
     out = prune_model(src, tmp_path / "pruned", keep_blocks="0,2-3")
     weights = out / "diffusion_pytorch_model.safetensors"
@@ -246,18 +255,12 @@ def test_pruned_runs_keep_their_source_page_offsets(tiny_transformer, tmp_path):
     """Dropping blocks shifts the kept ones; small tensors moved out of turn put each copy back in phase."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from sanatool.prune import prune_model
     from sanatool.safetensors_io import PAGE_BYTES, read_header
 
-    # A source written by safetensors itself: name-sorted, data only 8-byte aligned.
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "config.json").write_bytes((tiny_transformer / "config.json").read_bytes())
-    with safe_open(tiny_transformer / "diffusion_pytorch_model.safetensors", "pt") as f:
-        state = {name: f.get_tensor(name) for name in list(f.keys())}
-    save_file(state, src / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    state = _written_by_safetensors(tiny_transformer, src)
     kept = [0, 2, 3, 6]
     out = prune_model(src, tmp_path / "pruned", keep_blocks="0,2-3,6")
     weights = out / "diffusion_pytorch_model.safetensors"
