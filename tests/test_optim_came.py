@@ -79,6 +79,28 @@ def test_came_matches_paper_equations_step_for_step(shape):
     assert (p.detach() - w0).abs().max() > 0.01  # it really moved
 
 
+@pytest.mark.parametrize("cls", [CAME, CAME8bit])
+def test_ragged_1d_stack_matches_paper_equations_step_for_step(cls):
+    """Small 1-D params of several lengths share one ragged stack, each with its own second moment
+    and update clipping: each follows the reference, as alone."""
+    torch.manual_seed(0)
+    shapes = [(333,), (100,), (7,), (100,), (48, 80)]
+    w0 = [torch.randn(s) for s in shapes]
+    ps = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = cls(ps, lr=1e-2, weight_decay=0.1)
+    refs, sts = [w.double() for w in w0], [{} for _ in shapes]
+    grads = [_grads(s, 12, seed=i) for i, s in enumerate(shapes)]
+    for t in range(12):
+        for p, ref, st, g in zip(ps, refs, sts, grads, strict=True):
+            p.grad = g[t].clone()
+            reference_step(ref, p.grad.clone(), st, lr=1e-2, wd=0.1)
+        opt.step()
+        for p, ref in zip(ps, refs, strict=True):
+            assert torch.allclose(p.double(), ref, rtol=1e-5, atol=1e-5), (t, tuple(p.shape))
+    # The path under test was taken: the four 1-D params are one stack.
+    assert sorted(len(bucket) for bucket in opt._plans[0][1]) == [1, 4]
+
+
 def test_conv_is_factored_as_out_by_in_kh_kw():
     p = torch.nn.Parameter(torch.randn(64, 1, 3, 3))
     opt = CAME([p], lr=1e-3)
