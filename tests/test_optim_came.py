@@ -336,6 +336,21 @@ def _run(model_params, opt, grads):
         opt.step()
 
 
+def _saved_and_resumed(run, opt, grads, make_opt):
+    """Run 3 steps, save params and optimizer state, run the rest of ``grads``; return fresh params
+    loaded from the save and ``make_opt(params)`` with the saved state loaded (not yet run)."""
+    _run(run, opt, grads[:3])
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in run]}, buf)
+    _run(run, opt, grads[3:])
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    resumed = [torch.nn.Parameter(w) for w in saved["params"]]
+    opt2 = make_opt(resumed)
+    opt2.load_state_dict(saved["opt"])
+    return resumed, opt2
+
+
 @pytest.mark.parametrize("cls", [CAME, CAME8bit])
 def test_state_dict_round_trip_resumes_bit_for_bit(cls):
     torch.manual_seed(5)
@@ -345,16 +360,9 @@ def test_state_dict_round_trip_resumes_bit_for_bit(cls):
 
     run = [torch.nn.Parameter(w.clone()) for w in w0]
     opt = cls([{"params": run[:3]}, {"params": run[3:], "lr": 3e-3}], lr=1e-2, weight_decay=0.01)
-    _run(run, opt, grads[:3])
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in run]}, buf)
-    _run(run, opt, grads[3:])
-
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    resumed = [torch.nn.Parameter(w) for w in saved["params"]]
-    opt2 = cls([{"params": resumed[:3]}, {"params": resumed[3:], "lr": 1.0}], lr=1.0)
-    opt2.load_state_dict(saved["opt"])
+    resumed, opt2 = _saved_and_resumed(
+        run, opt, grads, lambda ps: cls([{"params": ps[:3]}, {"params": ps[3:], "lr": 1.0}], lr=1.0)
+    )
     assert opt2.param_groups[1]["lr"] == 3e-3 and opt2.param_groups[0]["weight_decay"] == 0.01
     assert opt2.state[resumed[4]]["exp_avg_sq_row"].dtype == torch.float32  # not cast to bf16
     _run(resumed, opt2, grads[3:])
@@ -416,16 +424,7 @@ def test_stacked_state_dict_round_trip_resumes_bit_for_bit(cls):
     run = _stacked_params(14)
     grads = _stacked_grads(run, 6, seed=15)
     opt = cls(run, lr=1e-2, weight_decay=0.01)
-    _run(run, opt, grads[:3])
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in run]}, buf)
-    _run(run, opt, grads[3:])
-
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    resumed = [torch.nn.Parameter(w) for w in saved["params"]]
-    opt2 = cls(resumed, lr=1.0)
-    opt2.load_state_dict(saved["opt"])
+    resumed, opt2 = _saved_and_resumed(run, opt, grads, lambda ps: cls(ps, lr=1.0))
     _run(resumed, opt2, grads[3:])
     for a, b in zip(run, resumed, strict=True):
         assert torch.equal(a, b)
