@@ -40,10 +40,10 @@ def child(model: str, depth: int, variant: str, steps: int, threads: int) -> Non
     import torch
     from diffusers import SanaTransformer2DModel
 
-    from sanatool.importance import CosineHooks
-    from sanatool.pipeline import load_pipeline
-    from sanatool.presets import preset_config
-    from sanatool.sampling import PromptEncoder, denoise, image_seed, initial_latents
+    from sanatool.arch import preset_config
+    from sanatool.inference.importance import CosineHooks
+    from sanatool.inference.pipeline import load_pipeline
+    from sanatool.inference.sampler import PromptEncoder, denoise, image_seed, initial_latents
 
     torch.set_num_threads(threads)
     pipe = load_pipeline(model, "cpu", "fp32")
@@ -77,9 +77,9 @@ def child(model: str, depth: int, variant: str, steps: int, threads: int) -> Non
 def speed(args: argparse.Namespace, model: Path) -> None:
     import torch
 
-    from sanatool.importance import CosineHooks, compute_importance
-    from sanatool.pipeline import load_pipeline
-    from sanatool.sampling import PromptEncoder, denoise, generate, image_seed, initial_latents
+    from sanatool.inference.importance import CosineHooks, compute_importance
+    from sanatool.inference.pipeline import load_pipeline
+    from sanatool.inference.sampler import PromptEncoder, denoise, generate, image_seed, initial_latents
     from sanatool.shapes import calibration_prompts
 
     pipe = load_pipeline(model, "cpu", "fp32")
@@ -200,7 +200,7 @@ def main() -> None:
 
     import torch
 
-    from sanatool.initialize import init_model
+    from sanatool.surgery.initialize import init_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -50,7 +50,7 @@ def suite_subset(per_category: int) -> list[Any]:
 
 def sample(model: str, prompts: list[Any], out: Path, candidates: int, args: argparse.Namespace) -> float:
     """Sample (resuming whatever an earlier run left); returns the seconds spent."""
-    from sanatool.sampling import sample_to_dir
+    from sanatool.samples.writer import sample_to_dir
 
     start = time.perf_counter()
     sample_to_dir(
@@ -64,7 +64,7 @@ def synthesize(prompts: list[Any], out: Path, candidates: int, p_correct: float,
     """Write a samples dir of stand-in candidates (see ``--synthetic``); returns the seconds spent."""
     import random
 
-    from sanatool.samples import image_relpath, write_manifest
+    from sanatool.samples.manifest import image_relpath, write_manifest
     from sanatool.shapes import degrade, mismatched_spec, render_spec
 
     start = time.perf_counter()
@@ -256,10 +256,10 @@ def main() -> None:
 
     import torch
 
-    from sanatool.checkpoint import open_model_dir
-    from sanatool.evaluation import evaluate_samples_dir
+    from sanatool.io.modeldir import open_model_dir
     from sanatool.judge.oracle import ShapesOracleJudge
     from sanatool.judge.verifier import VerifierJudge
+    from sanatool.samples.evaluate import evaluate_samples_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)

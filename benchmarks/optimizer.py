@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
+from sanatool.arch import preset_config
 from sanatool.optim import CAME, OPTIMIZER_NAMES, CAME8bit, build_optimizer, estimate_state_bytes
 from sanatool.optim import optimizer_state_bytes as measured_state_bytes
 from sanatool.optim.blockwise import BLOCK_SIZE, dequantize, dynamic_code, quantize
 from sanatool.optim.layout import StateLayout, state_layout
 from sanatool.optim.update import Fp32Moments, Workspace
-from sanatool.presets import preset_config
 
 LR = 1e-4
 

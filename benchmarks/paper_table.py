@@ -246,7 +246,7 @@ class Bench:
     """What every part shares: settings, data, held-out batch, evaluation prompts and helpers."""
 
     def __init__(self, settings: Settings) -> None:
-        from sanatool.checkpoint import open_model_dir
+        from sanatool.io.modeldir import open_model_dir
 
         self.s = settings
         self.work = settings.work
@@ -264,7 +264,7 @@ class Bench:
 
     def prepare_data(self) -> None:
         """The training set (the base's own data when seed 0 and 4000 images) and the held-out batch."""
-        from sanatool.pipeline import default_instruction
+        from sanatool.inference.pipeline import default_instruction
         from sanatool.shapes.dataset import write_shapes_dataset
         from sanatool.training.cache import EncodeSettings, build_cache
         from sanatool.training.data import load_dataset
@@ -281,7 +281,7 @@ class Bench:
         """Flow-matching loss on the held-out batch (identical noise and timesteps for every model)."""
         import torch
 
-        from sanatool.checkpoint import open_model_dir
+        from sanatool.io.modeldir import open_model_dir
         from sanatool.training.model_io import load_transformer
 
         model = load_transformer(open_model_dir(model_dir).transformer.path).eval()
@@ -306,8 +306,8 @@ class Bench:
 
     def evaluate(self, model: Any, name: str) -> EvalResult:
         """Sample one image per evaluation prompt and score it with the rule-based evaluator."""
-        from sanatool.evaluation import evaluate_samples_dir
-        from sanatool.sampling import sample_to_dir
+        from sanatool.samples.evaluate import evaluate_samples_dir
+        from sanatool.samples.writer import sample_to_dir
 
         start = time.perf_counter()
         out = sample_to_dir(
@@ -403,10 +403,10 @@ def heldout_batch(cache: Any, base: Any, draws: int, seed: int) -> dict[str, Any
         "logit_normal", n, logit_mean=0.0, logit_std=1.0, generator=generator
     )
     scheduler = json.loads((base.path / "scheduler" / "scheduler_config.json").read_text())
-    shift = float(scheduler.get("flow_shift") or scheduler.get("shift") or 1.0)
-    time_scale = int(scheduler.get("num_train_timesteps", 1000)) * float(
-        base.transformer.config.get("timestep_scale", 1.0)
-    )
+    from sanatool.arch import flow_shift, train_timesteps
+
+    shift = flow_shift(scheduler)
+    time_scale = train_timesteps(scheduler) * float(base.transformer.config.get("timestep_scale", 1.0))
     return {
         "x0": batch["latents"].float(),
         "embeds": batch["embeds"].float(),
@@ -418,7 +418,7 @@ def heldout_batch(cache: Any, base: Any, draws: int, seed: int) -> dict[str, Any
 
 
 def params_of(model_dir: Path | str) -> int:
-    from sanatool.checkpoint import open_model_dir
+    from sanatool.io.modeldir import open_model_dir
 
     return open_model_dir(model_dir).transformer.num_params
 
@@ -486,7 +486,7 @@ def tail_mean(values: list[float]) -> float:
 
 
 def part_growth(bench: Bench, md: list[str], summary: list[list[str]]) -> None:
-    from sanatool.grow import grow_model
+    from sanatool.surgery.grow import grow_model
     from sanatool.training.model_io import init_transformer, write_model_dir
 
     s, n = bench.s, bench.depth
@@ -527,7 +527,7 @@ def part_growth(bench: Bench, md: list[str], summary: list[list[str]]) -> None:
     # (the lr is constant after warm-up, so a checkpoint equals a run stopped there).
     config = {**bench.base_config, "num_layers": to}
     scratch_dir = bench.work / "models" / f"scratch-{to}-init"
-    from sanatool.outputs import atomic_output_dir
+    from sanatool.io.outputs import atomic_output_dir
 
     with atomic_output_dir(scratch_dir, force=True) as tmp:
         write_model_dir(tmp, bench.base, config, init_transformer(config, s.seed).state_dict(), "fp32", "5GB",
@@ -649,7 +649,7 @@ def verdict(ok: bool, partial_word: str | None = None) -> str:
 
 
 def run_importance(bench: Bench) -> Any:
-    from sanatool.importance import importance_to_file
+    from sanatool.inference.importance import importance_to_file
 
     _, _, result = importance_to_file(
         bench.base, bench.work / "importance.json", force=True, progress=progress_printer(),
@@ -660,7 +660,7 @@ def run_importance(bench: Bench) -> Any:
 
 
 def part_pruning(bench: Bench, md: list[str], summary: list[list[str]]) -> None:
-    from sanatool.prune import prune_model
+    from sanatool.surgery.prune import prune_model
 
     s, n = bench.s, bench.depth
     keep = max(1, n // 2)
@@ -852,9 +852,9 @@ def part_scaling(bench: Bench, md: list[str], summary: list[list[str]]) -> None:
 
 def state_bytes_per_param(bench: Bench) -> dict[str, tuple[float, float]]:
     """Per optimizer: (measured B/param on the base transformer after one step, exact estimate for sana1.5-4.8b)."""
-    from sanatool.initialize import build_meta_transformer
+    from sanatool.arch import preset_config
     from sanatool.optim import build_optimizer, estimate_state_bytes, optimizer_state_bytes
-    from sanatool.presets import preset_config
+    from sanatool.surgery.initialize import build_meta_transformer
     from sanatool.training.model_io import load_transformer
 
     big = [tuple(p.shape) for p in build_meta_transformer(preset_config("sana1.5-4.8b")).parameters()]

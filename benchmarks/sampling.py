@@ -39,10 +39,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from sanatool.initialize import init_model
-    from sanatool.pipeline import load_pipeline
-    from sanatool.sampling import generate, image_seed, sample_to_dir
-    from sanatool.text import diffusers_default_instruction
+    from sanatool.inference.pipeline import load_pipeline
+    from sanatool.inference.sampler import generate, image_seed
+    from sanatool.inference.text import diffusers_default_instruction
+    from sanatool.samples.writer import sample_to_dir
+    from sanatool.surgery.initialize import init_model
 
     work = Path(tempfile.mkdtemp(prefix="sanatool-bench-sampling-"))
     model = init_model("tiny", work / "tiny", seed=0)

@@ -39,10 +39,10 @@ import time
 from pathlib import Path
 
 import sanatool as sanatool_pkg
-from sanatool.blocks import format_block_list
-from sanatool.checkpoint import human_bytes, open_model_dir
-from sanatool.grow import plan_grow
-from sanatool.prune import naive_selection, plan_prune
+from sanatool.formatting import format_block_list, human_bytes
+from sanatool.io.modeldir import open_model_dir
+from sanatool.surgery.grow import plan_grow
+from sanatool.surgery.prune import naive_selection, plan_prune
 
 # The disk-speed floor: copy exactly N bytes from the source shards with copy_file_range.
 _COPY = r"""

@@ -19,7 +19,7 @@ def vae_round_trip(model: str) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from sanatool.pipeline import load_pipeline
+    from sanatool.inference.pipeline import load_pipeline
     from sanatool.shapes import CATEGORIES, evaluate_image, evaluation_suite, render_spec
 
     vae = load_pipeline(model, "cpu", "fp32", command="benchmark").vae
@@ -37,8 +37,8 @@ def vae_round_trip(model: str) -> dict[str, float]:
 
 def sampled(model: str, out: Path, seed: int) -> dict[str, Any]:
     """Per-category accuracy of one sample per evaluation prompt."""
-    from sanatool.evaluation import evaluate_samples_dir
-    from sanatool.sampling import sample_to_dir
+    from sanatool.samples.evaluate import evaluate_samples_dir
+    from sanatool.samples.writer import sample_to_dir
     from sanatool.shapes import evaluation_suite
 
     sample_to_dir(model, evaluation_suite(), out, candidates=1, seed=seed, force=True)
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from sanatool.checkpoint import open_model_dir
+    from sanatool.io.modeldir import open_model_dir
     from sanatool.shapes import CATEGORIES
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import time
 
 
 def budget_table() -> None:
-    from sanatool.presets import preset_config
+    from sanatool.arch import preset_config
     from sanatool.training.budget import OVERHEAD_BYTES, memory_budget
 
     optimizers = ("adamw", "adamw8bit", "came", "came8bit")
@@ -51,8 +51,8 @@ def speed_table(steps: int) -> None:
     import tempfile
     from pathlib import Path
 
-    from sanatool.initialize import init_model
     from sanatool.shapes.dataset import write_shapes_dataset
+    from sanatool.surgery.initialize import init_model
     from sanatool.training import TrainOptions, run_training
 
     root = Path(tempfile.mkdtemp(prefix="sanatool-bench-"))

@@ -51,7 +51,7 @@ fi
 
 echo "built $WORK/tiny-shapes in $(( $(date +%s) - START )) s" >&2
 if [ "$INSTALL" = 1 ]; then
-  TARGET="$(python -c 'import sanatool.checkpoint as c; print(c.builtin_root() / "tiny-shapes")')"
+  TARGET="$(python -c 'import sanatool.io.modeldir as c; print(c.builtin_root() / "tiny-shapes")')"
   rm -rf "$TARGET"
   # Copy, not hard-link: the package must own its files. Training logs stay in the build dir.
   cp -r "$WORK/tiny-shapes" "$TARGET"

@@ -17,10 +17,10 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from sanatool.checkpoint import ModelDir
 from sanatool.errors import InputError
+from sanatool.io.modeldir import ModelDir
+from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.prompts import PromptItem
 
 REPORT_NAME = "report.json"
 
@@ -169,7 +169,7 @@ def _staged(progress: ProgressFn, stage: str) -> ProgressFn:
 
 def _evaluate(samples: Path) -> tuple[float, dict[str, float]]:
     """Score a samples dir with the shapes evaluator; ``eval.json`` is written beside its images."""
-    from sanatool.evaluation import evaluate_samples_dir, write_eval_json
+    from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json
 
     report = evaluate_samples_dir(samples)
     write_eval_json(report)
@@ -178,8 +178,9 @@ def _evaluate(samples: Path) -> tuple[float, dict[str, float]]:
 
 def open_demo_model(model: str | os.PathLike) -> ModelDir:
     """Open ``model`` and check the demo can run on it: a shapes-world pipeline dir."""
-    from sanatool.checkpoint import open_model_dir
-    from sanatool.pipeline import SHAPES_WORLD, model_world
+    from sanatool.arch import SHAPES_WORLD
+    from sanatool.inference.pipeline import model_world
+    from sanatool.io.modeldir import open_model_dir
 
     source = open_model_dir(model)
     source.require_pipeline("demo")
@@ -210,12 +211,12 @@ def run_demo(
     ``finetuned`` model dirs (with the loss curve), the fine-tuning ``data``, and one samples dir
     per table row, each with ``grid.png`` and ``eval.json``. Returns the report.
     """
-    from sanatool.importance import importance_to_file
+    from sanatool.inference.importance import importance_to_file
+    from sanatool.io.outputs import atomic_output_dir
     from sanatool.judge.picking import judge_samples_dir
-    from sanatool.outputs import atomic_output_dir
-    from sanatool.prune import prune_model
-    from sanatool.sampling import sample_to_dir
+    from sanatool.samples.writer import sample_to_dir
     from sanatool.shapes.dataset import write_shapes_dataset
+    from sanatool.surgery.prune import prune_model
     from sanatool.training.logs import LOSS_CURVE
     from sanatool.training.options import TrainOptions
     from sanatool.training.run import run_training
@@ -242,7 +243,7 @@ def run_demo(
             )  # fmt: skip
 
         def add_row(name: str, model_dir: Path, samples: Path, build: float, inference: float) -> None:
-            from sanatool.checkpoint import open_model_dir
+            from sanatool.io.modeldir import open_model_dir
 
             made = open_model_dir(model_dir).transformer
             overall, categories = _evaluate(samples)

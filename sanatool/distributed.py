@@ -1,5 +1,7 @@
 """This process's place in a ``torchrun`` run: rank, world size, device, and the few collectives used.
 
+:func:`resolve_device` turns ``--device`` into a torch device (``cuda:LOCAL_RANK`` under ``torchrun``).
+
 One context for every command that runs under ``torchrun`` (training, sampling, importance):
 ``torch.distributed`` with gloo on CPU and NCCL on CUDA. Outside ``torchrun`` (no ``WORLD_SIZE``)
 everything here is a no-op.
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from sanatool.errors import InputError
 
 
 @dataclass
@@ -28,6 +32,16 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def share(self, count: int) -> list[int]:
+        """The items (of ``count``) this rank handles: round-robin, equal work ± one item."""
+        return list(range(self.rank, count, self.world_size))
 
     def barrier(self) -> None:
         """Wait for every rank (no-op in a single process)."""
@@ -76,15 +90,44 @@ class DistContext:
             dist.destroy_process_group()
 
 
+def resolve_device(device: str | Any = "auto") -> Any:
+    """``auto`` → CUDA when available, else CPU; under ``torchrun`` a CUDA device is ``cuda:LOCAL_RANK``."""
+    import torch
+
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        target = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
+        raise InputError(
+            f"--device {device}: no such CUDA device ({torch.cuda.device_count()} available); use --device cpu"
+        )
+    return target
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its ``torchrun`` run (always, outside ``torchrun``).
+
+    For the CLI, which prints results only once, after the library has closed its context.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_distributed(device: str | Any = "auto") -> DistContext:
     """Join the ``torchrun`` process group if there is one; pick this rank's device.
 
-    gloo on CPU, NCCL on CUDA (``cuda:LOCAL_RANK``). Without ``torchrun`` returns a single-process context.
+    gloo on CPU, NCCL on CUDA (``cuda:LOCAL_RANK``). Without ``torchrun`` returns a single-process
+    context. Use it as a context manager: leaving it tears down a process group it created.
     """
     import torch
     import torch.distributed as dist
-
-    from sanatool.pipeline import resolve_device
 
     target = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -46,7 +46,7 @@ def cli(capsys, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A random-init tiny SanaPipeline dir (``init --preset tiny``), shared read-only by all tests."""
-    from sanatool.initialize import init_model
+    from sanatool.surgery.initialize import init_model
 
     out = tmp_path_factory.mktemp("models") / "tiny-pipeline"
     return init_model("tiny", out, seed=0)
@@ -55,9 +55,9 @@ def tiny_pipeline(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_transformer(tmp_path_factory):
     """A random-init bare transformer dir of the tiny preset, shared read-only by all tests."""
-    from sanatool.checkpoint import write_transformer_dir
-    from sanatool.initialize import random_init_entries
-    from sanatool.presets import preset_config
+    from sanatool.arch import preset_config
+    from sanatool.io.modeldir import write_transformer_dir
+    from sanatool.surgery.initialize import random_init_entries
 
     out = tmp_path_factory.mktemp("models") / "tiny-transformer"
     config = preset_config("tiny")

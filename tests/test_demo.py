@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sanatool.checkpoint import open_model_dir
 from sanatool.demo import DemoSettings, demo_suite
 from sanatool.errors import InputError
+from sanatool.io.modeldir import open_model_dir
 
 # Every stage runs, each on a handful of items: one prompt per category, two sampler steps.
 TINY = DemoSettings(
@@ -119,8 +119,8 @@ def test_demo_refuses_a_bare_transformer(cli, tiny_transformer, tmp_path):
 
 
 def test_demo_refuses_a_pipeline_outside_the_shapes_world(cli, tiny_pipeline, tmp_path):
-    from sanatool.checkpoint import write_transformer_dir
-    from sanatool.initialize import random_init_entries
+    from sanatool.io.modeldir import write_transformer_dir
+    from sanatool.surgery.initialize import random_init_entries
 
     # The tiny pipeline with a transformer that reads 32-wide captions: a valid pipeline dir,
     # but not one the shapes evaluator's prompts were made for.

@@ -1,4 +1,4 @@
-"""``sanatool eval`` and :func:`sanatool.evaluation.evaluate_samples_dir`: GenEval-style scoring of a samples dir."""
+"""``sanatool eval`` and :func:`sanatool.samples.evaluate.evaluate_samples_dir`: GenEval-style scoring of a samples dir."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import random
 import pytest
 
 from sanatool.errors import InputError
-from sanatool.evaluation import evaluate_samples_dir, write_eval_json
-from sanatool.prompts import read_prompts
-from sanatool.samples import MANIFEST_NAME
+from sanatool.io.prompts import read_prompts
+from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json
+from sanatool.samples.manifest import MANIFEST_NAME
 from sanatool.shapes import (
     calibration_prompts,
     evaluation_suite,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sanatool.checkpoint import open_model_dir
-from sanatool.safetensors_io import parse_size
+from sanatool.io.modeldir import open_model_dir
+from sanatool.io.safetensors import parse_size
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -64,7 +64,7 @@ def test_info_table_goes_to_stdout(cli, tiny_pipeline):
 
 
 def test_init_is_reproducible_and_seed_matters(tmp_path):
-    from sanatool.initialize import init_model
+    from sanatool.surgery.initialize import init_model
 
     a = init_model("tiny", tmp_path / "a", seed=3)
     b = init_model("tiny", tmp_path / "b", seed=3)
@@ -99,8 +99,8 @@ def test_big_preset_streams_block_by_block(tmp_path, monkeypatch):
     """sana1.5-4.8b's entries are generated lazily: building the plan allocates nothing."""
     import math
 
-    from sanatool.initialize import random_init_entries
-    from sanatool.presets import preset_config
+    from sanatool.arch import preset_config
+    from sanatool.surgery.initialize import random_init_entries
 
     entries = random_init_entries(preset_config("sana1.5-4.8b"), "bf16", 0)
     params = sum(math.prod(e.shape) for e in entries)
@@ -221,7 +221,7 @@ def test_init_output_exists_without_force(cli, tmp_path, tiny_pipeline):
 
 def test_output_equal_to_input_is_refused(tmp_path, tiny_pipeline):
     from sanatool.errors import OutputExistsError
-    from sanatool.outputs import check_output_path
+    from sanatool.io.outputs import check_output_path
 
     with pytest.raises(OutputExistsError, match="overlaps the input"):
         check_output_path(tiny_pipeline, force=True, inputs=[tiny_pipeline])
@@ -232,7 +232,7 @@ def test_output_equal_to_input_is_refused(tmp_path, tiny_pipeline):
 def test_outputs_get_the_usual_mode_under_the_umask(tmp_path):
     import os
 
-    from sanatool.outputs import atomic_output_dir, atomic_output_file
+    from sanatool.io.outputs import atomic_output_dir, atomic_output_file
 
     old = os.umask(0o022)
     try:
@@ -257,12 +257,12 @@ def test_init_bad_preset_dtype_and_shard_size(cli, tmp_path):
 
 
 def test_interrupted_init_leaves_nothing(tmp_path, monkeypatch):
-    import sanatool.initialize as initialize
+    import sanatool.surgery.initialize as initialize
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sanatool.checkpoint.write_sharded", boom)
+    monkeypatch.setattr("sanatool.io.modeldir.write_sharded", boom)
     with pytest.raises(KeyboardInterrupt):
         initialize.init_model("tiny", tmp_path / "t")
     assert list(tmp_path.iterdir()) == []
@@ -297,7 +297,7 @@ def test_every_command_help_shows_an_example(cli):
 def test_startup_imports_no_torch():
     """`sanatool --help` and `info` must not pay for torch/diffusers imports (shell pipelines call us often)."""
     code = (
-        "import sys; from sanatool.cli import app; import sanatool.info; "
+        "import sys; from sanatool.cli import app; import sanatool.surgery.info; "
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
@@ -307,7 +307,7 @@ def test_startup_imports_no_torch():
 
 def test_info_needs_no_torch(tiny_pipeline):
     code = (
-        "import sys; from sanatool.info import describe_model; "
+        "import sys; from sanatool.surgery.info import describe_model; "
         f"d = describe_model({str(tiny_pipeline)!r}); "
         "sys.exit(1 if 'torch' in sys.modules or d['depth'] != 8 else 0)"
     )

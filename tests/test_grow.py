@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sanatool.checkpoint import open_model_dir
-from sanatool.safetensors_io import read_header
+from sanatool.io.modeldir import open_model_dir
+from sanatool.io.safetensors import read_header
 
 # A SANA-1.0-shaped small transformer: no QK-norm, unequal self/cross head layouts, SANA's 32 latent
 # channels, no attention bias. Differs from the tiny preset in every dimension that has a name.
@@ -48,8 +48,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def sana10(tmp_path_factory):
     """A random SANA-1.0-shaped bare transformer dir (fp32, no QK-norm)."""
-    from sanatool.checkpoint import write_transformer_dir
-    from sanatool.initialize import random_init_entries
+    from sanatool.io.modeldir import write_transformer_dir
+    from sanatool.surgery.initialize import random_init_entries
 
     out = tmp_path_factory.mktemp("models") / "sana10"
     write_transformer_dir(out, SANA_SHAPED, random_init_entries(SANA_SHAPED, "fp32", 1), 10**9)
@@ -224,7 +224,7 @@ def test_qk_norm_is_added_to_a_sana10_model_with_a_warning(cli, sana10, tmp_path
 
 
 def test_source_layers_drop_trailing_blocks_and_seed_is_reproducible(tiny_transformer, tmp_path):
-    from sanatool.grow import grow_model
+    from sanatool.surgery.grow import grow_model
 
     a = grow_model(tiny_transformer, tmp_path / "a", 10, source_layers=6, seed=5)
     b = grow_model(tiny_transformer, tmp_path / "b", 10, source_layers=6, seed=5)
@@ -263,7 +263,7 @@ def test_pipeline_grow_hard_links_components_and_shards(cli, tiny_pipeline, tmp_
 def test_grow_streams_without_torch(tiny_transformer, tmp_path):
     script = (
         "import sys\n"
-        "from sanatool.grow import grow_model\n"
+        "from sanatool.surgery.grow import grow_model\n"
         f"grow_model({str(tiny_transformer)!r}, {str(tmp_path / 'g')!r}, 12)\n"
         "assert 'torch' not in sys.modules, 'grow imported torch'\n"
     )
@@ -334,7 +334,7 @@ def test_grow_refuses_missing_model_and_output_inside_input(cli, tiny_transforme
 def test_generated_bf16_matches_torch_rounding_and_bounds():
     import torch
 
-    from sanatool.blocks import BlockTensor, InitRule, _to_bf16_bits, generate
+    from sanatool.surgery.blocks import BlockTensor, InitRule, _to_bf16_bits, generate
 
     values = torch.randn(4096) * 0.03
     # Exact ties (low half 0x8000) on even and odd upper halves exercise round-to-nearest-even.
@@ -352,9 +352,9 @@ def test_generated_bf16_matches_torch_rounding_and_bounds():
 
 
 def test_write_order_interleaves_without_losing_or_reordering_copies(tiny_transformer, monkeypatch):
-    from sanatool import safetensors_io
-    from sanatool.grow import plan_grow
-    from sanatool.safetensors_io import FileSlice, write_order
+    from sanatool.io import safetensors as safetensors_io
+    from sanatool.io.safetensors import FileSlice, write_order
+    from sanatool.surgery.grow import plan_grow
 
     monkeypatch.setattr(
         safetensors_io, "COPY_RUN_BYTES", 1_000_000
@@ -370,9 +370,9 @@ def test_write_order_interleaves_without_losing_or_reordering_copies(tiny_transf
 
 def test_a_failing_generator_leaves_no_output(tiny_transformer, tmp_path):
     from sanatool.errors import RunFailure
-    from sanatool.grow import plan_grow
-    from sanatool.safetensors_io import FileSlice, TensorEntry
-    from sanatool.surgery import run_plan
+    from sanatool.io.safetensors import FileSlice, TensorEntry
+    from sanatool.surgery.grow import plan_grow
+    from sanatool.surgery.plan import run_plan
 
     plan = plan_grow(tiny_transformer, tmp_path / "out", 12)
     index = max(i for i, e in enumerate(plan.entries) if not isinstance(e.source, FileSlice))
@@ -390,7 +390,7 @@ def test_a_failing_generator_leaves_no_output(tiny_transformer, tmp_path):
 def test_prefetcher_keeps_order_and_budget_and_reraises():
     import threading
 
-    from sanatool.surgery import Prefetcher
+    from sanatool.surgery.plan import Prefetcher
 
     running, peak = [0], [0]
     lock = threading.Lock()

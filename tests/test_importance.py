@@ -6,18 +6,18 @@ import json
 
 import pytest
 
-from sanatool.prompts import PromptItem, write_prompts
+from sanatool.io.prompts import PromptItem, write_prompts
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline):
-    from sanatool.pipeline import load_pipeline
+    from sanatool.inference.pipeline import load_pipeline
 
     return load_pipeline(tiny_pipeline, "cpu", "fp32")
 
 
 def _run_inputs(pipe, prompt: str, seed: int):
-    from sanatool.sampling import PromptEncoder, image_seed, initial_latents
+    from sanatool.inference.sampler import PromptEncoder, image_seed, initial_latents
 
     encoder = PromptEncoder(pipe, None, "cpu")
     embeds, mask = encoder.conditional([prompt])
@@ -29,8 +29,8 @@ def test_cosine_scores_equal_a_direct_computation_over_both_cfg_branches(tiny_pi
     import torch
     import torch.nn.functional as F
 
-    from sanatool.importance import compute_importance
-    from sanatool.sampling import denoise
+    from sanatool.inference.importance import compute_importance
+    from sanatool.inference.sampler import denoise
 
     result = compute_importance(tiny_pipeline, ["a red circle"], steps=2, guidance=4.5, seed=3, device="cpu")
     assert result.metric == "cosine" and result.depth == 8 and len(result.per_timestep) == 2
@@ -65,8 +65,8 @@ def test_cosine_scores_equal_a_direct_computation_over_both_cfg_branches(tiny_pi
 
 
 def test_ablation_scores_are_the_change_of_the_final_latent(tiny_pipeline, pipe):
-    from sanatool.importance import compute_importance, skip_block, spearman
-    from sanatool.sampling import denoise
+    from sanatool.inference.importance import compute_importance, skip_block, spearman
+    from sanatool.inference.sampler import denoise
 
     result = compute_importance(
         tiny_pipeline, ["a blue square"], steps=1, guidance=1.0, seed=0, metric="ablation", device="cpu"
@@ -88,7 +88,7 @@ def test_ablation_scores_are_the_change_of_the_final_latent(tiny_pipeline, pipe)
 
 
 def test_spearman():
-    from sanatool.importance import spearman
+    from sanatool.inference.importance import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -99,8 +99,8 @@ def test_spearman():
 def test_cli_importance_writes_the_file_prune_reads_and_a_heatmap(cli, tiny_pipeline, tmp_path):
     from PIL import Image
 
-    from sanatool.checkpoint import open_model_dir
-    from sanatool.importance_file import read_importance_file
+    from sanatool.io.importance_file import read_importance_file
+    from sanatool.io.modeldir import open_model_dir
 
     out = tmp_path / "imp.json"
     res = cli(

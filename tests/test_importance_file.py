@@ -8,7 +8,7 @@ import math
 import pytest
 
 from sanatool.errors import InputError
-from sanatool.importance_file import (
+from sanatool.io.importance_file import (
     FORMAT,
     Calibration,
     ImportanceFileError,

@@ -123,7 +123,7 @@ def write_candidates(root: Path, candidates: int = 5, prompts: int = 6) -> dict[
     """
     from PIL import Image  # noqa: F401  (renders are PIL images)
 
-    from sanatool.samples import image_relpath, write_manifest
+    from sanatool.samples.manifest import image_relpath, write_manifest
     from sanatool.shapes import evaluation_suite, mismatched_spec, render_spec
 
     suite = evaluation_suite()
@@ -186,7 +186,7 @@ def test_judge_shapes_picks_the_correct_candidates(cli, candidates_dir, tmp_path
     assert json.loads((out / "judge.json").read_text())["judge"]["oracle"] is True
     assert tree_digest(samples) == before  # the input is never modified
     # The picks are a samples dir that `eval` measures: every pick is correct.
-    from sanatool.evaluation import evaluate_samples_dir
+    from sanatool.samples.evaluate import evaluate_samples_dir
 
     assert evaluate_samples_dir(out).overall == 1.0
 

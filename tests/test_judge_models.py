@@ -110,7 +110,7 @@ def vlm_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """Two prompts with three candidates each (an odd count: the tournament needs a bye)."""
-    from sanatool.samples import image_relpath, write_manifest
+    from sanatool.samples.manifest import image_relpath, write_manifest
     from sanatool.shapes import evaluation_suite, mismatched_spec, render_spec
 
     suite = evaluation_suite()

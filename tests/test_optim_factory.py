@@ -90,7 +90,7 @@ def test_came8bit_memory_target_on_real_sana_shapes():
     """The issue's target, on the sana1.5-1.6b parameter list (meta device, nothing allocated)."""
     from diffusers.models.transformers.sana_transformer import SanaTransformer2DModel
 
-    from sanatool.presets import preset_config
+    from sanatool.arch import preset_config
 
     config = {k: v for k, v in preset_config("sana1.5-1.6b").items() if not k.startswith("_")}
     with torch.device("meta"):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sanatool.checkpoint import open_model_dir
-from sanatool.importance_file import Calibration, ImportanceResult, write_importance_file
+from sanatool.io.importance_file import Calibration, ImportanceResult, write_importance_file
+from sanatool.io.modeldir import open_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,7 +86,7 @@ def test_keep_by_importance_and_the_provenance_chain(cli, tiny_pipeline, tmp_pat
 
 
 def test_naive_strategies_and_keep_blocks(cli, tiny_transformer, tmp_path):
-    from sanatool.prune import naive_selection
+    from sanatool.surgery.prune import naive_selection
 
     assert naive_selection("tail", 3, 8) == [0, 1, 2]
     assert naive_selection("uniform", 4, 8) == [0, 2, 5, 7]
@@ -208,8 +208,8 @@ def test_written_headers_place_copies_at_their_source_page_offset(tiny_transform
     import torch
     from safetensors import safe_open
 
-    from sanatool.prune import prune_model
-    from sanatool.safetensors_io import PAGE_BYTES, TensorEntry, Zeros, read_header, write_sharded
+    from sanatool.io.safetensors import PAGE_BYTES, TensorEntry, Zeros, read_header, write_sharded
+    from sanatool.surgery.prune import prune_model
 
     generated = [
         TensorEntry("a", "F32", (3, 5), lambda: torch.arange(15, dtype=torch.float32).numpy().tobytes()),
@@ -256,8 +256,8 @@ def test_pruned_runs_keep_their_source_page_offsets(tiny_transformer, tmp_path):
     import torch
     from safetensors import safe_open
 
-    from sanatool.prune import prune_model
-    from sanatool.safetensors_io import PAGE_BYTES, read_header
+    from sanatool.io.safetensors import PAGE_BYTES, read_header
+    from sanatool.surgery.prune import prune_model
 
     src = tmp_path / "src"
     state = _written_by_safetensors(tiny_transformer, src)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sanatool.prompts import PromptItem, write_prompts
-from sanatool.samples import MANIFEST_NAME, read_manifest
+from sanatool.io.prompts import PromptItem, write_prompts
+from sanatool.samples.manifest import MANIFEST_NAME, read_manifest
 
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline):
-    from sanatool.pipeline import load_pipeline
+    from sanatool.inference.pipeline import load_pipeline
 
     return load_pipeline(tiny_pipeline, "cpu", "fp32")
 
@@ -47,7 +47,8 @@ def test_sample_matches_diffusers_and_each_seed_regenerates_its_image_alone(
 ):
     import torch
 
-    from sanatool.sampling import diffusers_kwargs, sample_to_dir
+    from sanatool.inference.sampler import diffusers_kwargs
+    from sanatool.samples.writer import sample_to_dir
 
     out = sample_to_dir(
         tiny_pipeline,
@@ -82,8 +83,8 @@ def test_sample_matches_diffusers_and_each_seed_regenerates_its_image_alone(
 def test_flow_euler_with_instruction_matches_diffusers(pipe, reference):
     import torch
 
-    from sanatool.sampling import euler_sigmas, generate, make_scheduler
-    from sanatool.text import diffusers_default_instruction
+    from sanatool.inference.sampler import euler_sigmas, generate, make_scheduler
+    from sanatool.inference.text import diffusers_default_instruction
 
     instruction = diffusers_default_instruction()
     ours = generate(
@@ -107,7 +108,7 @@ def test_flow_euler_with_instruction_matches_diffusers(pipe, reference):
 
 
 def test_image_seed_rule_is_the_documented_hash():
-    from sanatool.sampling import image_seed
+    from sanatool.inference.sampler import image_seed
 
     digest = hashlib.sha256(b"sanatool/5/3/2").digest()
     assert image_seed(5, 3, 2) == int.from_bytes(digest[:8], "big") % 2**53
@@ -118,12 +119,12 @@ def test_image_seed_rule_is_the_documented_hash():
 def test_encode_prompts_is_diffusers_and_warns_on_truncation(pipe, reference, caplog):
     import torch
 
-    from sanatool.text import encode_prompts
+    from sanatool.inference.text import encode_prompts
 
     long_prompt = " ".join(["red circle"] * 200)  # 400 words, one token each
-    with caplog.at_level(logging.WARNING, logger="sanatool.text"):
+    with caplog.at_level(logging.WARNING, logger="sanatool.inference.text"):
         embeds, mask = encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a red circle", long_prompt], "cpu")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "sanatool.text"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sanatool.inference.text"]
     assert len(warnings) == 1 and "prompt 1" in warnings[0] and "first 299 tokens" in warnings[0]
     theirs, their_mask, _, _ = reference.encode_prompt(
         ["a red circle", long_prompt], do_classifier_free_guidance=False, complex_human_instruction=None
@@ -133,14 +134,14 @@ def test_encode_prompts_is_diffusers_and_warns_on_truncation(pipe, reference, ca
 
 
 def test_worlds_and_their_defaults(tiny_pipeline):
-    from sanatool.checkpoint import open_model_dir
-    from sanatool.pipeline import (
+    from sanatool.arch import preset_config
+    from sanatool.inference.pipeline import (
         default_calibration_prompts,
         default_instruction,
         general_calibration_prompts,
         model_world,
     )
-    from sanatool.presets import preset_config
+    from sanatool.io.modeldir import open_model_dir
 
     tiny = open_model_dir(tiny_pipeline)
     assert model_world(tiny) == "shapes" and default_instruction(tiny) is None
@@ -170,7 +171,7 @@ def test_cli_sample_writes_samples_dir_with_spec_and_grid(cli, tiny_pipeline, tm
     assert "spec" not in records[3]
     assert {r["steps"] for r in records} == {2} and records[0]["sampler"] == "flow-dpm"
     assert records[0]["height"] == records[0]["width"] == 32 and records[0]["instruction"] is False
-    from sanatool.checkpoint import open_model_dir
+    from sanatool.io.modeldir import open_model_dir
 
     assert records[0]["model"] == open_model_dir(tiny_pipeline).fingerprint()
     grid = Image.open(out / "grid.png")
@@ -182,7 +183,7 @@ def test_cli_sample_writes_samples_dir_with_spec_and_grid(cli, tiny_pipeline, tm
 def test_resume_keeps_matching_images_and_finishes_an_interrupted_run(
     cli, tiny_pipeline, tmp_path, monkeypatch
 ):
-    from sanatool.sampling import partial_dir
+    from sanatool.io.outputs import partial_dir
 
     out = tmp_path / "s"
     assert (
@@ -201,7 +202,7 @@ def test_resume_keeps_matching_images_and_finishes_an_interrupted_run(
 
     # A run that dies midway keeps its finished images in .t.partial: refused without a flag,
     # continued with --resume (a torn last journal line is ignored).
-    import sanatool.sampling as sampling
+    import sanatool.inference.sampler as sampling
 
     fresh = tmp_path / "t"
     args = ("sample", tiny_pipeline, "--prompt", "a red circle", "-n", "2", "--steps", "2", "-o", fresh)
@@ -244,18 +245,21 @@ def test_resume_keeps_matching_images_and_finishes_an_interrupted_run(
 
 def test_ranks_split_prompts_and_rank_zero_merges_one_manifest(pipe, tiny_pipeline, tmp_path):
     """The torchrun path, rank by rank: prepare (rank 0), each rank's share, merge (rank 0)."""
-    from sanatool.checkpoint import open_model_dir
-    from sanatool.sampling import (
+    from sanatool.distributed import DistContext
+    from sanatool.io.modeldir import open_model_dir
+    from sanatool.samples.writer import (
         SampleSettings,
         finalize_samples,
         prepare_partial,
-        rank_prompt_indices,
         sample_jobs,
         sample_share,
     )
 
-    assert rank_prompt_indices(5, 0, 2) == [0, 2, 4] and rank_prompt_indices(5, 1, 2) == [1, 3]
-    assert sorted(sum((rank_prompt_indices(7, r, 3) for r in range(3)), [])) == list(range(7))
+    def rank_share(count: int, rank: int, world: int) -> list[int]:
+        return DistContext(rank, world, "cpu").share(count)
+
+    assert rank_share(5, 0, 2) == [0, 2, 4] and rank_share(5, 1, 2) == [1, 3]
+    assert sorted(sum((rank_share(7, r, 3) for r in range(3)), [])) == list(range(7))
     prompts = [PromptItem(text) for text in ("a red circle", "a blue square", "a green triangle")]
     jobs = sample_jobs(prompts, 1, seed=0)
     settings = SampleSettings(
@@ -264,7 +268,7 @@ def test_ranks_split_prompts_and_rank_zero_merges_one_manifest(pipe, tiny_pipeli
     out = tmp_path / "s"
     partial = prepare_partial(out, {}, resume=False)
     for rank in (1, 0):
-        mine = set(rank_prompt_indices(len(prompts), rank, 2))
+        mine = set(rank_share(len(prompts), rank, 2))
         share = [job for job in jobs if job.prompt_index in mine]
         assert sample_share(pipe, share, partial, settings, None, batch_size=4, rank=rank) == len(share)
     finalize_samples(out, jobs)

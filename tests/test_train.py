@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sanatool.checkpoint import open_model_dir
+from sanatool.io.modeldir import open_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -250,7 +250,7 @@ def test_bad_input_exits_2_and_writes_nothing(
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(cli, tiny_pipeline, shapes_data, tmp_path):
-    from sanatool.initialize import init_model
+    from sanatool.surgery.initialize import init_model
 
     run = [
         "--data",

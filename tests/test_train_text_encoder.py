@@ -32,8 +32,8 @@ def _weights(model_dir: Path, file: str = _TEXT_ENCODER) -> dict:
 def test_token_ids_feed_the_encoder_exactly_as_diffusers_encodes(tiny_pipeline):
     import torch
 
-    from sanatool.pipeline import load_pipeline
-    from sanatool.text import encode_prompts, tokenize_prompts
+    from sanatool.inference.pipeline import load_pipeline
+    from sanatool.inference.text import encode_prompts, tokenize_prompts
 
     pipe = load_pipeline(tiny_pipeline, "cpu", "fp32")
     prompts = ["a red circle left of a blue square", "two green triangles", ""]
@@ -94,7 +94,9 @@ def test_train_text_encoder_resumes_bit_exact(tiny_pipeline, shapes_data, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run_training(TrainOptions(out=tmp_path / "split", **common), progress=ctrl_c_at_3)
     with pytest.raises(Exception, match="was trained with --train-text-encoder"):
-        run_training(TrainOptions(out=tmp_path / "split", resume=True, **{**common, "train_text_encoder": False}))
+        run_training(
+            TrainOptions(out=tmp_path / "split", resume=True, **{**common, "train_text_encoder": False})
+        )
     run_training(TrainOptions(out=tmp_path / "split", resume=True, **common))
     for file in (_TEXT_ENCODER, _TRANSFORMER):
         straight, split = _weights(tmp_path / "straight", file), _weights(tmp_path / "split", file)

@@ -99,7 +99,7 @@ def test_data_stream_visits_every_item_once_per_epoch():
 
 
 def test_activation_budget_is_measured_and_checkpointing_shrinks_it():
-    from sanatool.presets import preset_config
+    from sanatool.arch import preset_config
     from sanatool.training.budget import activation_bytes
 
     config = preset_config("tiny")

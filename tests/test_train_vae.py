@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sanatool.checkpoint import open_model_dir
-from sanatool.safetensors_io import read_header
+from sanatool.io.modeldir import open_model_dir
+from sanatool.io.safetensors import read_header
 
 
 @pytest.fixture(scope="module")

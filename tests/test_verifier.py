@@ -95,7 +95,7 @@ def test_save_load_roundtrip_and_refusals(tmp_path):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     """A samples dir standing in for decoded samples: noisy renders, some of the wrong prompt."""
-    from sanatool.samples import image_relpath, write_manifest
+    from sanatool.samples.manifest import image_relpath, write_manifest
     from sanatool.shapes import degrade, evaluation_suite, mismatched_spec, render_spec
 
     root = tmp_path_factory.mktemp("gen") / "samples"

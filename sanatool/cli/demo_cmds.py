@@ -24,7 +24,7 @@ def _print_report(report: Any) -> None:
     """The comparison table (one column per model, so it fits 80 columns) and the paths written (stderr)."""
     from rich.table import Table
 
-    from sanatool.checkpoint import human_count
+    from sanatool.formatting import human_count
 
     settings = report.settings
     rows = report.rows

@@ -47,8 +47,8 @@ def judge(
 
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """
+    from sanatool.distributed import resolve_device
     from sanatool.judge.picking import ORACLE_NOTE, judge_samples_dir
-    from sanatool.pipeline import resolve_device
 
     with progress_bar() as progress:
         result = judge_samples_dir(
@@ -106,8 +106,8 @@ def train_verifier_cmd(
     """
     from rich.table import Table
 
+    from sanatool.distributed import resolve_device
     from sanatool.judge.verifier_train import VerifierTraining, train_verifier
-    from sanatool.pipeline import resolve_device
 
     options = VerifierTraining(
         steps=steps,

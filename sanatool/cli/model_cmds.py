@@ -28,7 +28,7 @@ def init(
 
     Example: sanatool init --preset sana1.5-1.6b --dtype bf16 -o sana16
     """
-    from sanatool.initialize import init_model
+    from sanatool.surgery.initialize import init_model
 
     with progress_bar() as progress:
         path = init_model(
@@ -51,8 +51,8 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
-    from sanatool.checkpoint import human_bytes, human_count
-    from sanatool.info import describe_model
+    from sanatool.formatting import human_bytes, human_count
+    from sanatool.surgery.info import describe_model
 
     described = describe_model(model)
     if as_json:

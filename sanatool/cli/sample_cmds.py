@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
+from sanatool.distributed import is_main_process
 
 _MODEL_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."
 _INSTRUCTION_HELP = (
     "Prepend SANA's complex human instruction to prompts (default: on for real SANA models, "
     "off for the shapes world)."
 )
-
-
-def _is_main_rank() -> bool:
-    """Only rank 0 prints the result under torchrun."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _size(size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -64,9 +59,9 @@ def sample(
     Example: sanatool sample builtin:tiny-shapes --prompt "a red circle" -n 4 -o samples
     """
     from sanatool.errors import InputError
-    from sanatool.prompts import PromptItem, read_prompts
-    from sanatool.samples import read_manifest
-    from sanatool.sampling import sample_to_dir
+    from sanatool.io.prompts import PromptItem, read_prompts
+    from sanatool.samples.manifest import read_manifest
+    from sanatool.samples.writer import sample_to_dir
 
     if prompts_file is not None and prompt:
         raise InputError("give --prompts FILE or --prompt TEXT, not both")
@@ -96,7 +91,7 @@ def sample(
             progress=progress,
             instruction=instruction,
         )
-    if not _is_main_rank():
+    if not is_main_process():  # under torchrun only rank 0 prints the result
         return
     if as_json:
         records, _ = read_manifest(path)
@@ -169,8 +164,8 @@ def importance(
 
     Example: sanatool importance builtin:tiny-shapes -o importance.json
     """
-    from sanatool.importance import importance_to_file
-    from sanatool.prompts import read_prompts
+    from sanatool.inference.importance import importance_to_file
+    from sanatool.io.prompts import read_prompts
 
     items = read_prompts(prompts_file) if prompts_file is not None else None
     with progress_bar() as progress:
@@ -193,7 +188,7 @@ def importance(
             instruction=instruction,
             prompts_source=str(prompts_file) if prompts_file is not None else None,
         )
-    if not _is_main_rank():
+    if not is_main_process():  # under torchrun only rank 0 prints the result
         return
     _print_ranking(result)
     console.print(f"heatmap: {png}")

@@ -10,7 +10,7 @@ import typer
 from sanatool.cli._app import app, console, emit, progress_bar
 
 if TYPE_CHECKING:
-    from sanatool.evaluation import EvalReport
+    from sanatool.samples.evaluate import EvalReport
 
 data_app = typer.Typer(no_args_is_help=True, help="Make data sets.")
 app.add_typer(data_app, name="data", help="Make data sets: `data shapes` renders the shapes world.")
@@ -41,7 +41,7 @@ def data_shapes(
     Example: sanatool data shapes -o shapes10k --n 10000 --seed 0
     """
     from sanatool.errors import InputError
-    from sanatool.prompts import read_prompts
+    from sanatool.io.prompts import read_prompts
     from sanatool.shapes.dataset import write_ground_truth_samples, write_shapes_dataset
 
     if prompts is None:
@@ -69,8 +69,8 @@ def data_shapes(
 
 
 def _export(target: Path, which: str, force: bool) -> Path:
-    from sanatool.outputs import atomic_output_file
-    from sanatool.prompts import write_prompts
+    from sanatool.io.outputs import atomic_output_file
+    from sanatool.io.prompts import write_prompts
     from sanatool.shapes.suites import calibration_prompts, evaluation_suite
 
     items = evaluation_suite() if which == "suite" else calibration_prompts()
@@ -137,8 +137,8 @@ def eval_cmd(
     Example: sanatool eval samples/
     """
     from sanatool.errors import InputError, RunFailure
-    from sanatool.evaluation import evaluate_samples_dir, write_eval_json
-    from sanatool.outputs import check_output_path
+    from sanatool.io.outputs import check_output_path
+    from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json
 
     exports = [
         (path, which)

@@ -14,8 +14,8 @@ _MODEL_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
 
 def _finish(plan: Any, dry_run: bool, force: bool, max_shard_size: str, as_json: bool) -> None:
     """Print the plan (dry run) or run it, then print the result."""
-    from sanatool.checkpoint import human_bytes
-    from sanatool.surgery import run_plan, shard_size
+    from sanatool.formatting import human_bytes
+    from sanatool.surgery.plan import run_plan, shard_size
 
     shard_bytes = shard_size(max_shard_size)
     if dry_run:
@@ -88,7 +88,7 @@ def grow(
 
     Example: sanatool grow sana16 --to 24 -o sana16-24
     """
-    from sanatool.grow import plan_grow
+    from sanatool.surgery.grow import plan_grow
 
     plan = plan_grow(model, out, to, strategy, source_layers, qk_norm, zero_init_copies, seed, force)
     _finish(plan, dry_run, force, max_shard_size, as_json)
@@ -123,7 +123,7 @@ def prune(
 
     Example: sanatool prune sana16 --keep 16 --importance importance.json -o sana16-16
     """
-    from sanatool.prune import plan_prune
+    from sanatool.surgery.prune import plan_prune
 
     plan = plan_prune(model, out, keep, importance, strategy, keep_blocks, drop_blocks, force)
     _finish(plan, dry_run, force, max_shard_size, as_json)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +76,11 @@ def _run(opts: Any, dry_run: bool, as_json: bool) -> None:
     if dry_run:
         _dry_run(opts, as_json)
         return
+    from sanatool.distributed import is_main_process
     from sanatool.training.run import run_training
 
     # Under torchrun only rank 0 draws progress and prints the result.
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = is_main_process()
     with progress_bar(quiet=not main_rank) as progress:
         result = run_training(opts, progress=progress)
     if main_rank:
@@ -91,7 +91,7 @@ def _dry_run(opts: Any, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sanatool.checkpoint import human_bytes, human_count
+    from sanatool.formatting import human_bytes, human_count
     from sanatool.training.dry_run import dry_run_budget
 
     budget = dry_run_budget(opts)
@@ -263,7 +263,7 @@ def train_vae_cmd(
 
     Example: sanatool train-vae --data shapes/ -o tiny-vae --steps 3000
     """
-    from sanatool.vae_training import train_vae
+    from sanatool.training.vae import train_vae
 
     with progress_bar() as progress:
         result = train_vae(data, out, steps, batch_size, lr, seed, dtype, force, progress)

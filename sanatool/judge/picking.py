@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.outputs import atomic_output_dir, check_output_path, link_or_copy
 from sanatool.judge.base import Judge, Judgement
 from sanatool.judge.registry import JudgeSpec, load_judge, parse_judge_spec
 from sanatool.judge.tournament import MODES, Selection, select
-from sanatool.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.samples import MANIFEST_NAME, read_manifest, write_manifest
+from sanatool.samples.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 SCORES_NAME = "scores.jsonl"
 SUMMARY_NAME = "judge.json"
@@ -157,14 +156,6 @@ def judge_records(
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _score_rows(
     group: PromptGroup, judgements: Sequence[Judgement], selection: Selection, label: str
 ) -> list[dict[str, Any]]:
@@ -262,7 +253,7 @@ def judge_samples_dir(
     )
     with atomic_output_dir(out, force=force, inputs=[root]) as tmp:
         for record in picked_records:
-            _link_or_copy(root / record["path"], tmp / record["path"])
+            link_or_copy(root / record["path"], tmp / record["path"])
         write_manifest(tmp / MANIFEST_NAME, picked_records)
         with open(tmp / SCORES_NAME, "w", encoding="utf-8") as handle:
             for row in score_rows:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sanatool.errors import InputError, RunFailure
+from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.judge.verifier_data import (
     PERTURBATIONS,
     Caption,
@@ -34,7 +35,6 @@ from sanatool.judge.verifier_data import (
     render_captions,
     render_pool,
 )
-from sanatool.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
 
 

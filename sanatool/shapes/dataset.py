@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from sanatool.errors import InputError
-from sanatool.outputs import atomic_output_dir
+from sanatool.io.outputs import atomic_output_dir
+from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.prompts import PromptItem
-from sanatool.samples import MANIFEST_NAME, image_relpath, write_manifest
+from sanatool.samples.manifest import MANIFEST_NAME, image_relpath, write_manifest
 from sanatool.shapes.render import render_spec
 from sanatool.shapes.suites import training_captions
 from sanatool.shapes.world import MAX_OBJECTS, validate_spec

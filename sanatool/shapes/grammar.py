@@ -14,7 +14,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.prompts import PromptItem
+from sanatool.io.prompts import PromptItem
 from sanatool.shapes.world import CATEGORIES, COLORS, MAX_OBJECTS, SHAPES, validate_spec
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from sanatool.errors import InputError
-from sanatool.prompts import PromptItem, read_prompts, write_prompts
+from sanatool.io.prompts import PromptItem, read_prompts, write_prompts
 from sanatool.shapes.grammar import category_prompts, random_prompt
 from sanatool.shapes.world import CATEGORIES
 

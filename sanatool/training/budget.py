@@ -54,7 +54,7 @@ def _saved_activation_bytes(
     """Bytes autograd saves in one forward pass of the transformer, measured on the meta device."""
     import torch
 
-    from sanatool.initialize import build_meta_transformer
+    from sanatool.surgery.initialize import build_meta_transformer
 
     model = build_meta_transformer(config).to(dtype)
     if checkpointing:
@@ -121,8 +121,8 @@ def memory_budget(
     """
     import torch
 
-    from sanatool.initialize import build_meta_transformer
     from sanatool.optim import estimate_state_bytes
+    from sanatool.surgery.initialize import build_meta_transformer
 
     model = build_meta_transformer(config)
     shapes = [tuple(p.shape) for p in model.parameters()]

@@ -11,7 +11,7 @@ means a fresh entry.
 Weight files over 256 MB are hashed by 32 evenly spaced MiB (the first holds the safetensors
 header), so keying a 5 GB text encoder takes a fraction of a second.
 
-Text embeddings come from :func:`sanatool.text.encode_prompts`, the function sampling uses, so
+Text embeddings come from :func:`sanatool.inference.text.encode_prompts`, the function sampling uses, so
 training and sampling see identical conditioning. Trailing padding columns that no caption uses are
 dropped: cross-attention masks them out, so this changes no result and saves most of the compute.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.outputs import give_usual_mode
+from sanatool.io.outputs import give_usual_mode
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.training.data import ImageDataset, load_pixels
 
@@ -182,7 +182,7 @@ def load_encoders(pipeline_dir: Path, device: str, dtype: str) -> tuple[Any, Any
     from diffusers import AutoencoderDC
     from transformers import AutoModel, AutoTokenizer
 
-    from sanatool.initialize import torch_dtype
+    from sanatool.arch import torch_dtype
 
     target = torch_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(pipeline_dir / "tokenizer")
@@ -257,7 +257,7 @@ def build_cache(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from sanatool.text import encode_prompts, tokenize_prompts
+    from sanatool.inference.text import encode_prompts, tokenize_prompts
 
     key = cache_key(pipeline_dir, dataset, settings)
     target = cache_root / key

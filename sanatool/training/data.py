@@ -12,13 +12,13 @@ same preprocessing for every image, so nothing is silently distorted.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.jsonl import read_jsonl
 
 METADATA_NAME = "metadata.jsonl"
 #: Pixel decoding of a hostile file is bounded: nothing larger than 8192² is accepted.
@@ -66,21 +66,9 @@ def _parse_metadata(root: Path) -> list[tuple[int, str, str]]:
             f"data dir {root} has no {METADATA_NAME}; a data set is an image folder with one JSON line per "
             'image, e.g. {"file_name": "00001.png", "text": "a red circle"} (sanatool data shapes writes one)'
         )
-    try:
-        lines = meta.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read {meta}: {err}") from err
     rows: list[tuple[int, str, str]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, row in read_jsonl(meta):
         where = f"{meta}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{where}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: expected a JSON object with file_name and text")
         name = row.get("file_name")
         text = row.get("text")
         if not isinstance(name, str) or not name:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from sanatool.checkpoint import ModelDir, open_model_dir
+from sanatool.io.modeldir import ModelDir, open_model_dir
 from sanatool.training.budget import Budget, memory_budget
 from sanatool.training.options import TrainOptions, validate_options
 
@@ -23,9 +23,8 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
     ``--precision auto`` is budgeted as bf16 (the GPU case the question is about); under
     ``--fsdp`` the model is sharded over ``WORLD_SIZE`` devices.
     """
-    from sanatool.pipeline import detect_world
-    from sanatool.presets import preset_config
-    from sanatool.training.run import TINY_COMPONENTS, vae_factor
+    from sanatool.arch import detect_world, preset_config, vae_scale_factor
+    from sanatool.training.run import TINY_COMPONENTS
 
     validate_options(opts, dry_run=True)
     components: ModelDir | None = None
@@ -44,7 +43,7 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
     if components is not None and (components.path / "vae" / "config.json").is_file():
         import json
 
-        factor = vae_factor(json.loads((components.path / "vae" / "config.json").read_text()))
+        factor = vae_scale_factor(json.loads((components.path / "vae" / "config.json").read_text()))
         encoders_bytes = _folder_bytes(components, "text_encoder") + _folder_bytes(components, "vae")
     side = opts.resolution // factor if opts.resolution else int(config.get("sample_size") or 32)
     shards = int(os.environ.get("WORLD_SIZE", "1")) if opts.fsdp else 1
@@ -62,8 +61,8 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
 
 
 def _builtin_installed(spec: str) -> bool:
-    from sanatool.checkpoint import resolve_model_path
     from sanatool.errors import SanatoolError
+    from sanatool.io.modeldir import resolve_model_path
 
     try:
         resolve_model_path(spec)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sanatool.io.jsonl import read_jsonl
+
 LOSS_LOG = "loss.jsonl"
 LOSS_CURVE = "loss.png"
 
@@ -20,13 +22,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """All records of a loss log (an absent file is an empty log)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def truncate_log(path: Path, last_step: int) -> None:
-    """Keep only records up to ``last_step`` (a resumed run rewrites what came after its checkpoint)."""
-    kept = [record for record in read_log(path) if int(record["step"]) <= last_step]
-    path.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+    return [record for _, record in read_jsonl(path)]
 
 
 def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "training loss") -> None:

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sanatool.arch import resolve_precision
 from sanatool.distributed import DistContext
 from sanatool.training.options import TrainOptions
 
@@ -101,10 +102,7 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(model.parameters(), decay=opts.ema_decay)
-        precision = opts.precision
-        if precision == "auto":
-            precision = "bf16" if ctx.device.type == "cuda" else "fp32"
-        self.autocast = precision == "bf16"
+        self.autocast = resolve_precision(opts.precision, ctx.device.type) == "bf16"
 
     # -- the step -------------------------------------------------------------------------------
 

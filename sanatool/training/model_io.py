@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sanatool.checkpoint import ModelDir, carry_components, write_provenance, write_transformer_dir
+from sanatool.arch import DTYPES, dtype_name, model_kwargs, safetensors_dtype, torch_dtype
 from sanatool.errors import ModelDirError
-from sanatool.safetensors_io import TensorEntry, parse_size
+from sanatool.io.modeldir import ModelDir, carry_components, write_transformer_dir
+from sanatool.io.provenance import write_provenance
+from sanatool.io.safetensors import TensorEntry, parse_size
 
 #: Files that training writes into a model dir; a carried copy from the parent is dropped first
 #: (they are hard links to the parent's files, and the parent is never modified).
 RUN_FILES = ("loss.jsonl", "loss.png", "training_state.json", "training_state.safetensors")
-
-_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
 def load_transformer(path: Path) -> Any:
@@ -40,10 +40,9 @@ def init_transformer(config: dict[str, Any], seed: int) -> Any:
     import torch
     from diffusers import SanaTransformer2DModel
 
-    from sanatool.initialize import random_init_entries
+    from sanatool.surgery.initialize import random_init_entries
 
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-    model = SanaTransformer2DModel(**kwargs)
+    model = SanaTransformer2DModel(**model_kwargs(config))
     state = {}
     for entry in random_init_entries(config, "fp32", seed):
         data = bytearray(entry.source())
@@ -56,10 +55,8 @@ def state_entries(state: dict[str, Any], dtype: str) -> list[TensorEntry]:
     """Tensor entries that write a state dict in ``dtype`` (each tensor converted when written)."""
     import torch
 
-    from sanatool.initialize import torch_dtype
-
     target = torch_dtype(dtype)
-    st_dtype = _ST_DTYPES[str(target).removeprefix("torch.")]
+    st_dtype = safetensors_dtype(dtype)
 
     def produce(tensor: Any) -> Any:
         # Raw bytes, in the order safetensors stores them (row-major, little-endian).
@@ -85,7 +82,7 @@ def write_model_dir(
 
     Returns the new transformer's fingerprint.
     """
-    from sanatool.checkpoint import open_transformer_dir
+    from sanatool.io.modeldir import open_transformer_dir
 
     carry_components(components, root)
     for name in RUN_FILES:
@@ -101,4 +98,5 @@ def stored_dtype(model: ModelDir) -> str:
     """The CLI name of the dtype most of a model's transformer weights are stored in."""
     counts = model.transformer.dtypes()
     main = max(counts, key=lambda key: counts[key])
-    return {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}.get(main, "fp32")
+    name = dtype_name(main)
+    return name if name in DTYPES else "fp32"

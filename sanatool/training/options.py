@@ -159,7 +159,7 @@ def validate_options(opts: TrainOptions, dry_run: bool = False) -> None:
             f"unknown weighting scheme {opts.weighting_scheme!r}; choose one of: {', '.join(WEIGHTING_SCHEMES)}"
         )
     if opts.dtype is not None:
-        from sanatool.initialize import DTYPES
+        from sanatool.arch import DTYPES
 
         if opts.dtype not in DTYPES:
             raise InputError(f"unknown dtype {opts.dtype!r}; choose one of: {', '.join(DTYPES)}")

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sanatool.checkpoint import ModelDir, open_model_dir
+from sanatool.arch import flow_shift, resolve_precision, train_timesteps, vae_scale_factor
 from sanatool.distributed import DistContext, setup_distributed
 from sanatool.errors import InputError, RunFailure
-from sanatool.outputs import atomic_output_dir, check_output_path
+from sanatool.io.modeldir import ModelDir, open_model_dir
+from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.training.cache import DEFAULT_CACHE_NAME, EncodeSettings, build_cache, content_hash, open_cache
 from sanatool.training.data import ImageDataset, load_dataset
@@ -65,11 +66,6 @@ def _read_component_config(model: ModelDir, component: str) -> dict[str, Any]:
         raise InputError(f"cannot read {path}: {err}") from err
 
 
-def vae_factor(vae_config: dict[str, Any]) -> int:
-    """The spatial downsampling of an ``AutoencoderDC``: 2 per stage after the first."""
-    return 2 ** (len(vae_config.get("encoder_block_out_channels", [0])) - 1)
-
-
 def check_components(config: dict[str, Any], components: ModelDir) -> dict[str, Any]:
     """Refuse a transformer whose latent or caption width does not match the VAE and text encoder."""
     vae = _read_component_config(components, "vae")
@@ -89,7 +85,7 @@ def check_components(config: dict[str, Any], components: ModelDir) -> dict[str, 
 
 def resolve_sources(opts: TrainOptions) -> Sources:
     """The model to fine-tune (or the preset to train) and the pipeline that lends its encoders."""
-    from sanatool.presets import preset_config
+    from sanatool.arch import preset_config
 
     if opts.source is not None:
         model = open_model_dir(opts.source)
@@ -241,27 +237,19 @@ def _scheduler_settings(components: ModelDir) -> tuple[float, int]:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"cannot read the scheduler config {path}: {err}") from err
-    shift = float(config.get("flow_shift") or config.get("shift") or 1.0)
-    return shift, int(config.get("num_train_timesteps", 1000))
-
-
-def _encode_dtype(opts: TrainOptions, ctx: DistContext) -> str:
-    precision = opts.precision
-    if precision == "auto":
-        precision = "bf16" if ctx.device.type == "cuda" else "fp32"
-    return precision
+    return flow_shift(config), train_timesteps(config)
 
 
 def prepare_cache(
     opts: TrainOptions, sources: Sources, dataset: ImageDataset, ctx: DistContext, progress: ProgressFn
 ) -> Any:
     """Build the latent cache on rank 0 (the others wait), then open it everywhere."""
-    from sanatool.pipeline import default_instruction
+    from sanatool.inference.pipeline import default_instruction
 
     cache_root = Path(opts.cache_dir).expanduser() if opts.cache_dir else dataset.root / DEFAULT_CACHE_NAME
     settings = EncodeSettings(
         complex_human_instruction=default_instruction(sources.config),
-        dtype=_encode_dtype(opts, ctx),
+        dtype=resolve_precision(opts.precision, ctx.device.type),
         device=str(ctx.device),
     )
     path = None
@@ -286,7 +274,7 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     validate_options(opts)
     sources = resolve_sources(opts)
     if opts.train_text_encoder:
-        from sanatool.pipeline import default_instruction
+        from sanatool.inference.pipeline import default_instruction
 
         if default_instruction(sources.config) is not None:
             raise InputError(
@@ -296,7 +284,7 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     vae_config = check_components(sources.config, sources.components)
     assert opts.data is not None and opts.out is not None
     dataset = load_dataset(opts.data, opts.resolution)
-    factor = vae_factor(vae_config) * int(sources.config.get("patch_size", 1))
+    factor = vae_scale_factor(vae_config) * int(sources.config.get("patch_size", 1))
     if dataset.resolution % factor:
         raise InputError(
             f"images are {dataset.resolution}px but the VAE and patch size need a multiple of {factor}; "

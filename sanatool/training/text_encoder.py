@@ -5,7 +5,7 @@ colour goes with which shape and what is left of what. The shapes world's tiny G
 random, so frozen it hands the transformer little more than a bag of words, and the model mixes up
 colours between objects. Training it with the denoising loss, as one model with the transformer,
 gives it the contextual features a pretrained encoder would have. The pipeline keeps encoding
-prompts exactly as diffusers does (:func:`sanatool.text.tokenize_prompts` feeds the encoder the
+prompts exactly as diffusers does (:func:`sanatool.inference.text.tokenize_prompts` feeds the encoder the
 same ids and mask as ``SanaPipeline.encode_prompt``), so the trained encoder loads and samples in
 diffusers unchanged.
 """
@@ -76,7 +76,7 @@ def write_text_encoder(root: Path, text_encoder: Any, state: dict[str, Any], dty
     """
     import shutil
 
-    from sanatool.initialize import torch_dtype
+    from sanatool.arch import torch_dtype
 
     folder = root / "text_encoder"
     shutil.rmtree(folder, ignore_errors=True)

@@ -13,23 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sanatool.arch import inner_dim, model_kwargs, safetensors_dtype, torch_dtype
 from sanatool.errors import InputError
-from sanatool.outputs import atomic_output_dir
+from sanatool.io.outputs import atomic_output_dir
+from sanatool.io.safetensors import TensorEntry, parse_size
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.safetensors_io import TensorEntry, parse_size
-
-#: CLI dtype names → (torch dtype name, safetensors dtype)
-DTYPES = {"fp32": ("float32", "F32"), "bf16": ("bfloat16", "BF16"), "fp16": ("float16", "F16")}
-
-
-def torch_dtype(name: str) -> Any:
-    """``bf16`` → ``torch.bfloat16`` (also accepts the safetensors names)."""
-    import torch
-
-    lookup = {**{k: v[0] for k, v in DTYPES.items()}, **{v[1]: v[0] for v in DTYPES.values()}}
-    if name not in lookup:
-        raise InputError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
-    return getattr(torch, lookup[name])
 
 
 def build_meta_transformer(config: dict[str, Any]) -> Any:
@@ -37,9 +25,8 @@ def build_meta_transformer(config: dict[str, Any]) -> Any:
     import torch
     from diffusers import SanaTransformer2DModel
 
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
     with torch.device("meta"):
-        return SanaTransformer2DModel(**kwargs)
+        return SanaTransformer2DModel(**model_kwargs(config))
 
 
 def _init_group(params: list[tuple[str, Any, Any]], hidden: int) -> None:
@@ -74,9 +61,9 @@ def random_init_entries(config: dict[str, Any], dtype: str = "fp32", seed: int =
     import torch
 
     target = torch_dtype(dtype)
-    st_dtype = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}[target]
+    st_dtype = safetensors_dtype(dtype)
     model = build_meta_transformer(config)
-    hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    hidden = inner_dim(config)
     owners = {}
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
@@ -143,11 +130,12 @@ def init_model(
 
     The transformer is streamed block by block (peak memory about one block). Returns the path.
     """
-    from sanatool.checkpoint import write_provenance, write_transformer_dir
-    from sanatool.presets import preset_config
+    from sanatool.arch import preset_config
+    from sanatool.io.modeldir import write_transformer_dir
+    from sanatool.io.provenance import write_provenance
 
     config = preset_config(preset)
-    torch_dtype(dtype)
+    safetensors_dtype(dtype)  # refuses an unknown dtype before anything is written
     try:
         shard_bytes = parse_size(max_shard_size)
     except ValueError as err:
@@ -156,12 +144,12 @@ def init_model(
         is_pipeline = preset == "tiny"
         transformer_dir = tmp / "transformer" if is_pipeline else tmp
         if is_pipeline:
-            from sanatool.tiny import write_tiny_components
+            from sanatool.shapes.tiny import write_tiny_components
 
             write_tiny_components(tmp, seed=seed, dtype=dtype)
         entries = random_init_entries(config, dtype, seed)
         write_transformer_dir(transformer_dir, config, entries, shard_bytes, progress)
-        from sanatool.checkpoint import open_transformer_dir
+        from sanatool.io.modeldir import open_transformer_dir
 
         fingerprint = open_transformer_dir(transformer_dir).fingerprint()
         write_provenance(

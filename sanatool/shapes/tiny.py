@@ -138,7 +138,7 @@ def write_tiny_components(out_root: Path, seed: int = 0, dtype: str = "fp32") ->
     from diffusers import AutoencoderDC, DPMSolverMultistepScheduler
     from transformers import Gemma2Model
 
-    from sanatool.initialize import torch_dtype
+    from sanatool.arch import torch_dtype
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()

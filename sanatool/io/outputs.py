@@ -2,6 +2,9 @@
 
 Ctrl-C or a crash leaves no half-written output, an existing output is refused unless
 ``force``, and an output that is (or contains, or sits inside) an input is always refused.
+A run that can be resumed (``sample``) works in a named sibling, :func:`partial_dir`, and
+publishes it with :func:`replace_dir` like every other output. :func:`link_or_copy` is how a
+file of an input reaches an output.
 """
 
 from __future__ import annotations
@@ -69,14 +72,45 @@ def atomic_output_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_path.exists() or out_path.is_symlink():
-        # Move the old output aside first so a failure between the two renames loses nothing.
-        old = out_path.parent / f".{out_path.name}.old-{os.getpid()}"
-        os.replace(out_path, old)
-        os.replace(tmp, out_path)
+    replace_dir(tmp, out_path)
+
+
+def replace_dir(finished: Path, out: Path) -> None:
+    """Rename a finished working dir to ``out``, replacing whatever is there.
+
+    The old output is moved aside first, so a failure between the two renames loses nothing.
+    """
+    if out.exists() or out.is_symlink():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(finished, out)
         _remove(old)
     else:
-        os.replace(tmp, out_path)
+        os.replace(finished, out)
+
+
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished, resumable run of ``out`` lives (a hidden sibling, renamed to ``out``
+    by :func:`replace_dir` when complete)."""
+    return out.parent / f".{out.name}.partial"
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put the file ``src`` at ``dst`` atomically: a hard link where the file system allows, a copy
+    otherwise; parent dirs are made.
+
+    A symlink is resolved first (Hugging Face cache snapshots are symlinks into ``blobs/``), so an
+    output holds the bytes, never a link that could point anywhere later.
+    """
+    real = src.resolve()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(real, tmp)
+    except OSError:
+        shutil.copy2(real, tmp)
+    os.replace(tmp, dst)
 
 
 @contextmanager

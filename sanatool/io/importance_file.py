@@ -32,7 +32,7 @@ from typing import Any
 
 from sanatool import __version__
 from sanatool.errors import InputError
-from sanatool.outputs import atomic_output_file
+from sanatool.io.outputs import atomic_output_file
 
 FORMAT = "sanatool-importance/1"
 CFG_BRANCHES = ("cond", "uncond")

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sanatool.blocks import check_uniform_blocks, copied_block_entries, format_block_list, parse_block_list
-from sanatool.checkpoint import ModelDir
 from sanatool.errors import InputError
+from sanatool.formatting import format_block_list
+from sanatool.io.modeldir import ModelDir, as_model_dir
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.surgery import (
+from sanatool.surgery.blocks import check_uniform_blocks, copied_block_entries, parse_block_list
+from sanatool.surgery.plan import (
     BlockOrigin,
     SurgeryPlan,
     check_plan_output,
     non_block_entries,
-    open_source,
     run_plan,
     shard_size,
 )
@@ -77,7 +77,7 @@ def select_blocks(
         if importance is not None and strategy is not None:
             raise InputError("pass either --importance FILE or --strategy tail|uniform with --keep, not both")
         if importance is not None:
-            from sanatool.importance_file import read_importance_file
+            from sanatool.io.importance_file import read_importance_file
 
             result = read_importance_file(importance)
             fingerprint = model.fingerprint()
@@ -130,7 +130,7 @@ def plan_prune(
     force: bool = False,
 ) -> SurgeryPlan:
     """Plan pruning ``model`` (see :func:`select_blocks`); validates inputs and the output, writes nothing."""
-    source = open_source(model)
+    source = as_model_dir(model)
     kept, summary, args = select_blocks(source, keep, importance, strategy, keep_blocks, drop_blocks)
     out_path = check_plan_output(source, Path(out), force)
     blocks = source.transformer.block_tensors()

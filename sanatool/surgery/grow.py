@@ -3,7 +3,7 @@
 Strategies (SANA 1.5, section on model growth):
 
 - ``partial`` (partial-retain, the paper's default): keep the first K source blocks and append
-  m − K new blocks that are exact identities at init (:mod:`sanatool.blocks`), so with K = n the
+  m − K new blocks that are exact identities at init (:mod:`sanatool.surgery.blocks`), so with K = n the
   grown model computes exactly what the base model computes.
 - ``cyclic``: output block i copies source block i mod K.
 - ``block``: each source block expands into m / K consecutive copies.
@@ -18,8 +18,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sanatool.blocks import (
-    QK_NORM_KIND,
+from sanatool.arch import QK_NORM_KIND
+from sanatool.errors import InputError
+from sanatool.io.modeldir import ModelDir, as_model_dir
+from sanatool.progress import ProgressFn, no_progress
+from sanatool.surgery.blocks import (
     check_float_layout,
     check_uniform_blocks,
     copied_block_entries,
@@ -28,20 +31,16 @@ from sanatool.blocks import (
     qk_norm_entries,
     qk_norm_layout,
 )
-from sanatool.checkpoint import ModelDir
-from sanatool.errors import InputError
-from sanatool.progress import ProgressFn, no_progress
-from sanatool.surgery import (
+from sanatool.surgery.plan import (
     BlockOrigin,
     SurgeryPlan,
     check_plan_output,
     non_block_entries,
-    open_source,
     run_plan,
     shard_size,
 )
 
-logger = logging.getLogger("sanatool.grow")
+logger = logging.getLogger("sanatool.surgery.grow")
 
 STRATEGIES = ("partial", "cyclic", "block")
 
@@ -101,7 +100,7 @@ def plan_grow(
     ``source_layers`` (K, default all) is how many leading source blocks the strategy builds on.
     ``qk_norm=False`` refuses to add QK-norm to a model without it (keeping growth exact).
     """
-    source = open_source(model)
+    source = as_model_dir(model)
     tdir = source.transformer
     depth = tdir.num_layers
     kept = depth if source_layers is None else source_layers

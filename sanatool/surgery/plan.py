@@ -1,7 +1,7 @@
 """A surgery plan (which source block goes where, what is new) and its streaming execution.
 
 ``grow`` and ``prune`` both build a :class:`SurgeryPlan`: the output config and the ordered tensor
-entries, where kept tensors are :class:`~sanatool.safetensors_io.FileSlice` copies and new tensors
+entries, where kept tensors are :class:`~sanatool.io.safetensors.FileSlice` copies and new tensors
 are generated lazily. A plan can be described (``--dry-run``) without writing anything, or run:
 the transformer is written with ``copy_file_range`` into an atomic output, the other pipeline
 components are hard-linked, and provenance is appended. The model is never loaded.
@@ -17,21 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sanatool.blocks import format_block_list
-from sanatool.checkpoint import (
+from sanatool.errors import InputError
+from sanatool.formatting import format_block_list, human_bytes
+from sanatool.io.modeldir import (
     ModelDir,
     carry_components,
     fingerprint_of,
-    human_bytes,
-    open_model_dir,
     open_transformer_dir,
-    write_provenance,
     write_transformer_dir,
 )
-from sanatool.errors import InputError
-from sanatool.outputs import atomic_output_dir, check_output_path
+from sanatool.io.outputs import atomic_output_dir, check_output_path
+from sanatool.io.provenance import write_provenance
+from sanatool.io.safetensors import FileSlice, TensorEntry, parse_size, plan_shards
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.safetensors_io import FileSlice, TensorEntry, parse_size, plan_shards
 
 
 @dataclass(frozen=True)
@@ -148,11 +146,6 @@ class SurgeryPlan:
         if max_shard_size is not None:
             result["shards"] = len(plan_shards(self.entries, max_shard_size))
         return result
-
-
-def open_source(model: str | Path | ModelDir) -> ModelDir:
-    """Accept a model dir path, ``builtin:NAME`` or an already opened :class:`ModelDir`."""
-    return model if isinstance(model, ModelDir) else open_model_dir(model)
 
 
 def shard_size(max_shard_size: str | int) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.jsonl import read_jsonl
 
 
 @dataclass
@@ -32,6 +33,16 @@ class PromptItem:
         return row
 
 
+def _item_from_row(row: dict[str, Any], where: str) -> PromptItem:
+    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        raise InputError(f'{where}: each line needs a non-empty "prompt" string')
+    spec = row.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise InputError(f'{where}: "spec" must be an object')
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "category", "spec")}
+    return PromptItem(row["prompt"], row.get("category"), spec, extra)
+
+
 def read_prompts(path: str | os.PathLike) -> list[PromptItem]:
     """Read a prompts file. ``.jsonl`` lines are objects with a ``prompt`` key; other files are text.
 
@@ -41,29 +52,14 @@ def read_prompts(path: str | os.PathLike) -> list[PromptItem]:
     file = Path(path)
     if not file.is_file():
         raise InputError(f"prompts file {path} does not exist")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read prompts file {path}: {err}") from err
-    items: list[PromptItem] = []
-    is_jsonl = file.suffix == ".jsonl"
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if not is_jsonl:
-            items.append(PromptItem(prompt=line.strip()))
-            continue
+    if file.suffix == ".jsonl":
+        items = [_item_from_row(row, f"{path}:{number}") for number, row in read_jsonl(file)]
+    else:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise InputError(f'{path}:{number}: each line needs a non-empty "prompt" string')
-        spec = row.get("spec")
-        if spec is not None and not isinstance(spec, dict):
-            raise InputError(f'{path}:{number}: "spec" must be an object')
-        extra = {k: v for k, v in row.items() if k not in ("prompt", "category", "spec")}
-        items.append(PromptItem(row["prompt"], row.get("category"), spec, extra))
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read prompts file {path}: {err}") from err
+        items = [PromptItem(prompt=line.strip()) for line in lines if line.strip()]
     if not items:
         raise InputError(f"prompts file {path} holds no prompts")
     return items

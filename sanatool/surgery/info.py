@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sanatool.checkpoint import chain_summary, open_model_dir, params_per_block
+from sanatool.io.modeldir import open_model_dir, params_per_block
+from sanatool.io.provenance import chain_summary
 
 
 def _dir_bytes(path: Path) -> int:

@@ -1,6 +1,6 @@
 """Training the tiny pipeline's ``AutoencoderDC`` on shapes renders: the first step of the shipped model.
 
-The VAE (config from :func:`sanatool.tiny.vae_config`) learns to reconstruct the data set's images
+The VAE (config from :func:`sanatool.shapes.tiny.vae_config`) learns to reconstruct the data set's images
 with an L1 loss, AdamW and a cosine learning-rate decay. Its ``scaling_factor`` is then set to
 1 / std of the latents over the data set, so the transformer sees unit-variance latents (what
 ``SanaPipeline`` divides by before decoding). The output is a complete tiny pipeline dir — the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.outputs import atomic_output_dir, check_output_path
+from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
 
 #: Images held out of VAE training to report an honest reconstruction error.
@@ -58,10 +58,11 @@ def train_vae(
     import torch
     from diffusers import AutoencoderDC
 
-    from sanatool.checkpoint import open_transformer_dir, write_provenance, write_transformer_dir
-    from sanatool.initialize import DTYPES, random_init_entries, torch_dtype
-    from sanatool.presets import preset_config
-    from sanatool.tiny import IMAGE_SIZE, vae_config, write_tiny_components
+    from sanatool.arch import DTYPES, preset_config, torch_dtype
+    from sanatool.io.modeldir import open_transformer_dir, write_transformer_dir
+    from sanatool.io.provenance import write_provenance
+    from sanatool.shapes.tiny import IMAGE_SIZE, vae_config, write_tiny_components
+    from sanatool.surgery.initialize import random_init_entries
     from sanatool.training.data import load_dataset
 
     for name, value in (("--steps", steps), ("--batch-size", batch_size)):

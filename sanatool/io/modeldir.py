@@ -9,64 +9,39 @@ weights before anything large happens. This module never imports torch at import
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
-import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sanatool import __version__
+from sanatool.arch import (
+    QK_NORM_PROBE,
+    TRANSFORMER_CLASS,
+    block_index,
+    expected_shapes,
+    inner_dim,
+    validate_config,
+)
 from sanatool.errors import InputError, ModelDirError
+from sanatool.formatting import format_block_list
+from sanatool.io.outputs import link_or_copy
+from sanatool.io.provenance import PROVENANCE_NAME
+from sanatool.io.safetensors import TensorEntry, TensorInfo, read_header, write_sharded
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.safetensors_io import TensorEntry, TensorInfo, read_header, write_sharded
 
-TRANSFORMER_CLASS = "SanaTransformer2DModel"
 WEIGHTS_BASENAME = "diffusion_pytorch_model"
 INDEX_NAME = f"{WEIGHTS_BASENAME}.safetensors.index.json"
-PROVENANCE_NAME = "sanatool.json"
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"tiny-shapes": "tiny-shapes"}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
-_BLOCK_RE = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
-
-# Bounds that no real SANA config comes near; anything beyond is a broken or hostile file.
-_LIMITS = {
-    "num_layers": 1024,
-    "num_attention_heads": 4096,
-    "attention_head_dim": 4096,
-    "num_cross_attention_heads": 4096,
-    "cross_attention_head_dim": 4096,
-    "cross_attention_dim": 65536,
-    "caption_channels": 65536,
-    "in_channels": 4096,
-    "out_channels": 4096,
-    "patch_size": 64,
-    "sample_size": 65536,
-}
-_MAX_PARAMS = 10**12
-
-
-def block_index(name: str) -> int | None:
-    """The block number of a ``transformer_blocks.N.…`` tensor name, else ``None``."""
-    match = _BLOCK_RE.match(name)
-    return int(match.group(1)) if match else None
-
-
-def block_suffix(name: str) -> str | None:
-    """The part after ``transformer_blocks.N.``, else ``None``."""
-    match = _BLOCK_RE.match(name)
-    return match.group(2) if match else None
-
 
 def builtin_root() -> Path:
     """Where the package's built-in models live."""
-    return Path(__file__).parent / "data"
+    return Path(__file__).parent.parent / "data"
 
 
 def resolve_model_path(spec: str | os.PathLike) -> Path:
@@ -98,70 +73,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelDirError(f"{what} {path} is not a JSON object")
     return data
-
-
-def inner_dim(config: dict[str, Any]) -> int:
-    """The transformer's hidden size: attention heads × head dim."""
-    return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-
-
-def validate_config(config: dict[str, Any], where: Path) -> None:
-    """Refuse a config of another class, with missing or non-integer sizes, or absurd sizes.
-
-    Runs before any weight is read, so a hostile config cannot make us allocate.
-    """
-    cls = config.get("_class_name")
-    if cls != TRANSFORMER_CLASS:
-        raise ModelDirError(
-            f"{where} holds a {cls or 'config without _class_name'}, not a {TRANSFORMER_CLASS}"
-        )
-    for key, limit in _LIMITS.items():
-        value = config.get(key)
-        if value is None and key in (
-            "out_channels",
-            "num_cross_attention_heads",
-            "cross_attention_head_dim",
-            "cross_attention_dim",
-            "sample_size",
-        ):
-            continue
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ModelDirError(f"{where}: config field {key} must be an integer, got {value!r}")
-        if not 1 <= value <= limit:
-            raise ModelDirError(
-                f"{where}: config field {key}={value} is outside the sane range 1..{limit}; the config is corrupt"
-            )
-    ratio = config.get("mlp_ratio", 2.5)
-    if not isinstance(ratio, int | float) or not 0 < ratio <= 64:
-        raise ModelDirError(f"{where}: config field mlp_ratio={ratio!r} is outside the sane range (0, 64]")
-    dim = inner_dim(config)
-    per_block = (
-        4 * dim * dim + 4 * dim * int(config.get("cross_attention_dim") or dim) + 3 * ratio * dim * dim
-    )
-    if per_block * config["num_layers"] > _MAX_PARAMS:
-        raise ModelDirError(
-            f"{where}: config implies more than {_MAX_PARAMS:.0e} parameters; the config is corrupt"
-        )
-
-
-def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Shapes that the config implies for key tensors (block tensors use block 0's names)."""
-    dim = inner_dim(config)
-    patch = int(config.get("patch_size", 1))
-    out_channels = int(config.get("out_channels") or config["in_channels"])
-    cross_heads = int(config.get("num_cross_attention_heads") or config["num_attention_heads"])
-    cross_dim_head = int(config.get("cross_attention_head_dim") or config["attention_head_dim"])
-    cross_dim = int(config.get("cross_attention_dim") or dim)
-    hidden = int(float(config.get("mlp_ratio", 2.5)) * dim)
-    return {
-        "patch_embed.proj.weight": (dim, int(config["in_channels"]), patch, patch),
-        "caption_projection.linear_1.weight": (dim, int(config["caption_channels"])),
-        "proj_out.weight": (patch * patch * out_channels, dim),
-        "transformer_blocks.0.attn1.to_q.weight": (dim, dim),
-        "transformer_blocks.0.attn2.to_k.weight": (cross_heads * cross_dim_head, cross_dim),
-        "transformer_blocks.0.ff.conv_inverted.weight": (hidden * 2, dim, 1, 1),
-        "transformer_blocks.0.ff.conv_point.weight": (dim, hidden, 1, 1),
-    }
 
 
 @dataclass
@@ -296,7 +207,7 @@ def _check_shapes(tdir: TransformerDir) -> None:
     if blocks != set(range(tdir.num_layers)):
         raise ModelDirError(
             f"{tdir.path}: config says num_layers={tdir.num_layers} but the weights hold blocks "
-            f"{_ranges(sorted(blocks)) or 'none'}; the config does not match the weights"
+            f"{format_block_list(sorted(blocks)) or 'none'}; the config does not match the weights"
         )
     for name, shape in expected_shapes(tdir.config).items():
         info = tdir.tensors.get(name)
@@ -309,20 +220,10 @@ def _check_shapes(tdir: TransformerDir) -> None:
                 f"{tdir.path}: tensor {name} has shape {list(info.shape)} but config.json implies {list(shape)}; "
                 "the config does not match the weights"
             )
-    has_norm = "transformer_blocks.0.attn1.norm_q.weight" in tdir.tensors
+    has_norm = QK_NORM_PROBE in tdir.tensors
     if has_norm != bool(tdir.qk_norm):
         state = "has" if has_norm else "lacks"
         raise ModelDirError(f"{tdir.path}: the weights {state} QK-norm but config qk_norm={tdir.qk_norm!r}")
-
-
-def _ranges(values: list[int]) -> str:
-    parts: list[str] = []
-    for value in values:
-        if parts and value == int(parts[-1].split("-")[-1]) + 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{value}"
-        else:
-            parts.append(str(value))
-    return ",".join(parts)
 
 
 @dataclass
@@ -392,6 +293,11 @@ def open_model_dir(spec: str | os.PathLike) -> ModelDir:
     return ModelDir(path, "transformer", open_transformer_dir(path), None, provenance)
 
 
+def as_model_dir(spec: str | os.PathLike | ModelDir) -> ModelDir:
+    """An opened :class:`ModelDir` as it is; a path or ``builtin:NAME`` opened with :func:`open_model_dir`."""
+    return spec if isinstance(spec, ModelDir) else open_model_dir(spec)
+
+
 def carry_components(source: ModelDir, out_root: Path) -> list[str]:
     """Hard-link (copy where links fail) every pipeline file except the transformer and provenance.
 
@@ -410,19 +316,11 @@ def carry_components(source: ModelDir, out_root: Path) -> list[str]:
                     continue
                 dest = target / file.relative_to(entry)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(file, dest)
+                link_or_copy(file, dest)
             carried.append(entry.name)
         else:
-            _link_or_copy(entry, target)
+            link_or_copy(entry, target)
     return carried
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    real = src.resolve()  # Hugging Face cache snapshots are symlinks into blobs/.
-    try:
-        os.link(real, dst)
-    except OSError:
-        shutil.copy2(real, dst)
 
 
 def write_transformer_dir(
@@ -453,66 +351,6 @@ def _diffusers_version() -> str:
         return "unknown"
 
 
-def chain_summary(provenance: dict[str, Any], fallback_origin: str = "") -> str:
-    """One line for a model's history, e.g. ``sana1.5-1.6b → grow(24, partial) → prune(keep 20)``."""
-    parts = [str(provenance.get("origin") or fallback_origin or "unknown")]
-    parts += [
-        str(step.get("summary", step.get("command", "?")))
-        for step in provenance.get("chain", [])
-        if step.get("command") != "init"
-    ]
-    return " → ".join(parts)
-
-
-def write_provenance(
-    out_root: Path,
-    parent: ModelDir | None,
-    command: str,
-    args: dict[str, Any],
-    summary: str,
-    fingerprint: str,
-    origin: str | None = None,
-) -> dict[str, Any]:
-    """Write ``sanatool.json`` into an output: the parent's chain plus this step, and a model card."""
-    previous = parent.provenance if parent else {}
-    chain = list(previous.get("chain", []))
-    chain.append(
-        {
-            "command": command,
-            "args": args,
-            "summary": summary,
-            "parent_fingerprint": parent.fingerprint() if parent else None,
-            "fingerprint": fingerprint,
-            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "sanatool_version": __version__,
-        }
-    )
-    record = {
-        "format": "sanatool-provenance/1",
-        "origin": previous.get("origin") or origin or (parent.path.name if parent else command),
-        "chain": chain,
-    }
-    record["model_card"] = f"A {TRANSFORMER_CLASS} made with sanatool: {chain_summary(record)}."
-    (out_root / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
 def params_per_block(tdir: TransformerDir) -> int:
     """Parameters of one block (block 0; all SANA blocks are the same shape)."""
     return sum(info.numel for info in tdir.block_tensors().get(0, []))
-
-
-def human_count(value: float) -> str:
-    """1234567 → ``1.23M``."""
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.3g}{unit}"
-    return f"{value:.0f}"
-
-
-def human_bytes(value: float) -> str:
-    """Bytes in decimal units, as file managers and HF show them."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if value >= size:
-            return f"{value / size:.3g} {unit}"
-    return f"{value:.0f} B"

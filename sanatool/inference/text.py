@@ -16,7 +16,7 @@ from typing import Any
 
 from sanatool.errors import InputError
 
-log = logging.getLogger("sanatool.text")
+log = logging.getLogger("sanatool.inference.text")
 
 #: SANA's text budget: BOS + 299 prompt tokens.
 MAX_SEQUENCE_LENGTH = 300
@@ -86,7 +86,7 @@ def encode_prompts(
     ``device``; ``attention_mask`` is ``(len(prompts), max_sequence_length)``. The unconditional
     (negative) embedding of classifier-free guidance is ``encode_prompts(..., [""] * n)`` with no
     instruction, as diffusers computes it. Prompts longer than the budget are truncated (their
-    end is dropped) with a warning on the ``sanatool.text`` logger.
+    end is dropped) with a warning on the ``sanatool.inference.text`` logger.
     """
     import torch
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.jsonl import JsonlProblem, read_jsonl
 
 MANIFEST_NAME = "manifest.jsonl"
 IMAGES_DIR = "images"
@@ -54,29 +55,21 @@ def read_manifest(samples_dir: str | os.PathLike) -> tuple[list[dict[str, Any]],
             f"{samples_dir} is not a samples dir: it has no {MANIFEST_NAME} (write one with `sanatool sample`)"
         )
     records: list[dict[str, Any]] = []
-    problems: list[ManifestProblem] = []
-    with open(manifest, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append(ManifestProblem(number, f"not valid JSON ({err.msg})"))
-                continue
-            if not isinstance(row, dict):
-                problems.append(ManifestProblem(number, "not a JSON object"))
-                continue
-            missing = [key for key in REQUIRED_KEYS if not isinstance(row.get(key), str)]
-            if missing:
-                problems.append(ManifestProblem(number, f"missing {', '.join(missing)}"))
-                continue
-            image = (root / row["path"]).resolve()
-            if root.resolve() not in image.parents:
-                problems.append(ManifestProblem(number, f"path {row['path']} points outside the samples dir"))
-                continue
-            row["_line"] = number
-            records.append(row)
+    bad: list[JsonlProblem] = []
+    rows = read_jsonl(manifest, problems=bad)
+    problems = [ManifestProblem(problem.line, problem.message) for problem in bad]
+    for number, row in rows:
+        missing = [key for key in REQUIRED_KEYS if not isinstance(row.get(key), str)]
+        if missing:
+            problems.append(ManifestProblem(number, f"missing {', '.join(missing)}"))
+            continue
+        image = (root / row["path"]).resolve()
+        if root.resolve() not in image.parents:
+            problems.append(ManifestProblem(number, f"path {row['path']} points outside the samples dir"))
+            continue
+        row["_line"] = number
+        records.append(row)
+    problems.sort(key=lambda problem: problem.line)
     return records, problems
 
 

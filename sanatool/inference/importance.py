@@ -14,8 +14,8 @@ latent, ``‖x_skip − x_full‖ / ‖x_full‖``, averaged over prompts (the p
 holds the same distance after every step). It costs ``depth + 1`` samplings and also records
 the cosine scores of the full run and their Spearman correlation with the ablation scores.
 
-Higher is more important for both. Results are :class:`~sanatool.importance_file.ImportanceResult`
-written by :func:`~sanatool.importance_file.write_importance_file`. Under ``torchrun`` ranks
+Higher is more important for both. Results are :class:`~sanatool.io.importance_file.ImportanceResult`
+written by :func:`~sanatool.io.importance_file.write_importance_file`. Under ``torchrun`` ranks
 split the prompts and sum their accumulators.
 """
 
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.importance_file import Calibration, ImportanceResult, write_importance_file
+from sanatool.io.importance_file import Calibration, ImportanceResult, write_importance_file
+from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.prompts import PromptItem
 
 METRICS = ("cosine", "ablation")
 DEFAULT_NUM_PROMPTS = 100
@@ -139,7 +139,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 def _prompt_set(
     model: Any, prompts: Sequence[PromptItem | str] | None, num_prompts: int, source: str | None
 ) -> tuple[list[PromptItem], str]:
-    from sanatool.pipeline import default_calibration_name, default_calibration_prompts
+    from sanatool.inference.pipeline import default_calibration_name, default_calibration_prompts
 
     if num_prompts <= 0:
         raise InputError(f"--num-prompts must be at least 1, got {num_prompts}")
@@ -176,15 +176,14 @@ def compute_importance(
     """Score every block of a pipeline's transformer over calibration prompts (see the module docstring).
 
     ``prompts=None`` uses the model world's 100 calibration prompts; the first ``num_prompts``
-    are used. Prompt ``p`` starts from the noise of :func:`~sanatool.sampling.image_seed`
+    are used. Prompt ``p`` starts from the noise of :func:`~sanatool.inference.sampler.image_seed`
     ``(seed, p, 0)``, so a calibration run is the sampling of candidate 0 of each prompt.
     """
     import torch
 
-    from sanatool.checkpoint import ModelDir, open_model_dir
-    from sanatool.distributed import setup_distributed
-    from sanatool.pipeline import load_pipeline, resolve_device, resolve_instruction
-    from sanatool.sampling import (
+    from sanatool.distributed import resolve_device, setup_distributed
+    from sanatool.inference.pipeline import load_pipeline, resolve_instruction
+    from sanatool.inference.sampler import (
         PromptEncoder,
         check_settings,
         check_size,
@@ -192,74 +191,76 @@ def compute_importance(
         image_seed,
         initial_latents,
         make_scheduler,
-        rank_prompt_indices,
     )
+    from sanatool.io.modeldir import as_model_dir
 
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     check_settings(steps, guidance, sampler, batch_size)
-    model = model_spec if isinstance(model_spec, ModelDir) else open_model_dir(model_spec)
+    model = as_model_dir(model_spec)
     model.require_pipeline("importance")
     items, source_name = _prompt_set(model, prompts, num_prompts, prompts_source)
     height, width = check_size(model, size)
     target = resolve_device(device)
-    dist = setup_distributed(target)
-    pipe = load_pipeline(model, target, dtype, command="importance")
-    chosen = resolve_instruction(model, instruction)
-    transformer = pipe.transformer
-    depth = len(transformer.transformer_blocks)
-    timesteps = [float(t) for t in make_scheduler(pipe, sampler, steps).timesteps]
-    encoder = PromptEncoder(pipe, chosen, target)
-    mine = rank_prompt_indices(len(items), dist.rank, dist.world_size)
-    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    passes = 1 + (depth if metric == "ablation" else 0)
-    total = len(batches) * passes
-    distances = torch.zeros(steps, depth, dtype=torch.float32, device=target)
-    report = progress if dist.is_main else no_progress
-    report("importance", 0, total)
-    with CosineHooks(transformer.transformer_blocks, steps, target) as hooks:
-        for number, batch in enumerate(batches):
-            embeds, mask = encoder.conditional([items[p].prompt for p in batch])
-            negative = encoder.unconditional(len(batch)) if guidance > 1.0 else None
-            noise = initial_latents(pipe, [image_seed(seed, p, 0) for p in batch], height, width, target)
-            trajectory: list[Any] = []
+    with setup_distributed(target) as dist:
+        pipe = load_pipeline(model, target, dtype, command="importance")
+        chosen = resolve_instruction(model, instruction)
+        transformer = pipe.transformer
+        depth = len(transformer.transformer_blocks)
+        timesteps = [float(t) for t in make_scheduler(pipe, sampler, steps).timesteps]
+        encoder = PromptEncoder(pipe, chosen, target)
+        mine = dist.share(len(items))
+        batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+        passes = 1 + (depth if metric == "ablation" else 0)
+        total = len(batches) * passes
+        distances = torch.zeros(steps, depth, dtype=torch.float32, device=target)
+        report = progress if dist.is_main else no_progress
+        report("importance", 0, total)
+        with CosineHooks(transformer.transformer_blocks, steps, target) as hooks:
+            for number, batch in enumerate(batches):
+                embeds, mask = encoder.conditional([items[p].prompt for p in batch])
+                negative = encoder.unconditional(len(batch)) if guidance > 1.0 else None
+                noise = initial_latents(pipe, [image_seed(seed, p, 0) for p in batch], height, width, target)
+                trajectory: list[Any] = []
 
-            def keep(step: int, latents: Any, trajectory: list[Any] = trajectory) -> None:
-                trajectory.append(latents.clone())
+                def keep(step: int, latents: Any, trajectory: list[Any] = trajectory) -> None:
+                    trajectory.append(latents.clone())
 
-            denoise(
-                pipe,
-                noise,
-                embeds,
-                mask,
-                negative,
-                steps,
-                guidance,
-                sampler,
-                before_step=hooks.set_step,
-                after_step=keep if metric == "ablation" else None,
-            )
-            report("importance", number * passes + 1, total)
-            if metric != "ablation":
-                continue
-            hooks.active = False
-            for block in range(depth):
+                denoise(
+                    pipe,
+                    noise,
+                    embeds,
+                    mask,
+                    negative,
+                    steps,
+                    guidance,
+                    sampler,
+                    before_step=hooks.set_step,
+                    after_step=keep if metric == "ablation" else None,
+                )
+                report("importance", number * passes + 1, total)
+                if metric != "ablation":
+                    continue
+                hooks.active = False
+                for block in range(depth):
 
-                def measure(
-                    step: int, latents: Any, block: int = block, trajectory: list[Any] = trajectory
-                ) -> None:
-                    reference = trajectory[step].flatten(1)
-                    change = (latents.flatten(1) - reference).norm(dim=1)
-                    distances[step, block] += (change / reference.norm(dim=1).clamp_min(1e-12)).sum()
+                    def measure(
+                        step: int, latents: Any, block: int = block, trajectory: list[Any] = trajectory
+                    ) -> None:
+                        reference = trajectory[step].flatten(1)
+                        change = (latents.flatten(1) - reference).norm(dim=1)
+                        distances[step, block] += (change / reference.norm(dim=1).clamp_min(1e-12)).sum()
 
-                with skip_block(transformer, block):
-                    denoise(pipe, noise, embeds, mask, negative, steps, guidance, sampler, after_step=measure)
-                report("importance", number * passes + 2 + block, total)
-            hooks.active = True
-    samples = torch.tensor(hooks.samples, dtype=torch.float32, device=target)
-    dist.all_reduce_sum(hooks.sums)
-    dist.all_reduce_sum(samples)
-    dist.all_reduce_sum(distances)
+                    with skip_block(transformer, block):
+                        denoise(
+                            pipe, noise, embeds, mask, negative, steps, guidance, sampler, after_step=measure
+                        )
+                    report("importance", number * passes + 2 + block, total)
+                hooks.active = True
+        samples = torch.tensor(hooks.samples, dtype=torch.float32, device=target)
+        dist.all_reduce_sum(hooks.sums)
+        dist.all_reduce_sum(samples)
+        dist.all_reduce_sum(distances)
     cosine_matrix = (hooks.sums / samples.clamp_min(1.0)[:, None]).double().cpu()
     cosine_scores = [float(v) for v in cosine_matrix.mean(dim=0)]
     branches = ("cond", "uncond") if guidance > 1.0 else ("cond",)
@@ -312,7 +313,7 @@ def write_heatmap(result: ImportanceResult, path: str | os.PathLike, force: bool
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sanatool.outputs import atomic_output_file
+    from sanatool.io.outputs import atomic_output_file
 
     rows, depth = len(result.timesteps), result.depth
     figure, axes = plt.subplots(figsize=(min(3 + 0.35 * depth, 24), min(2 + 0.3 * rows, 14)))
@@ -348,16 +349,17 @@ def importance_to_file(
     Both outputs are checked before any work, and only rank 0 writes under ``torchrun``.
     ``settings`` are :func:`compute_importance`'s keyword arguments.
     """
-    from sanatool.checkpoint import ModelDir, open_model_dir
-    from sanatool.outputs import check_output_path
+    from sanatool.distributed import is_main_process
+    from sanatool.io.modeldir import as_model_dir
+    from sanatool.io.outputs import check_output_path
 
-    model = model_spec if isinstance(model_spec, ModelDir) else open_model_dir(model_spec)
+    model = as_model_dir(model_spec)
     model.require_pipeline("importance")
     png = heatmap_path(out)
     for path in (out, png):
         check_output_path(path, force, [model.path])
     result = compute_importance(model, prompts, progress=progress, **settings)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         write_importance_file(out, result, force=force)
         write_heatmap(result, png, force=force)
     return Path(out), png, result

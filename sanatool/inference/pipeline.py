@@ -17,24 +17,13 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
-from sanatool.checkpoint import ModelDir, open_model_dir
-from sanatool.errors import InputError, ModelDirError
-from sanatool.prompts import PromptItem
+from sanatool.arch import SHAPES_WORLD, detect_world, resolve_precision, torch_dtype, vae_scale_factor
+from sanatool.distributed import resolve_device
+from sanatool.errors import ModelDirError
+from sanatool.io.modeldir import ModelDir, as_model_dir
+from sanatool.io.prompts import PromptItem
 
-SHAPES_WORLD = "shapes"
-GENERAL_WORLD = "general"
 GENERAL_CALIBRATION_FILE = "general_calibration_v1.txt"
-
-
-def detect_world(transformer_config: Mapping[str, Any]) -> str:
-    """``"shapes"`` for a transformer with the tiny model's latent and caption widths, else ``"general"``."""
-    from sanatool.tiny import LATENT_CHANNELS, TEXT_HIDDEN
-
-    is_shapes = (
-        transformer_config.get("in_channels") == LATENT_CHANNELS
-        and transformer_config.get("caption_channels") == TEXT_HIDDEN
-    )
-    return SHAPES_WORLD if is_shapes else GENERAL_WORLD
 
 
 def _transformer_config(source: ModelDir | Any) -> Mapping[str, Any]:
@@ -53,14 +42,14 @@ def model_world(source: ModelDir | Any) -> str:
 def default_instruction(source: ModelDir | Any) -> list[str] | None:
     """The complex human instruction a model samples with by default: diffusers' own for real
     SANA checkpoints, none for the shapes world (its word-level tokenizer cannot read it)."""
-    from sanatool.text import diffusers_default_instruction
+    from sanatool.inference.text import diffusers_default_instruction
 
     return None if model_world(source) == SHAPES_WORLD else diffusers_default_instruction()
 
 
 def resolve_instruction(source: ModelDir | Any, instruction: bool | None) -> list[str] | None:
     """``None`` → the world's default; ``True`` → diffusers' instruction; ``False`` → none."""
-    from sanatool.text import diffusers_default_instruction
+    from sanatool.inference.text import diffusers_default_instruction
 
     if instruction is None:
         return default_instruction(source)
@@ -93,46 +82,13 @@ def default_calibration_prompts(source: ModelDir | Any) -> list[PromptItem]:
     return general_calibration_prompts()
 
 
-def resolve_device(device: str | Any = "auto") -> Any:
-    """``auto`` → CUDA when available, else CPU; under ``torchrun`` a CUDA device is ``cuda:LOCAL_RANK``."""
-    import torch
-
-    name = str(device)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    try:
-        target = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
-    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
-        raise InputError(
-            f"--device {device}: no such CUDA device ({torch.cuda.device_count()} available); use --device cpu"
-        )
-    return target
-
-
 def resolve_dtype(dtype: str | Any, device: Any) -> Any:
     """``auto`` → bf16 on CUDA, fp32 elsewhere; otherwise ``fp32``/``bf16``/``fp16`` (or a torch dtype)."""
     import torch
 
-    from sanatool.initialize import torch_dtype
-
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return torch_dtype(dtype)
-
-
-def dtype_name(dtype: Any) -> str:
-    """``torch.bfloat16`` → ``bf16`` (the CLI's names, as manifests record them)."""
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
-        str(dtype).removeprefix("torch."), str(dtype)
-    )
+    return torch_dtype(resolve_precision(dtype, torch.device(device).type))
 
 
 @contextmanager
@@ -174,7 +130,7 @@ def load_pipeline(
     """
     from diffusers import SanaPipeline
 
-    model = model_dir if isinstance(model_dir, ModelDir) else open_model_dir(model_dir)
+    model = as_model_dir(model_dir)
     model.require_pipeline(command)
     target = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, target)
@@ -210,8 +166,7 @@ def image_geometry(source: ModelDir | Any) -> tuple[int, int]:
             raise ModelDirError(
                 f"cannot read the VAE config {vae_file}: {err}; the pipeline dir is incomplete"
             ) from err
-        # diffusers' SanaPipeline: 2 ** (number of encoder stages - 1)
-        factor = 2 ** (len(vae_config.get("encoder_block_out_channels", [0] * 6)) - 1)
+        factor = vae_scale_factor(vae_config)
     else:
         config, factor = source.transformer.config, int(source.vae_scale_factor)
     return int(config.get("sample_size") or 32) * factor, factor * int(config.get("patch_size") or 1)

@@ -1,16 +1,9 @@
 """Transformer blocks as units of surgery: key patterns, renumbering, block lists, and new-block init.
 
-A SANA block (diffusers ``SanaTransformerBlock``) computes::
-
-    h = h + gate_msa * attn1.to_out(self_attention(modulate(norm1(h))))
-    h = h + attn2.to_out(cross_attention(h, caption))
-    h = h + gate_mlp * ff.conv_point(glu(conv_depth(conv_inverted(modulate(norm2(h))))))
-
-so zeroing the three output projections (``attn1.to_out.0``, ``attn2.to_out.0``,
-``ff.conv_point``, weights and biases) makes every residual branch exactly zero and the block an
-exact identity, whatever the other weights and the timestep modulation are. This module holds
-those rules and produces the bytes of new tensors lazily with numpy (no torch), so surgery holds
-a few tensors in memory at most, never the model.
+New blocks start as exact identities: their output projections are zero (the rule and why it
+holds are in :mod:`sanatool.arch`). This module holds the block-list syntax, the init rules of
+new tensors, and produces their bytes lazily with numpy (no torch), so surgery holds a few
+tensors in memory at most, never the model.
 """
 
 from __future__ import annotations
@@ -22,32 +15,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sanatool.checkpoint import block_suffix
+from sanatool.arch import (
+    ATTENTION_MODULES,
+    GATE_ROWS,
+    OUTPUT_PROJECTIONS,
+    SCALE_SHIFT_TABLE,
+    block_key,
+    block_suffix,
+)
 from sanatool.errors import InputError, ModelDirError
-from sanatool.safetensors_io import DTYPE_BYTES, FileSlice, TensorEntry, TensorInfo, Zeros
+from sanatool.io.safetensors import DTYPE_BYTES, FileSlice, TensorEntry, TensorInfo, Zeros
 
 if TYPE_CHECKING:
     import numpy as np
-
-BLOCK_PREFIX = "transformer_blocks"
-
-#: The output projections whose zeroing turns a block's residual branches off (weights and biases).
-OUTPUT_PROJECTIONS = (
-    "attn1.to_out.0.weight",
-    "attn1.to_out.0.bias",
-    "attn2.to_out.0.weight",
-    "attn2.to_out.0.bias",
-    "ff.conv_point.weight",
-    "ff.conv_point.bias",
-)
-
-#: ``scale_shift_table`` rows (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp): the gates.
-GATE_ROWS = (2, 5)
-SCALE_SHIFT_TABLE = "scale_shift_table"
-
-#: diffusers' ``qk_norm="rms_norm_across_heads"``: one RMSNorm over all heads' q, one over all k.
-QK_NORM_KIND = "rms_norm_across_heads"
-ATTENTION_MODULES = ("attn1", "attn2")
 
 #: Std of the small random weights of a new block.
 NEW_WEIGHT_STD = 0.02
@@ -58,22 +38,6 @@ _CHUNK = 1 << 20
 # numpy dtype names; bf16 bits are made by hand. numpy itself is imported only to make new
 # tensors, so `prune` (which only copies bytes) starts without paying for it.
 _FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": None}
-
-
-def block_key(index: int, suffix: str) -> str:
-    """``(3, "attn1.to_q.weight")`` → ``transformer_blocks.3.attn1.to_q.weight``."""
-    return f"{BLOCK_PREFIX}.{index}.{suffix}"
-
-
-def format_block_list(indices: Sequence[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` → ``0-2,5,7-8`` (the syntax :func:`parse_block_list` reads)."""
-    parts: list[list[int]] = []
-    for value in indices:
-        if parts and value == parts[-1][1] + 1:
-            parts[-1][1] = value
-        else:
-            parts.append([value, value])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
 
 
 def parse_block_list(text: str, depth: int, option: str) -> list[int]:

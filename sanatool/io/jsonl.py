@@ -1,0 +1,52 @@
+"""The one JSONL reader: manifests, journals, prompt files, data-set metadata and loss logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sanatool.errors import InputError
+
+
+@dataclass
+class JsonlProblem:
+    """A line that is not a JSON object, with its 1-based line number."""
+
+    line: int
+    message: str
+
+
+def read_jsonl(
+    path: str | os.PathLike, problems: list[JsonlProblem] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSONL file with their 1-based line numbers; blank lines are skipped.
+
+    A line that is not a JSON object raises :class:`InputError` naming ``path:line``, unless
+    ``problems`` is given: then it is recorded there and reading goes on (a manifest is scored in
+    part; a journal's last line may have been torn by a crash).
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
+    rows: list[tuple[int, dict[str, Any]]] = []
+    # Not splitlines(): U+2028 and friends may stand unescaped inside a JSON string.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            message = None if isinstance(row, dict) else "not a JSON object"
+        except json.JSONDecodeError as err:
+            message = f"not valid JSON ({err.msg})"
+        if message is None:
+            rows.append((number, row))
+        elif problems is None:
+            raise InputError(f"{path}:{number}: {message}")
+        else:
+            problems.append(JsonlProblem(number, message))
+    return rows
