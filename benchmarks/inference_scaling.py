@@ -64,7 +64,7 @@ def synthesize(prompts: list[Any], out: Path, candidates: int, p_correct: float,
     """Write a samples dir of stand-in candidates (see ``--synthetic``); returns the seconds spent."""
     import random
 
-    from sanatool.samples.manifest import image_relpath, write_manifest
+    from sanatool.io.manifest import image_relpath, write_manifest
     from sanatool.shapes import degrade, mismatched_spec, render_spec
 
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def synthesize(prompts: list[Any], out: Path, candidates: int, p_correct: float,
 
 def ensure_verifier(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     """The verifier to judge with: ``--verifier``, or one trained here on training-caption samples."""
-    from sanatool.judge.verifier_train import VerifierTraining, train_verifier
+    from sanatool.judges.verifier_train import VerifierTraining, train_verifier
     from sanatool.shapes import training_captions
 
     if args.verifier is not None:
@@ -115,7 +115,7 @@ def ensure_verifier(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
 
 def judge_all(judge: Any, root: Path) -> tuple[list[Any], dict[str, Any], float]:
     """Every candidate's judgement, grouped per prompt, with the seconds spent."""
-    from sanatool.judge.picking import judge_records, load_samples
+    from sanatool.judges.picking import judge_records, load_samples
 
     groups = load_samples(root, needs_spec=True)
     records = [r for g in groups for r in g.records]
@@ -129,7 +129,7 @@ def scaling_rows(
     groups: list[Any], judged: dict[str, Any], correct: dict[str, bool], n_max: int
 ) -> list[dict]:
     """Per N: accuracy of tournament picks, averaged over the ``n_max / N`` disjoint groups of each prompt."""
-    from sanatool.judge.tournament import knockout
+    from sanatool.judges.tournament import knockout
     from sanatool.shapes import CATEGORIES
 
     rows = []
@@ -257,8 +257,8 @@ def main() -> None:
     import torch
 
     from sanatool.io.modeldir import open_model_dir
-    from sanatool.judge.oracle import ShapesOracleJudge
-    from sanatool.judge.verifier import VerifierJudge
+    from sanatool.judges.oracle import ShapesOracleJudge
+    from sanatool.judges.verifier import VerifierJudge
     from sanatool.samples.evaluate import evaluate_samples_dir
 
     if args.threads:

@@ -361,7 +361,7 @@ class Bench:
         records = read_log(out / LOSS_LOG)
         checkpoints = {}
         if save_every:
-            from sanatool.training.run import CHECKPOINT_PREFIX
+            from sanatool.training.checkpoints import CHECKPOINT_PREFIX
 
             for path in opts.run_dir().glob(f"{CHECKPOINT_PREFIX}*"):
                 checkpoints[int(path.name[len(CHECKPOINT_PREFIX) :])] = path

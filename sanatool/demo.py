@@ -213,7 +213,7 @@ def run_demo(
     """
     from sanatool.inference.importance import importance_to_file
     from sanatool.io.outputs import atomic_output_dir
-    from sanatool.judge.picking import judge_samples_dir
+    from sanatool.judges.picking import judge_samples_dir
     from sanatool.samples.writer import sample_to_dir
     from sanatool.shapes.dataset import write_shapes_dataset
     from sanatool.surgery.prune import prune_model

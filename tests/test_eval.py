@@ -8,9 +8,9 @@ import random
 import pytest
 
 from sanatool.errors import InputError
+from sanatool.io.manifest import MANIFEST_NAME
 from sanatool.io.prompts import read_prompts
 from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json
-from sanatool.samples.manifest import MANIFEST_NAME
 from sanatool.shapes import (
     calibration_prompts,
     evaluation_suite,

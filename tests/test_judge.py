@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from sanatool.errors import InputError, ModelDirError
-from sanatool.judge.base import Judgement, preference_key
-from sanatool.judge.registry import parse_judge_spec
-from sanatool.judge.tournament import knockout, rank_by_score, select
+from sanatool.judges.base import Judgement, preference_key
+from sanatool.judges.registry import parse_judge_spec
+from sanatool.judges.tournament import knockout, rank_by_score, select
 
 
 def yes(p: float) -> Judgement:
@@ -84,7 +84,7 @@ def test_pick_out_of_range_is_refused(pick):
 
 
 def test_parse_judge_specs(tmp_path):
-    from sanatool.judge.registry import load_judge
+    from sanatool.judges.registry import load_judge
 
     assert parse_judge_spec("shapes").kind == "shapes"
     assert parse_judge_spec("shapes").needs_spec and load_judge("shapes").needs_spec
@@ -123,7 +123,7 @@ def write_candidates(root: Path, candidates: int = 5, prompts: int = 6) -> dict[
     """
     from PIL import Image  # noqa: F401  (renders are PIL images)
 
-    from sanatool.samples.manifest import image_relpath, write_manifest
+    from sanatool.io.manifest import image_relpath, write_manifest
     from sanatool.shapes import evaluation_suite, mismatched_spec, render_spec
 
     suite = evaluation_suite()

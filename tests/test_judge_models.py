@@ -35,7 +35,7 @@ def word_tokenizer(extra_words: list[str], with_image: bool = False):
 
 
 def shapes_words() -> list[str]:
-    from sanatool.judge.vlm import DEFAULT_TEMPLATE
+    from sanatool.judges.vlm import DEFAULT_TEMPLATE
     from sanatool.shapes import vocabulary
 
     return vocabulary() + DEFAULT_TEMPLATE.replace('"', " ").replace("?", " ? ").split()
@@ -110,7 +110,7 @@ def vlm_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """Two prompts with three candidates each (an odd count: the tournament needs a bye)."""
-    from sanatool.samples.manifest import image_relpath, write_manifest
+    from sanatool.io.manifest import image_relpath, write_manifest
     from sanatool.shapes import evaluation_suite, mismatched_spec, render_spec
 
     suite = evaluation_suite()
@@ -138,7 +138,7 @@ def test_clip_judge_scores_are_clip_cosines(clip_dir, samples):
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from sanatool.judge.registry import load_judge
+    from sanatool.judges.registry import load_judge
 
     judge = load_judge(f"clip:{clip_dir}")
     assert judge.label == "clip" and not judge.oracle
@@ -158,7 +158,7 @@ def test_clip_judge_scores_are_clip_cosines(clip_dir, samples):
 def test_vlm_judge_reads_first_token_yes_no_logits(vlm_dir, samples):
     import torch
 
-    from sanatool.judge.registry import load_judge
+    from sanatool.judges.registry import load_judge
 
     judge = load_judge(f"vlm:{vlm_dir}", template="Is this {prompt} ? Answer yes or no")
     images, prompts = load_images(samples)

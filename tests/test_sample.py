@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sanatool.io.manifest import MANIFEST_NAME, read_manifest
 from sanatool.io.prompts import PromptItem, write_prompts
-from sanatool.samples.manifest import MANIFEST_NAME, read_manifest
 
 STEPS = 2
 

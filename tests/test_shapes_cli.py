@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from sanatool.io.manifest import read_manifest
 from sanatool.io.prompts import read_prompts
-from sanatool.samples.manifest import read_manifest
 from sanatool.shapes import evaluation_suite
 
 

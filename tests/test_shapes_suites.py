@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from sanatool.errors import InputError, OutputExistsError
+from sanatool.io.manifest import read_manifest
 from sanatool.io.prompts import PromptItem, read_prompts
-from sanatool.samples.manifest import read_manifest
 from sanatool.shapes import (
     CATEGORIES,
     build_calibration_prompts,

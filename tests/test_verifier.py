@@ -22,7 +22,7 @@ def one_thread():
 
 
 def test_perturbed_captions_are_false_for_the_render():
-    from sanatool.judge.verifier_data import PERTURBATIONS, _locate, perturb
+    from sanatool.judges.verifier_data import PERTURBATIONS, _locate, perturb
     from sanatool.shapes import evaluate_image, render_spec, training_captions, validate_spec, vocabulary
 
     words = set(vocabulary())
@@ -48,7 +48,7 @@ def test_perturbed_captions_are_false_for_the_render():
 def test_save_load_roundtrip_and_refusals(tmp_path):
     import torch
 
-    from sanatool.judge.verifier import (
+    from sanatool.judges.verifier import (
         DEFAULT_ARCHITECTURE,
         FORMAT,
         FORMAT_VERSION,
@@ -95,7 +95,7 @@ def test_save_load_roundtrip_and_refusals(tmp_path):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     """A samples dir standing in for decoded samples: noisy renders, some of the wrong prompt."""
-    from sanatool.samples.manifest import image_relpath, write_manifest
+    from sanatool.io.manifest import image_relpath, write_manifest
     from sanatool.shapes import degrade, evaluation_suite, mismatched_spec, render_spec
 
     root = tmp_path_factory.mktemp("gen") / "samples"
@@ -150,7 +150,7 @@ def test_train_verifier_writes_a_measured_verifier(trained, generated):
 
 
 def test_training_is_reproducible(tmp_path):
-    from sanatool.judge.verifier_train import VerifierTraining, train_verifier
+    from sanatool.judges.verifier_train import VerifierTraining, train_verifier
 
     options = VerifierTraining(steps=3, batch_size=4, renders=20, seed=5)
     train_verifier(tmp_path / "a", options)

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
+from sanatool.cli.options import DEVICE, FORCE
 
 # Row titles for the shapes world's six categories (the evaluator's names are identifiers).
 _CATEGORY_TITLES = {
@@ -72,8 +73,8 @@ def demo(
         help="Shapes-world pipeline dir to run on (builtin:tiny-shapes or a model made from it).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling, calibration and fine-tuning noise."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    device: str = DEVICE,
+    force: bool = FORCE,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of the path."),
 ) -> None:
     """Run the SANA 1.5 chain on the tiny shapes model and compare the results.

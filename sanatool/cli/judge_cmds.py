@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
+from sanatool.cli.options import DEVICE, FORCE, JSON
 
 _JUDGE_HELP = (
     "shapes (the rule-based evaluator: an oracle), clip:PATH (a transformers CLIPModel dir), "
@@ -34,8 +35,8 @@ def judge(
         help='VLM question with {prompt}, e.g. "Does this image show {prompt}? Answer yes or no."',
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (model judges)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the path."),
+    force: bool = FORCE,
+    as_json: bool = JSON,
 ) -> None:
     """Pick the best K of N candidates per prompt with a judge; write the picks as a samples dir.
 
@@ -48,7 +49,7 @@ def judge(
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """
     from sanatool.distributed import resolve_device
-    from sanatool.judge.picking import ORACLE_NOTE, judge_samples_dir
+    from sanatool.judges.picking import ORACLE_NOTE, judge_samples_dir
 
     with progress_bar() as progress:
         result = judge_samples_dir(
@@ -91,8 +92,8 @@ def train_verifier_cmd(
         help="Share of the samples' prompts held out to measure agreement with the evaluator.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the init (same seed, same verifier)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    device: str = DEVICE,
+    force: bool = FORCE,
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Train the learned shapes verifier: a small image–text yes/no model, the judge that is not the metric.
@@ -107,7 +108,7 @@ def train_verifier_cmd(
     from rich.table import Table
 
     from sanatool.distributed import resolve_device
-    from sanatool.judge.verifier_train import VerifierTraining, train_verifier
+    from sanatool.judges.verifier_train import VerifierTraining, train_verifier
 
     options = VerifierTraining(
         steps=steps,

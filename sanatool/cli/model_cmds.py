@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sanatool.cli._app import app, emit, progress_bar
+from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR
 
 
 @app.command()
@@ -14,13 +15,11 @@ def init(
     preset: str = typer.Option(
         ..., "--preset", "-p", help="tiny, sana-0.6b, sana-1.6b, sana1.5-1.6b, sana1.5-4.8b."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force)."),
+    out: Path = OUT_MODEL_DIR,
     dtype: str = typer.Option("fp32", "--dtype", help="bf16, fp16 or fp32."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init (same seed, same bytes)."),
-    max_shard_size: str = typer.Option(
-        "5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."
-    ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    max_shard_size: str = MAX_SHARD_SIZE,
+    force: bool = FORCE,
 ) -> None:
     """Write a random-init model: a transformer dir, or for [bold]tiny[/] a whole SanaPipeline dir.
 
@@ -39,7 +38,7 @@ def init(
 
 @app.command()
 def info(
-    model: str = typer.Argument(..., help="Model dir (pipeline or bare transformer) or builtin:tiny-shapes."),
+    model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Describe a model dir: components, depth, width, params, dtype, QK-norm, shards, history.

@@ -8,22 +8,14 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
+from sanatool.cli.options import FORCE, JSON, PIPELINE_HELP, SAMPLER_OPTIONS, sampler_settings, with_options
 from sanatool.distributed import is_main_process
-
-_MODEL_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."
-_INSTRUCTION_HELP = (
-    "Prepend SANA's complex human instruction to prompts (default: on for real SANA models, "
-    "off for the shapes world)."
-)
-
-
-def _size(size: tuple[int, int] | None) -> tuple[int, int] | None:
-    return None if size is None or size[0] is None else (int(size[0]), int(size[1]))
 
 
 @app.command()
+@with_options(*SAMPLER_OPTIONS)
 def sample(
-    model: str = typer.Argument(..., help=_MODEL_HELP),
+    model: str = typer.Argument(..., help=PIPELINE_HELP),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output samples dir (must not exist unless --force/--resume)."
     ),
@@ -32,24 +24,13 @@ def sample(
     ),
     prompt: list[str] | None = typer.Option(None, "--prompt", help="A prompt (repeat for several)."),
     candidates: int = typer.Option(4, "--candidates", "-n", help="Images per prompt."),
-    steps: int = typer.Option(20, "--steps", help="Sampler steps."),
-    guidance: float = typer.Option(
-        4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Base seed; each image's own seed is in the manifest."),
-    size: tuple[int, int] | None = typer.Option(
-        None, "--size", help="Image height and width in pixels (default: the model's native size)."
-    ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per transformer batch."),
-    sampler: str = typer.Option("flow-dpm", "--sampler", help="flow-dpm (the pipeline's own) or flow-euler."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    instruction: bool | None = typer.Option(None, "--instruction/--no-instruction", help=_INSTRUCTION_HELP),
+    *,
+    shared: dict[str, Any],
     resume: bool = typer.Option(
         False, "--resume", help="Keep images of an earlier or interrupted run whose manifest lines match."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the path."),
+    force: bool = FORCE,
+    as_json: bool = JSON,
 ) -> None:
     """Sample N candidates per prompt into a samples dir: images/, manifest.jsonl and grid.png.
 
@@ -59,8 +40,8 @@ def sample(
     Example: sanatool sample builtin:tiny-shapes --prompt "a red circle" -n 4 -o samples
     """
     from sanatool.errors import InputError
+    from sanatool.io.manifest import read_manifest
     from sanatool.io.prompts import PromptItem, read_prompts
-    from sanatool.samples.manifest import read_manifest
     from sanatool.samples.writer import sample_to_dir
 
     if prompts_file is not None and prompt:
@@ -78,18 +59,10 @@ def sample(
             items,
             out,
             candidates=candidates,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            size=_size(size),
-            batch_size=batch_size,
-            sampler=sampler,
-            device=device,
-            dtype=dtype,
             resume=resume,
             force=force,
             progress=progress,
-            instruction=instruction,
+            **sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result
         return
@@ -125,8 +98,9 @@ def _print_ranking(result: Any) -> None:
 
 
 @app.command()
+@with_options(*SAMPLER_OPTIONS)
 def importance(
-    model: str = typer.Argument(..., help=_MODEL_HELP),
+    model: str = typer.Argument(..., help=PIPELINE_HELP),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Importance JSON to write; its heatmap goes next to it (.png)."
     ),
@@ -134,26 +108,13 @@ def importance(
         None, "--prompts", help="Calibration prompts (default: the 100 of the model's world)."
     ),
     num_prompts: int = typer.Option(100, "--num-prompts", help="Use the first N calibration prompts."),
-    steps: int = typer.Option(
-        20, "--steps", help="Sampler steps (each is a row of the per-timestep matrix)."
-    ),
-    guidance: float = typer.Option(
-        4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."
-    ),
     metric: str = typer.Option(
         "cosine",
         "--metric",
         help="cosine: 1 − cos(block in, block out) (the paper); ablation: skip each block.",
     ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per transformer batch."),
-    seed: int = typer.Option(0, "--seed", help="Base seed of the calibration noise."),
-    sampler: str = typer.Option("flow-dpm", "--sampler", help="flow-dpm (the pipeline's own) or flow-euler."),
-    size: tuple[int, int] | None = typer.Option(
-        None, "--size", help="Image height and width in pixels (default: the model's native size)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    instruction: bool | None = typer.Option(None, "--instruction/--no-instruction", help=_INSTRUCTION_HELP),
+    *,
+    shared: dict[str, Any],
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print the importance JSON instead of its path."),
 ) -> None:
@@ -175,18 +136,10 @@ def importance(
             items,
             force=force,
             progress=progress,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
             metric=metric,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
             num_prompts=num_prompts,
-            size=_size(size),
-            sampler=sampler,
-            instruction=instruction,
             prompts_source=str(prompts_file) if prompts_file is not None else None,
+            **sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result
         return

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
+from sanatool.cli.options import FORCE, JSON
 
 if TYPE_CHECKING:
     from sanatool.samples.evaluate import EvalReport
@@ -29,8 +30,8 @@ def data_shapes(
         "--prompts",
         help="A shapes prompts .jsonl (with specs): write ground-truth renders as a samples dir.",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the path."),
+    force: bool = FORCE,
+    as_json: bool = JSON,
 ) -> None:
     """Render the shapes world: a captioned image-folder data set, or ground truth for a prompt suite.
 

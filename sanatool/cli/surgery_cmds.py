@@ -8,8 +8,9 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
+from sanatool.cli.options import DRY_RUN, FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR
 
-_MODEL_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
+_PLAN_JSON = typer.Option(False, "--json", help="Print JSON instead of the path (or plan).")
 
 
 def _finish(plan: Any, dry_run: bool, force: bool, max_shard_size: str, as_json: bool) -> None:
@@ -48,9 +49,9 @@ def _finish(plan: Any, dry_run: bool, force: bool, max_shard_size: str, as_json:
 
 @app.command()
 def grow(
-    model: str = typer.Argument(..., help=_MODEL_HELP),
+    model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     to: int = typer.Option(..., "--to", help="Depth of the grown model, in blocks (more than now)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force)."),
+    out: Path = OUT_MODEL_DIR,
     strategy: str = typer.Option(
         "partial",
         "--strategy",
@@ -73,12 +74,10 @@ def grow(
     seed: int = typer.Option(
         0, "--seed", help="Seed of the new blocks' random weights (same seed, same bytes)."
     ),
-    max_shard_size: str = typer.Option(
-        "5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the path (or plan)."),
+    max_shard_size: str = MAX_SHARD_SIZE,
+    dry_run: bool = DRY_RUN,
+    force: bool = FORCE,
+    as_json: bool = _PLAN_JSON,
 ) -> None:
     """Grow a model deeper: N → M blocks, copying kept blocks byte for byte.
 
@@ -96,8 +95,8 @@ def grow(
 
 @app.command()
 def prune(
-    model: str = typer.Argument(..., help=_MODEL_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force)."),
+    model: str = typer.Argument(..., help=MODEL_DIR_HELP),
+    out: Path = OUT_MODEL_DIR,
     keep: int | None = typer.Option(
         None, "--keep", help="Keep K blocks, chosen by --importance or --strategy."
     ),
@@ -109,12 +108,10 @@ def prune(
     ),
     keep_blocks: str | None = typer.Option(None, "--keep-blocks", help="Blocks to keep, e.g. 0,1,5-9."),
     drop_blocks: str | None = typer.Option(None, "--drop-blocks", help="Blocks to drop, e.g. 3,4."),
-    max_shard_size: str = typer.Option(
-        "5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the path (or plan)."),
+    max_shard_size: str = MAX_SHARD_SIZE,
+    dry_run: bool = DRY_RUN,
+    force: bool = FORCE,
+    as_json: bool = _PLAN_JSON,
 ) -> None:
     """Prune a model to K blocks, renumbered 0..K-1, copying kept blocks byte for byte.
 

@@ -10,7 +10,6 @@ calibration prompts. World detection reads only the transformer config, so surge
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -159,14 +158,7 @@ def image_geometry(source: ModelDir | Any) -> tuple[int, int]:
     """
     if isinstance(source, ModelDir):
         config = source.transformer.config
-        vae_file = source.path / "vae" / "config.json"
-        try:
-            vae_config = json.loads(vae_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ModelDirError(
-                f"cannot read the VAE config {vae_file}: {err}; the pipeline dir is incomplete"
-            ) from err
-        factor = vae_scale_factor(vae_config)
+        factor = vae_scale_factor(source.component_config("vae"))
     else:
         config, factor = source.transformer.config, int(source.vae_scale_factor)
     return int(config.get("sample_size") or 32) * factor, factor * int(config.get("patch_size") or 1)

@@ -10,6 +10,9 @@ from typing import Any
 
 from sanatool.errors import InputError
 
+#: A data set's captions, one line per image (the Hugging Face imagefolder convention).
+METADATA_NAME = "metadata.jsonl"
+
 
 @dataclass
 class JsonlProblem:

@@ -261,6 +261,11 @@ class ModelDir:
                 "or builtin:tiny-shapes"
             )
 
+    def component_config(self, component: str) -> dict[str, Any]:
+        """A pipeline component's JSON config (``scheduler/scheduler_config.json``, else ``NAME/config.json``)."""
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        return _read_json(self.path / component / name, f"the {component} config")
+
     def transformer_out(self, out_root: Path) -> Path:
         """Where this model's transformer goes inside an output of the same layout."""
         return out_root / "transformer" if self.kind == "pipeline" else out_root

@@ -19,9 +19,9 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from sanatool.errors import InputError
+from sanatool.io.manifest import MANIFEST_NAME, read_manifest
 from sanatool.io.outputs import atomic_output_file
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.samples.manifest import MANIFEST_NAME, read_manifest
 from sanatool.shapes.evaluator import evaluate_image
 from sanatool.shapes.world import CATEGORIES
 

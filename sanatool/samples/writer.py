@@ -30,10 +30,10 @@ from sanatool.inference.sampler import (
     make_scheduler,
 )
 from sanatool.io.jsonl import read_jsonl
+from sanatool.io.manifest import IMAGES_DIR, MANIFEST_NAME, image_relpath, write_manifest
 from sanatool.io.outputs import check_output_path, link_or_copy, partial_dir, replace_dir
 from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.samples.manifest import IMAGES_DIR, MANIFEST_NAME, image_relpath, write_manifest
 from sanatool.samples.sheet import GRID_NAME, write_contact_sheet
 
 #: Manifest fields that must all match for ``resume`` to keep an existing image.

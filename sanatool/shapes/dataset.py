@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 
 from sanatool.errors import InputError
+from sanatool.io.jsonl import METADATA_NAME
+from sanatool.io.manifest import MANIFEST_NAME, image_relpath, write_manifest
 from sanatool.io.outputs import atomic_output_dir
 from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.samples.manifest import MANIFEST_NAME, image_relpath, write_manifest
 from sanatool.shapes.render import render_spec
 from sanatool.shapes.suites import training_captions
 from sanatool.shapes.world import MAX_OBJECTS, validate_spec
 
-METADATA_NAME = "metadata.jsonl"
 #: What a ground-truth samples dir records as its "model" and "sampler".
 GROUND_TRUTH_MODEL = "ground-truth"
 GROUND_TRUTH_SAMPLER = "render"

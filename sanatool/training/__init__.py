@@ -4,7 +4,8 @@ The pieces, one job each: :mod:`~sanatool.training.data` (image-folder data sets
 :mod:`~sanatool.training.cache` (latents and caption embeddings, keyed by the encoders),
 :mod:`~sanatool.training.loop` (the flow-matching step), :mod:`~sanatool.training.state`
 (pickle-free resumable state), :mod:`~sanatool.training.distributed` (torchrun, DDP, FSDP2),
-:mod:`~sanatool.training.budget` (``--dry-run`` memory), :mod:`~sanatool.training.run` (a whole run).
+:mod:`~sanatool.training.budget` (``--dry-run`` memory), :mod:`~sanatool.training.checkpoints`
+(the run dir: checkpoints and resume), :mod:`~sanatool.training.run` (a whole run).
 
 Example::
 

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.io.jsonl import read_jsonl
+from sanatool.io.jsonl import METADATA_NAME, read_jsonl
 
-METADATA_NAME = "metadata.jsonl"
 #: Pixel decoding of a hostile file is bounded: nothing larger than 8192² is accepted.
 MAX_SIDE = 8192
 

@@ -41,9 +41,7 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
     factor = _DEFAULT_FACTOR[detect_world(config)]
     encoders_bytes = None
     if components is not None and (components.path / "vae" / "config.json").is_file():
-        import json
-
-        factor = vae_scale_factor(json.loads((components.path / "vae" / "config.json").read_text()))
+        factor = vae_scale_factor(components.component_config("vae"))
         encoders_bytes = _folder_bytes(components, "text_encoder") + _folder_bytes(components, "vae")
     side = opts.resolution // factor if opts.resolution else int(config.get("sample_size") or 32)
     shards = int(os.environ.get("WORLD_SIZE", "1")) if opts.fsdp else 1

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError, ModelDirError
-from sanatool.judge.base import Judge, Judgement
+from sanatool.judges.base import Judge, Judgement
 
 #: NVILA-style verification question; ``{prompt}`` is replaced by the image's prompt.
 DEFAULT_TEMPLATE = 'Does this image match the prompt "{prompt}"? Answer yes or no.'

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import ModelDirError
-from sanatool.judge.base import Judge, Judgement
+from sanatool.judges.base import Judge, Judgement
 
 
 class ClipJudge(Judge):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sanatool.errors import InputError
-from sanatool.judge.base import Judgement, preference_key
+from sanatool.judges.base import Judgement, preference_key
 
 MODES = ("tournament", "score")
 

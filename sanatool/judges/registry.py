@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError, ModelDirError
-from sanatool.judge.base import Judge
+from sanatool.judges.base import Judge
 
 JUDGE_KINDS = ("shapes", "clip", "vlm", "verifier")
 _USAGE = "use shapes, clip:PATH, vlm:PATH or verifier:PATH"
@@ -84,7 +84,7 @@ def parse_judge_spec(text: str) -> JudgeSpec:
     Raises :class:`InputError` for an unknown kind or a missing path, and
     :class:`ModelDirError` for a path that is not a model of the expected type.
     """
-    from sanatool.judge.verifier import check_verifier_dir
+    from sanatool.judges.verifier import check_verifier_dir
 
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"--judge is empty; {_USAGE}")
@@ -117,18 +117,18 @@ def load_judge(spec: JudgeSpec | str, device: str = "cpu", template: str | None 
     if template is not None and parsed.kind != "vlm":
         raise InputError(f"--template applies to vlm judges only, not {parsed.kind}")
     if parsed.kind == "shapes":
-        from sanatool.judge.oracle import ShapesOracleJudge
+        from sanatool.judges.oracle import ShapesOracleJudge
 
         return ShapesOracleJudge()
     assert parsed.path is not None  # parse_judge_spec guarantees a path for model judges
     if parsed.kind == "clip":
-        from sanatool.judge.clip import ClipJudge
+        from sanatool.judges.clip import ClipJudge
 
         return ClipJudge(parsed.path, device=device)
     if parsed.kind == "vlm":
-        from sanatool.judge.vlm import DEFAULT_TEMPLATE, VlmJudge
+        from sanatool.judges.vlm import DEFAULT_TEMPLATE, VlmJudge
 
         return VlmJudge(parsed.path, device=device, template=template or DEFAULT_TEMPLATE)
-    from sanatool.judge.verifier import VerifierJudge
+    from sanatool.judges.verifier import VerifierJudge
 
     return VerifierJudge(parsed.path, device=device)

@@ -27,7 +27,7 @@ import numpy as np
 
 from sanatool.errors import InputError, RunFailure
 from sanatool.io.outputs import atomic_output_dir, check_output_path
-from sanatool.judge.verifier_data import (
+from sanatool.judges.verifier_data import (
     PERTURBATIONS,
     Caption,
     hard_negatives,
@@ -94,8 +94,8 @@ def load_sample_images(
     """
     from PIL import Image
 
-    from sanatool.judge.picking import load_samples
-    from sanatool.judge.verifier import image_array
+    from sanatool.judges.picking import load_samples
+    from sanatool.judges.verifier import image_array
     from sanatool.shapes import evaluate_image
 
     rng = random.Random(seed)
@@ -153,7 +153,7 @@ def train_verifier(
     import torch
     import torch.nn.functional as F
 
-    from sanatool.judge.verifier import (
+    from sanatool.judges.verifier import (
         DEFAULT_ARCHITECTURE,
         FORMAT,
         FORMAT_VERSION,
@@ -298,7 +298,7 @@ def render_accuracy(
     """Accuracy on fresh degraded renders: matching captions (want yes) and each perturbation (want no)."""
     from PIL import Image
 
-    from sanatool.judge.verifier import verifier_probabilities
+    from sanatool.judges.verifier import verifier_probabilities
 
     grid = arch["image_size"] // arch["patch_size"]
     pool = render_pool(count, arch["image_size"], grid, classes, seed + 7919, labels=False)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.judge.base import Judge, Judgement
+from sanatool.judges.base import Judge, Judgement
 
 
 class ShapesOracleJudge(Judge):

@@ -1,7 +1,7 @@
 """The learned shapes verifier: a small image–text model that answers "does this image match the caption?".
 
 It is the shapes world's analog of SANA 1.5's NVILA verifier: a judge trained by sanatool
-(:mod:`sanatool.judge.verifier_train`) that is *not* the evaluation metric. A verifier dir holds
+(:mod:`sanatool.judges.verifier_train`) that is *not* the evaluation metric. A verifier dir holds
 ``verifier.json`` (format, architecture, vocabulary, object classes, training summary) and
 ``model.safetensors``.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import ModelDirError
-from sanatool.judge.base import Judge, Judgement
+from sanatool.judges.base import Judge, Judgement
 
 FORMAT = "sanatool-verifier"
 FORMAT_VERSION = 1

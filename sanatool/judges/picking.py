@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from sanatool.io.outputs import atomic_output_dir, check_output_path, link_or_copy
-from sanatool.judge.base import Judge, Judgement
-from sanatool.judge.registry import JudgeSpec, load_judge, parse_judge_spec
-from sanatool.judge.tournament import MODES, Selection, select
+from sanatool.judges.base import Judge, Judgement
+from sanatool.judges.registry import JudgeSpec, load_judge, parse_judge_spec
+from sanatool.judges.tournament import MODES, Selection, select
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.samples.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 SCORES_NAME = "scores.jsonl"
 SUMMARY_NAME = "judge.json"
@@ -198,7 +198,7 @@ def judge_samples_dir(
     or a loaded :class:`Judge`. Validates everything (mode, K, batch size, the judge spec, the
     manifest, every image, the output path) before loading the judge.
     """
-    from sanatool.judge.vlm import check_template
+    from sanatool.judges.vlm import check_template
 
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
