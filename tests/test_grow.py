@@ -11,34 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sanatool.arch import preset_config
 from sanatool.io.modeldir import open_model_dir
 from sanatool.io.safetensors import read_header
 
 # A SANA-1.0-shaped small transformer: no QK-norm, unequal self/cross head layouts, SANA's 32 latent
 # channels, no attention bias. Differs from the tiny preset in every dimension that has a name.
 SANA_SHAPED = {
-    "_class_name": "SanaTransformer2DModel",
-    "in_channels": 32,
-    "out_channels": 32,
+    **preset_config("sana-1.6b"),
     "num_attention_heads": 5,
-    "attention_head_dim": 32,
     "num_cross_attention_heads": 2,
     "cross_attention_head_dim": 80,
     "cross_attention_dim": 160,
     "caption_channels": 48,
     "num_layers": 3,
-    "mlp_ratio": 2.5,
-    "dropout": 0.0,
-    "attention_bias": False,
     "sample_size": 8,
-    "patch_size": 1,
-    "norm_elementwise_affine": False,
-    "norm_eps": 1e-6,
-    "interpolation_scale": None,
-    "guidance_embeds": False,
-    "guidance_embeds_scale": 0.1,
-    "qk_norm": None,
-    "timestep_scale": 1.0,
 }
 
 

@@ -2,9 +2,10 @@
 
 Single options (``--force``, ``--device``, ``--max-shard-size`` …) are ``typer.Option`` objects
 that commands use as parameter defaults (Typer copies them per command). Whole *option sets*
-(``train``/``finetune``, ``sample``/``importance``) are added to a command by :func:`with_options`:
-the command declares a ``shared`` parameter where the set belongs in its ``--help``, and receives
-the set's values as one dict in it.
+(``train``/``finetune`` in ``train_cmds``, ``sample``/``importance`` in ``sample_cmds``: declared
+beside the commands that share them, so other commands do not pay for building them at start-up)
+are added to a command by :func:`with_options`: the command declares a ``shared`` parameter where
+the set belongs in its ``--help``, and receives the set's values as one dict in it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -75,191 +75,3 @@ def with_options(*options: Opt) -> Callable[[F], F]:
         return run  # type: ignore[return-value]
 
     return decorate
-
-
-# ``train`` and ``finetune``: every TrainOptions field both commands take (names are its fields).
-TRAINING_OPTIONS = (
-    Opt(
-        "data",
-        Path | None,
-        typer.Option(
-            None, "--data", "-d", help="Image folder with metadata.jsonl (file_name, text per line)."
-        ),
-    ),
-    Opt(
-        "out",
-        Path | None,
-        typer.Option(None, "--out", "-o", help="Output pipeline dir (must not exist unless --force)."),
-    ),
-    Opt("steps", int, typer.Option(100, "--steps", help="Optimizer steps to train.")),
-    Opt("weight_decay", float, typer.Option(0.0, "--weight-decay", help="Decoupled weight decay.")),
-    Opt("batch_size", int, typer.Option(4, "--batch-size", "-b", help="Images per process per micro-step.")),
-    Opt(
-        "grad_accum",
-        int,
-        typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step (gradient accumulation)."),
-    ),
-    Opt(
-        "precision",
-        str,
-        typer.Option("auto", "--precision", help="bf16 (autocast, fp32 master weights), fp32, or auto."),
-    ),
-    Opt(
-        "grad_checkpointing",
-        bool,
-        typer.Option(False, "--grad-checkpointing", help="Recompute block activations in backward."),
-    ),
-    Opt(
-        "save_every",
-        int,
-        typer.Option(0, "--save-every", help="Save a resumable checkpoint every N steps (0: never)."),
-    ),
-    Opt(
-        "keep_checkpoints",
-        int,
-        typer.Option(2, "--keep-checkpoints", help="How many of the newest checkpoints to keep."),
-    ),
-    Opt(
-        "resume",
-        bool,
-        typer.Option(False, "--resume", help="Continue bit for bit from the newest checkpoint of this run."),
-    ),
-    Opt(
-        "seed",
-        int,
-        typer.Option(0, "--seed", help="Seed of data order, noise, timesteps and caption dropout."),
-    ),
-    Opt(
-        "cache_dir",
-        Path | None,
-        typer.Option(
-            None, "--cache-dir", help="Latent/text-embedding cache (default: DATA/.sanatool-cache)."
-        ),
-    ),
-    Opt(
-        "checkpoint_dir",
-        Path | None,
-        typer.Option(
-            None, "--checkpoint-dir", help="Checkpoints and live loss log (default: OUT.checkpoints)."
-        ),
-    ),
-    Opt(
-        "resolution",
-        int | None,
-        typer.Option(None, "--resolution", help="Resize and centre-crop every image to N×N."),
-    ),
-    Opt(
-        "caption_dropout",
-        float,
-        typer.Option(0.1, "--caption-dropout", help="Probability of training on the empty caption (CFG)."),
-    ),
-    Opt(
-        "weighting_scheme",
-        str,
-        typer.Option(
-            "logit_normal",
-            "--weighting-scheme",
-            help="Timestep density: logit_normal, mode, uniform, sigma_sqrt, cosmap.",
-        ),
-    ),
-    Opt(
-        "logit_mean",
-        float,
-        typer.Option(0.0, "--logit-mean", help="Mean of the logit-normal timestep density."),
-    ),
-    Opt(
-        "logit_std", float, typer.Option(1.0, "--logit-std", help="Std of the logit-normal timestep density.")
-    ),
-    Opt(
-        "ema_decay",
-        float | None,
-        typer.Option(
-            None, "--ema", help="Keep EMA weights with this decay (e.g. 0.999); the output gets them."
-        ),
-    ),
-    Opt(
-        "max_grad_norm", float, typer.Option(1.0, "--max-grad-norm", help="Gradient clipping norm (0: off).")
-    ),
-    Opt("warmup_steps", int, typer.Option(0, "--warmup-steps", help="Linear learning-rate warm-up steps.")),
-    Opt(
-        "lr_schedule",
-        str,
-        typer.Option("constant", "--lr-schedule", help="After warm-up: constant, or cosine decay to 10%."),
-    ),
-    Opt("fsdp", bool, typer.Option(False, "--fsdp", help="Shard the model with FSDP2 (under torchrun).")),
-    Opt(
-        "train_text_encoder",
-        bool,
-        typer.Option(
-            False,
-            "--train-text-encoder",
-            help="Train the (small, from-scratch) text encoder with the transformer; the output gets it.",
-        ),
-    ),
-    Opt("device", str, DEVICE),
-    Opt(
-        "dtype",
-        str | None,
-        typer.Option(
-            None, "--dtype", help="Output weights: fp32, bf16, fp16 (default: the input's; fp32 for train)."
-        ),
-    ),
-    Opt("max_shard_size", str, MAX_SHARD_SIZE),
-    Opt(
-        "dry_run",
-        bool,
-        typer.Option(False, "--dry-run", help="Print the memory budget per device and exit (needs no data)."),
-    ),
-    Opt(
-        "force",
-        bool,
-        typer.Option(False, "--force", help="Replace an existing output (and a finished run's checkpoints)."),
-    ),
-    Opt("as_json", bool, JSON),
-)
-
-# ``sample`` and ``importance``: how the sampler runs.
-SAMPLER_OPTIONS = (
-    Opt("steps", int, typer.Option(20, "--steps", help="Sampler steps.")),
-    Opt(
-        "guidance",
-        float,
-        typer.Option(4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."),
-    ),
-    Opt("seed", int, typer.Option(0, "--seed", help="Base seed; each image's own seed derives from it.")),
-    Opt(
-        "size",
-        tuple[int, int] | None,
-        typer.Option(
-            None, "--size", help="Image height and width in pixels (default: the model's native size)."
-        ),
-    ),
-    Opt("batch_size", int, typer.Option(8, "--batch-size", help="Images per transformer batch.")),
-    Opt(
-        "sampler",
-        str,
-        typer.Option("flow-dpm", "--sampler", help="flow-dpm (the pipeline's own) or flow-euler."),
-    ),
-    Opt("device", str, DEVICE),
-    Opt(
-        "dtype",
-        str,
-        typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    ),
-    Opt(
-        "instruction",
-        bool | None,
-        typer.Option(
-            None,
-            "--instruction/--no-instruction",
-            help="Prepend SANA's complex human instruction to prompts (default: on for real SANA models, "
-            "off for the shapes world).",
-        ),
-    ),
-)
-
-
-def sampler_settings(shared: dict[str, Any]) -> dict[str, Any]:
-    """The sampler options as the library's keyword arguments (``--size`` unset → ``None``)."""
-    size = shared["size"]
-    return {**shared, "size": None if size is None or size[0] is None else (int(size[0]), int(size[1]))}

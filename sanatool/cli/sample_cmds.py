@@ -8,8 +8,54 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import FORCE, JSON, PIPELINE_HELP, SAMPLER_OPTIONS, sampler_settings, with_options
+from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, with_options
 from sanatool.distributed import is_main_process
+
+# ``sample`` and ``importance``: how the sampler runs.
+SAMPLER_OPTIONS = (
+    Opt("steps", int, typer.Option(20, "--steps", help="Sampler steps.")),
+    Opt(
+        "guidance",
+        float,
+        typer.Option(4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."),
+    ),
+    Opt("seed", int, typer.Option(0, "--seed", help="Base seed; each image's own seed derives from it.")),
+    Opt(
+        "size",
+        tuple[int, int] | None,
+        typer.Option(
+            None, "--size", help="Image height and width in pixels (default: the model's native size)."
+        ),
+    ),
+    Opt("batch_size", int, typer.Option(8, "--batch-size", help="Images per transformer batch.")),
+    Opt(
+        "sampler",
+        str,
+        typer.Option("flow-dpm", "--sampler", help="flow-dpm (the pipeline's own) or flow-euler."),
+    ),
+    Opt("device", str, DEVICE),
+    Opt(
+        "dtype",
+        str,
+        typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    ),
+    Opt(
+        "instruction",
+        bool | None,
+        typer.Option(
+            None,
+            "--instruction/--no-instruction",
+            help="Prepend SANA's complex human instruction to prompts (default: on for real SANA models, "
+            "off for the shapes world).",
+        ),
+    ),
+)
+
+
+def _sampler_settings(shared: dict[str, Any]) -> dict[str, Any]:
+    """The sampler options as the library's keyword arguments (``--size`` unset → ``None``)."""
+    size = shared["size"]
+    return {**shared, "size": None if size is None or size[0] is None else (int(size[0]), int(size[1]))}
 
 
 @app.command()
@@ -62,7 +108,7 @@ def sample(
             resume=resume,
             force=force,
             progress=progress,
-            **sampler_settings(shared),
+            **_sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result
         return
@@ -139,7 +185,7 @@ def importance(
             metric=metric,
             num_prompts=num_prompts,
             prompts_source=str(prompts_file) if prompts_file is not None else None,
-            **sampler_settings(shared),
+            **_sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result
         return

@@ -8,7 +8,148 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, emit, progress_bar
-from sanatool.cli.options import FORCE, JSON, TRAINING_OPTIONS, with_options
+from sanatool.cli.options import DEVICE, FORCE, JSON, MAX_SHARD_SIZE, Opt, with_options
+
+# ``train`` and ``finetune``: every TrainOptions field both commands take (names are its fields).
+TRAINING_OPTIONS = (
+    Opt(
+        "data",
+        Path | None,
+        typer.Option(
+            None, "--data", "-d", help="Image folder with metadata.jsonl (file_name, text per line)."
+        ),
+    ),
+    Opt(
+        "out",
+        Path | None,
+        typer.Option(None, "--out", "-o", help="Output pipeline dir (must not exist unless --force)."),
+    ),
+    Opt("steps", int, typer.Option(100, "--steps", help="Optimizer steps to train.")),
+    Opt("weight_decay", float, typer.Option(0.0, "--weight-decay", help="Decoupled weight decay.")),
+    Opt("batch_size", int, typer.Option(4, "--batch-size", "-b", help="Images per process per micro-step.")),
+    Opt(
+        "grad_accum",
+        int,
+        typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step (gradient accumulation)."),
+    ),
+    Opt(
+        "precision",
+        str,
+        typer.Option("auto", "--precision", help="bf16 (autocast, fp32 master weights), fp32, or auto."),
+    ),
+    Opt(
+        "grad_checkpointing",
+        bool,
+        typer.Option(False, "--grad-checkpointing", help="Recompute block activations in backward."),
+    ),
+    Opt(
+        "save_every",
+        int,
+        typer.Option(0, "--save-every", help="Save a resumable checkpoint every N steps (0: never)."),
+    ),
+    Opt(
+        "keep_checkpoints",
+        int,
+        typer.Option(2, "--keep-checkpoints", help="How many of the newest checkpoints to keep."),
+    ),
+    Opt(
+        "resume",
+        bool,
+        typer.Option(False, "--resume", help="Continue bit for bit from the newest checkpoint of this run."),
+    ),
+    Opt(
+        "seed",
+        int,
+        typer.Option(0, "--seed", help="Seed of data order, noise, timesteps and caption dropout."),
+    ),
+    Opt(
+        "cache_dir",
+        Path | None,
+        typer.Option(
+            None, "--cache-dir", help="Latent/text-embedding cache (default: DATA/.sanatool-cache)."
+        ),
+    ),
+    Opt(
+        "checkpoint_dir",
+        Path | None,
+        typer.Option(
+            None, "--checkpoint-dir", help="Checkpoints and live loss log (default: OUT.checkpoints)."
+        ),
+    ),
+    Opt(
+        "resolution",
+        int | None,
+        typer.Option(None, "--resolution", help="Resize and centre-crop every image to N×N."),
+    ),
+    Opt(
+        "caption_dropout",
+        float,
+        typer.Option(0.1, "--caption-dropout", help="Probability of training on the empty caption (CFG)."),
+    ),
+    Opt(
+        "weighting_scheme",
+        str,
+        typer.Option(
+            "logit_normal",
+            "--weighting-scheme",
+            help="Timestep density: logit_normal, mode, uniform, sigma_sqrt, cosmap.",
+        ),
+    ),
+    Opt(
+        "logit_mean",
+        float,
+        typer.Option(0.0, "--logit-mean", help="Mean of the logit-normal timestep density."),
+    ),
+    Opt(
+        "logit_std", float, typer.Option(1.0, "--logit-std", help="Std of the logit-normal timestep density.")
+    ),
+    Opt(
+        "ema_decay",
+        float | None,
+        typer.Option(
+            None, "--ema", help="Keep EMA weights with this decay (e.g. 0.999); the output gets them."
+        ),
+    ),
+    Opt(
+        "max_grad_norm", float, typer.Option(1.0, "--max-grad-norm", help="Gradient clipping norm (0: off).")
+    ),
+    Opt("warmup_steps", int, typer.Option(0, "--warmup-steps", help="Linear learning-rate warm-up steps.")),
+    Opt(
+        "lr_schedule",
+        str,
+        typer.Option("constant", "--lr-schedule", help="After warm-up: constant, or cosine decay to 10%."),
+    ),
+    Opt("fsdp", bool, typer.Option(False, "--fsdp", help="Shard the model with FSDP2 (under torchrun).")),
+    Opt(
+        "train_text_encoder",
+        bool,
+        typer.Option(
+            False,
+            "--train-text-encoder",
+            help="Train the (small, from-scratch) text encoder with the transformer; the output gets it.",
+        ),
+    ),
+    Opt("device", str, DEVICE),
+    Opt(
+        "dtype",
+        str | None,
+        typer.Option(
+            None, "--dtype", help="Output weights: fp32, bf16, fp16 (default: the input's; fp32 for train)."
+        ),
+    ),
+    Opt("max_shard_size", str, MAX_SHARD_SIZE),
+    Opt(
+        "dry_run",
+        bool,
+        typer.Option(False, "--dry-run", help="Print the memory budget per device and exit (needs no data)."),
+    ),
+    Opt(
+        "force",
+        bool,
+        typer.Option(False, "--force", help="Replace an existing output (and a finished run's checkpoints)."),
+    ),
+    Opt("as_json", bool, JSON),
+)
 
 
 def _run(shared: dict[str, Any], **command_options: Any) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from sanatool import __version__
 from sanatool.errors import InputError
+from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_file
 
 FORMAT = "sanatool-importance/1"
@@ -260,12 +261,7 @@ def read_importance_file(path: str | os.PathLike) -> ImportanceResult:
     file = Path(path).expanduser()
     if not file.is_file():
         raise InputError(f"importance file {path} does not exist; {_HOW_TO_MAKE}")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"cannot read importance file {path}: {err.strerror or err}") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"importance file {path} is not valid JSON ({err}); {_HOW_TO_MAKE}") from err
+    data = read_json_object(file, "importance file", hint=_HOW_TO_MAKE)
     try:
         return ImportanceResult.from_json(data)
     except ImportanceFileError as err:

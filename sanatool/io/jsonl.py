@@ -1,4 +1,5 @@
-"""The one JSONL reader: manifests, journals, prompt files, data-set metadata and loss logs."""
+"""The JSON readers: one for JSONL (manifests, journals, prompt files, data-set metadata, loss logs),
+one for a file holding one JSON object (configs, indexes, importance files, provenance)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sanatool.errors import InputError
+from sanatool.errors import InputError, SanatoolError
 
 #: A data set's captions, one line per image (the Hugging Face imagefolder convention).
 METADATA_NAME = "metadata.jsonl"
@@ -53,3 +54,23 @@ def read_jsonl(
         else:
             problems.append(JsonlProblem(number, message))
     return rows
+
+
+def read_json_object(
+    path: str | os.PathLike, what: str, error: type[SanatoolError] = InputError, hint: str = ""
+) -> dict[str, Any]:
+    """The JSON object in a file; an unreadable file, bad JSON or another JSON value raises ``error``.
+
+    ``what`` names the file in messages (``"config"``, ``"importance file"``); ``hint`` (what to do)
+    is appended to them.
+    """
+    suffix = f"; {hint}" if hint else ""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or err}{suffix}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{what} {path} is not valid JSON ({err}){suffix}") from err
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} is not a JSON object{suffix}")
+    return data

@@ -27,6 +27,7 @@ from sanatool.arch import (
 )
 from sanatool.errors import InputError, ModelDirError
 from sanatool.formatting import format_block_list
+from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import link_or_copy
 from sanatool.io.provenance import PROVENANCE_NAME
 from sanatool.io.safetensors import TensorEntry, TensorInfo, read_header, write_sharded
@@ -64,15 +65,7 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ModelDirError(f"cannot read {what} {path}: {err.strerror or err}") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelDirError(f"{what} {path} is not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ModelDirError(f"{what} {path} is not a JSON object")
-    return data
+    return read_json_object(path, what, ModelDirError)
 
 
 @dataclass

@@ -7,12 +7,12 @@ trained by ``sanatool train-verifier``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError, ModelDirError
+from sanatool.io.jsonl import read_json_object
 from sanatool.judges.base import Judge
 
 JUDGE_KINDS = ("shapes", "clip", "vlm", "verifier")
@@ -44,12 +44,7 @@ def _model_config(path: Path, kind: str, what: str) -> dict[str, Any]:
         raise ModelDirError(
             f"--judge {kind}:{path} is not a transformers model dir (no config.json); it must hold {what}"
         )
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelDirError(f"cannot read {file}: {err}") from err
-    if not isinstance(config, dict):
-        raise ModelDirError(f"{file} is not a JSON object")
+    config = read_json_object(file, "config", ModelDirError)
     if not any((path / name).is_file() for name in _PROCESSOR_FILES):
         raise ModelDirError(
             f"--judge {kind}:{path} has no processor ({' or '.join(_PROCESSOR_FILES)}); "

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import ModelDirError
+from sanatool.io.jsonl import read_json_object
 from sanatool.judges.base import Judge, Judgement
 
 FORMAT = "sanatool-verifier"
@@ -270,11 +271,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ModelDirError(
             f"{path} is not a verifier dir: it has no {CONFIG_NAME} (train one with `sanatool train-verifier`)"
         )
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelDirError(f"cannot read {file}: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    config = read_json_object(file, "verifier config", ModelDirError)
+    if config.get("format") != FORMAT:
         raise ModelDirError(f"{file} is not a sanatool verifier config (its 'format' is not {FORMAT!r})")
     if config.get("version") != FORMAT_VERSION:
         raise ModelDirError(

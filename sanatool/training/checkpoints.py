@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sanatool.errors import InputError
+from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_dir
 from sanatool.training.distributed import full_optimizer_state, full_state_dict
 from sanatool.training.logs import LOSS_LOG
@@ -62,7 +63,9 @@ def check_resume(opts: TrainOptions, identity: dict[str, Any], checkpoint: Path)
 
     ``identity`` is the model the run starts from; returns the checkpoint's ``checkpoint.json``.
     """
-    meta = json.loads((checkpoint / CHECKPOINT_META).read_text())
+    meta = read_json_object(
+        checkpoint / CHECKPOINT_META, "checkpoint record", hint="start afresh with --force"
+    )
     if meta.get("identity") != identity:
         raise InputError(
             f"the checkpoint {checkpoint} belongs to a run of another model ({_describe(meta.get('identity'))}), "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.jsonl import read_json_object
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -83,10 +84,7 @@ def load_state(folder: Path) -> dict[str, Any]:
     json_path, tensor_path = folder / STATE_JSON, folder / STATE_TENSORS
     if not json_path.is_file() or not tensor_path.is_file():
         raise InputError(f"checkpoint {folder} has no training state ({STATE_JSON}); it cannot be resumed")
-    try:
-        record = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"checkpoint {folder}: {STATE_JSON} is unreadable ({err})") from err
+    record = read_json_object(json_path, "training state", hint="this checkpoint cannot be resumed")
     if record.get("format") != STATE_FORMAT:
         raise InputError(f"checkpoint {folder}: {STATE_JSON} is not a {STATE_FORMAT} file")
     return _unflatten(record["state"], load_file(str(tensor_path)))
