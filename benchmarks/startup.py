@@ -4,8 +4,10 @@ Shell pipelines call sanatool often, so a command's start-up is part of every su
 Each run is a fresh `python -m sanatool …` process on a tiny model; the runs of this tree and of
 the baseline tree (another checkout, e.g. `git worktree add /tmp/old HEAD~3`) alternate, so drift
 in the machine's speed hits both alike. Both trees are byte-compiled first, as an install does.
-`python -c pass` in the same run is the floor. Medians in milliseconds; "× baseline" divides this
-tree's median by the baseline's.
+`python -c pass` in the same run is the floor. Medians in milliseconds. "× baseline" is the median
+of the paired ratios (run i of this tree over run i of the baseline) with its distribution-free 95%
+interval (order statistics of the ratios); the verdict comes from that interval: "slower" when it
+lies above 1, "faster" below 1, else "no difference measured".
 
     python benchmarks/startup.py [--baseline /tmp/old] [--runs 10]
 """
@@ -13,6 +15,7 @@ tree's median by the baseline's.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -31,6 +34,23 @@ def _timed(args: list[str], tree: Path | None, cwd: Path) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, *args], env=env, cwd=cwd, check=True, capture_output=True)
     return (time.perf_counter() - start) * 1000
+
+
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """The median and a distribution-free ~95% interval for it (order statistics, normal approximation)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    low = max(0, math.floor(n / 2 - 0.98 * math.sqrt(n)))
+    return statistics.median(ordered), ordered[low], ordered[min(n - 1, n - 1 - low)]
+
+
+def verdict(low: float, high: float) -> str:
+    """What an interval of ratios says."""
+    if low > 1:
+        return "slower"
+    if high < 1:
+        return "faster"
+    return "no difference measured"
 
 
 def main() -> None:
@@ -81,16 +101,23 @@ def main() -> None:
         f"\n{args.runs} runs each, alternating; `python -c pass` {statistics.median(floor):.0f} ms; "
         f"load average {load_before:.1f} before, {load_after:.1f} after\n"
     )
-    print("| command          | tree      | median ms | min ms | max ms | × baseline |")
-    print("|------------------|-----------|-----------|--------|--------|------------|")
+    print(
+        "| command          | tree      | median ms | min ms | max ms | × baseline (95% interval) | verdict |"
+    )
+    print(
+        "|------------------|-----------|-----------|--------|--------|---------------------------|---------|"
+    )
     for name in commands:
         base = times.get((name, "baseline"))
         for label in trees:
             runs = times[(name, label)]
-            ratio = f"{statistics.median(runs) / statistics.median(base):.2f}" if base else "—"
+            ratio, said = "—", ""
+            if base and label != "baseline":
+                middle, low, high = median_interval([a / b for a, b in zip(runs, base, strict=True)])
+                ratio, said = f"{middle:.2f} ({low:.2f}–{high:.2f})", verdict(low, high)
             print(
                 f"| {name:<16} | {label:<9} | {statistics.median(runs):>9.0f} | {min(runs):>6.0f} | "
-                f"{max(runs):>6.0f} | {ratio:>10} |"
+                f"{max(runs):>6.0f} | {ratio:>25} | {said} |"
             )
 
 

@@ -17,10 +17,17 @@ every run would otherwise compile them again, some 20 ms of each start-up). Peak
 RSS is `/usr/bin/time`'s maximum resident set size of the process, CPU s its user + system time
 (on a shared machine the wall times vary with other load; CPU time much less). "× copy" divides
 a method's median time by the median time of copying the same number of bytes. The order of the
-methods rotates from repeat to repeat, so none always runs first after the previous output is
-freed (on a VM, writing into memory the guest has not touched for a while costs extra).
+methods is shuffled (seeded) from repeat to repeat, so none always runs first, or always after the
+same method, after the previous output is freed (on a VM, writing into memory the guest has not
+touched for a while costs extra).
 
     python benchmarks/surgery.py [--preset sana1.5-1.6b] [--dtype bf16] [--repeats 3] [--workdir DIR]
+                                 [--baseline OTHER_CHECKOUT]
+
+With `--baseline`, the `sanatool` of another checkout (e.g. `git worktree add /tmp/old HEAD~3`) runs
+as one more method in the same shuffled order, its output's weights and config are checked to be the same
+bytes as this tree's, and the paired ratios (this tree over the baseline, repeat by repeat) are
+summarised by their median, a distribution-free interval and the verdict it gives.
 
 At most two checkpoints exist at a time (the source and one output); everything is deleted at the
 end unless --keep.
@@ -29,7 +36,9 @@ end unless --keep.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -43,6 +52,9 @@ from sanatool.formatting import format_block_list, human_bytes
 from sanatool.io.modeldir import open_model_dir
 from sanatool.surgery.grow import plan_grow
 from sanatool.surgery.prune import naive_selection, plan_prune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from startup import median_interval, verdict  # noqa: E402 - the benchmarks' one interval rule
 
 # The disk-speed floor: copy exactly N bytes from the source shards with copy_file_range.
 _COPY = r"""
@@ -106,6 +118,18 @@ save_file(new, out / "diffusion_pytorch_model.safetensors", metadata={"format": 
 """
 
 
+def _weights_digest(model_dir: Path) -> str:
+    """SHA-256 of a model dir's config and weights (provenance, which holds the time, left out)."""
+    digest = hashlib.sha256()
+    for file in sorted(model_dir.rglob("*")):
+        if file.is_file() and (file.suffix == ".safetensors" or file.name == "config.json"):
+            digest.update(str(file.relative_to(model_dir)).encode())
+            with open(file, "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -140,11 +164,19 @@ def main() -> None:
     parser.add_argument("--grow-to", type=int, default=None, help="Depth grown to (default 6/5).")
     parser.add_argument("--workdir", type=Path, default=None, help="Parent of the scratch dir.")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch dir.")
+    parser.add_argument("--baseline", type=Path, default=None, help="Root of another sanatool checkout.")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sanatool-surgery-bench-", dir=args.workdir))
     src, out, rss = work / "src", work / "out", work / "rss.txt"
-    sanatool = [sys.executable, "-m", "sanatool"]
+    here = Path(sanatool_pkg.__file__).resolve().parent.parent
+    sanatool = ["env", f"PYTHONPATH={here}", sys.executable, "-m", "sanatool"]
+    baseline = None
+    if args.baseline is not None:
+        baseline = ["env", f"PYTHONPATH={args.baseline.resolve()}", sys.executable, "-m", "sanatool"]
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(args.baseline / "sanatool")], check=True
+        )
     load_before = os.getloadavg()
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", str(Path(sanatool_pkg.__file__).parent)], check=True
@@ -163,28 +195,33 @@ def main() -> None:
                     pass
         operations = {
             f"prune {depth}→{len(keep)} (--keep-blocks)": (
-                [*sanatool, "prune", str(src), "--keep-blocks", keep_list, "-o", str(out)],
+                ["prune", str(src), "--keep-blocks", keep_list, "-o", str(out)],
                 ["prune", ",".join(map(str, keep))],
                 plan_prune(src, out, keep_blocks=keep_list),
             ),
             f"grow {depth}→{grow_to} (--to, partial)": (
-                [*sanatool, "grow", str(src), "--to", str(grow_to), "-o", str(out)],
+                ["grow", str(src), "--to", str(grow_to), "-o", str(out)],
                 ["grow", str(grow_to)],
                 plan_grow(src, out, grow_to),
             ),
         }
         results: dict[tuple[str, str], list[tuple[float, float, int, int]]] = {}
+        digests: dict[str, set[str]] = {}
         for repeat in range(args.repeats):
             for name, (command, naive_args, plan) in operations.items():
                 methods = [
-                    ("sanatool", command),
+                    ("sanatool", [*sanatool, *command]),
                     (
                         "copy of the same bytes",
                         [sys.executable, "-c", _COPY, str(src), str(out), str(plan.bytes_total)],
                     ),
                     ("cp -r (the source)", ["cp", "-r", str(src), str(out)]),
                 ]
-                methods = methods[repeat % 3 :] + methods[: repeat % 3]
+                if baseline is not None:
+                    methods.append(("sanatool, baseline tree", [*baseline, *command]))
+                # A new order each repeat (seeded): a fixed rotation would give every method the same
+                # predecessor, whose freed output the kernel may still be reclaiming.
+                random.Random(repeat).shuffle(methods)
                 if repeat < args.naive_repeats:
                     methods.append(
                         (
@@ -194,9 +231,11 @@ def main() -> None:
                     )
                 for method, cmd in methods:
                     seconds, cpu, peak = _timed(cmd, rss)
-                    if method in ("sanatool", "naive load-edit-save"):
+                    if method.startswith("sanatool") or method == "naive load-edit-save":
                         depth_out = open_model_dir(out).transformer.num_layers
                         assert depth_out == plan.config["num_layers"], (name, method)
+                    if method.startswith("sanatool"):
+                        digests.setdefault(name, set()).add(_weights_digest(out))
                     results.setdefault((name, method), []).append((seconds, cpu, peak, _dir_bytes(out)))
                     shutil.rmtree(out)
                     os.sync()
@@ -219,7 +258,13 @@ def main() -> None:
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for name in operations:
         floor = statistics.median(s for s, _, _, _ in results[(name, "copy of the same bytes")])
-        for method in ("sanatool", "copy of the same bytes", "cp -r (the source)", "naive load-edit-save"):
+        for method in (
+            "sanatool",
+            "sanatool, baseline tree",
+            "copy of the same bytes",
+            "cp -r (the source)",
+            "naive load-edit-save",
+        ):
             runs = results.get((name, method))
             if not runs:
                 continue
@@ -231,6 +276,17 @@ def main() -> None:
                 f"| {name:<28} | {method:<22} | {human_bytes(written):>9} | {seconds:>15.2f} | "
                 f"{written / seconds / 1e9:>5.2f} | {seconds / floor:>6.2f} | {cpu:>5.1f} | {human_bytes(peak):>9} | "
                 f"{' '.join(f'{s:.1f}' for s, _, _, _ in runs):<20} |"
+            )
+    if baseline is not None:
+        print()
+        for name in operations:
+            ours = [s for s, _, _, _ in results[(name, "sanatool")]]
+            theirs = [s for s, _, _, _ in results[(name, "sanatool, baseline tree")]]
+            middle, low, high = median_interval([a / b for a, b in zip(ours, theirs, strict=True)])
+            same = "the same bytes" if len(digests[name]) == 1 else "DIFFERENT bytes"
+            print(
+                f"{name}: this tree / baseline {middle:.2f} (interval {low:.2f}–{high:.2f}): "
+                f"{verdict(low, high)}; weights and config: {same}"
             )
 
 

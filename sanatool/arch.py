@@ -221,14 +221,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sana1.5-4.8b": {**_SANA_COMMON, "num_layers": 60, "qk_norm": QK_NORM_KIND},
 }
 
-DESCRIPTIONS = {
-    "tiny": "8 blocks × 128, QK-norm: the shapes world (32×32 images, 8×8×8 latents)",
-    "sana-0.6b": "SANA 0.6B: 28 blocks × 1152",
-    "sana-1.6b": "SANA 1.6B: 20 blocks × 2240, no QK-norm",
-    "sana1.5-1.6b": "SANA 1.5 1.6B: 20 blocks × 2240, QK-norm",
-    "sana1.5-4.8b": "SANA 1.5 4.8B: 60 blocks × 2240, QK-norm",
-}
-
 
 def preset_config(name: str) -> dict[str, Any]:
     """The diffusers ``SanaTransformer2DModel`` config of a preset (a fresh copy)."""

@@ -272,6 +272,21 @@ def test_resume_refuses_a_checkpoint_of_another_model(cli, tiny_pipeline, shapes
     )
     assert res.code == 2
     assert "belongs to a run of another model" in res.stderr
+    # A torn checkpoint record is one line, not a traceback.
+    newest = max((tmp_path / "ckpt").glob("step-*"))
+    (newest / "checkpoint.json").write_text("{torn")
+    res = cli(
+        "finetune",
+        tiny_pipeline,
+        *run,
+        "--steps",
+        "6",
+        "--resume",
+        "--checkpoint-dir",
+        tmp_path / "ckpt",
+        "--force",
+    )
+    assert res.code == 2 and "checkpoint record" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     # A fresh run over existing checkpoints needs --resume or --force.
     res = cli("finetune", tiny_pipeline, *run, "--checkpoint-dir", tmp_path / "ckpt", "--force")
     assert res.code == 0, res.stderr

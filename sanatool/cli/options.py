@@ -18,13 +18,17 @@ from typing import Any, TypeVar
 
 import typer
 
+from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 FORCE = typer.Option(False, "--force", help="Replace an existing output.")
 JSON = typer.Option(False, "--json", help="Print a JSON summary instead of the path.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan and write nothing.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (cuda:LOCAL_RANK under torchrun).")
-MAX_SHARD_SIZE = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB.")
+MAX_SHARD_SIZE = typer.Option(
+    DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."
+)
 OUT_MODEL_DIR = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force).")
 MODEL_DIR_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
 PIPELINE_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."

@@ -37,7 +37,6 @@ WEIGHTS_BASENAME = "diffusion_pytorch_model"
 INDEX_NAME = f"{WEIGHTS_BASENAME}.safetensors.index.json"
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"tiny-shapes": "tiny-shapes"}
-DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
 def builtin_root() -> Path:

@@ -38,6 +38,8 @@ DTYPE_BYTES: dict[str, int] = {
 
 #: A header larger than this is not a weight file (real SANA shards have headers of ~100 KB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: The largest shard diffusers' save_pretrained writes by default, and ours.
+DEFAULT_MAX_SHARD_SIZE = "5GB"
 _COPY_CHUNK = 64 * 1024 * 1024
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from sanatool.arch import QK_NORM_KIND
 from sanatool.errors import InputError
 from sanatool.io.modeldir import ModelDir, as_model_dir
+from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.surgery.blocks import (
     check_float_layout,
@@ -176,7 +177,7 @@ def grow_model(
     zero_init_copies: bool = False,
     seed: int = 0,
     force: bool = False,
-    max_shard_size: str | int = "5GB",
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressFn = no_progress,
 ) -> Path:
     """Grow ``model`` to ``to`` blocks into ``out`` (see :func:`plan_grow`); returns the output path.

@@ -16,7 +16,7 @@ from typing import Any
 from sanatool.arch import inner_dim, model_kwargs, safetensors_dtype, torch_dtype
 from sanatool.errors import InputError
 from sanatool.io.outputs import atomic_output_dir
-from sanatool.io.safetensors import TensorEntry, parse_size
+from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE, TensorEntry, parse_size
 from sanatool.progress import ProgressFn, no_progress
 
 
@@ -123,7 +123,7 @@ def init_model(
     dtype: str = "fp32",
     seed: int = 0,
     force: bool = False,
-    max_shard_size: str | int = "5GB",
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressFn = no_progress,
 ) -> Path:
     """Write a random-init model for a preset: a transformer dir, or for ``tiny`` a whole pipeline dir.

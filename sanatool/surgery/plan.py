@@ -28,7 +28,7 @@ from sanatool.io.modeldir import (
 )
 from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.io.provenance import write_provenance
-from sanatool.io.safetensors import FileSlice, TensorEntry, parse_size, plan_shards
+from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE, FileSlice, TensorEntry, parse_size, plan_shards
 from sanatool.progress import ProgressFn, no_progress
 
 
@@ -246,7 +246,7 @@ def _prefetched(entries: Sequence[TensorEntry]) -> tuple[list[TensorEntry], Pref
 def run_plan(
     plan: SurgeryPlan,
     force: bool = False,
-    max_shard_size: str | int = "5GB",
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressFn = no_progress,
 ) -> Path:
     """Write a plan's output atomically: transformer streamed, components hard-linked, provenance added.

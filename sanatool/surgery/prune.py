@@ -14,6 +14,7 @@ from pathlib import Path
 from sanatool.errors import InputError
 from sanatool.formatting import format_block_list
 from sanatool.io.modeldir import ModelDir, as_model_dir
+from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.surgery.blocks import check_uniform_blocks, copied_block_entries, parse_block_list
 from sanatool.surgery.plan import (
@@ -153,7 +154,7 @@ def prune_model(
     keep_blocks: str | None = None,
     drop_blocks: str | None = None,
     force: bool = False,
-    max_shard_size: str | int = "5GB",
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressFn = no_progress,
 ) -> Path:
     """Prune ``model`` into ``out`` (see :func:`plan_prune`); returns the output path.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE
 
 PRECISIONS = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "cosine")
@@ -57,7 +58,7 @@ class TrainOptions:
     train_text_encoder: bool = False
     device: str = "auto"
     dtype: str | None = None
-    max_shard_size: str = "5GB"
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE
     force: bool = False
 
     @property
