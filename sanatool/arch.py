@@ -293,10 +293,7 @@ def torch_dtype(name: str) -> Any:
     """``bf16`` → ``torch.bfloat16`` (also accepts the safetensors names)."""
     import torch
 
-    lookup = {**{k: v[0] for k, v in DTYPES.items()}, **{v[1]: v[0] for v in DTYPES.values()}}
-    if name not in lookup:
-        raise InputError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
-    return getattr(torch, lookup[name])
+    return getattr(torch, DTYPES[check_dtype(dtype_name(name))][0])
 
 
 def dtype_name(dtype: Any) -> str:

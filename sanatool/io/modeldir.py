@@ -23,6 +23,7 @@ from sanatool.arch import (
     block_index,
     expected_shapes,
     inner_dim,
+    model_kwargs,
     validate_config,
 )
 from sanatool.errors import InputError, ModelDirError
@@ -125,8 +126,7 @@ class TransformerDir:
 def fingerprint_of(config: dict[str, Any], tensors: Sequence[TensorInfo] | Any) -> str:
     """Hash of a config (without diffusers' bookkeeping keys) and tensor names, dtypes and shapes."""
     digest = hashlib.sha256()
-    clean = {k: v for k, v in config.items() if not k.startswith("_")}
-    digest.update(json.dumps(clean, sort_keys=True).encode())
+    digest.update(json.dumps(model_kwargs(config), sort_keys=True).encode())
     for info in sorted(tensors, key=lambda t: t.name):
         digest.update(f"\n{info.name}|{info.dtype}|{list(info.shape)}".encode())
     return digest.hexdigest()[:16]
@@ -311,9 +311,7 @@ def carry_components(source: ModelDir, out_root: Path) -> list[str]:
             for file in sorted(entry.rglob("*")):
                 if file.is_dir():
                     continue
-                dest = target / file.relative_to(entry)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(file, dest)
+                link_or_copy(file, target / file.relative_to(entry))
             carried.append(entry.name)
         else:
             link_or_copy(entry, target)
@@ -332,14 +330,15 @@ def write_transformer_dir(
     clean = dict(config)
     clean["_class_name"] = TRANSFORMER_CLASS
     if "_diffusers_version" not in clean:  # looking it up imports importlib.metadata: ~15 ms
-        clean["_diffusers_version"] = _diffusers_version()
+        clean["_diffusers_version"] = diffusers_version()
     clean.pop("_use_default_values", None)
     clean.pop("_name_or_path", None)
     (out_dir / "config.json").write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
     write_sharded(out_dir, entries, max_shard_size, WEIGHTS_BASENAME, progress)
 
 
-def _diffusers_version() -> str:
+def diffusers_version() -> str:
+    """The installed diffusers version, as diffusers records it in the configs it writes."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

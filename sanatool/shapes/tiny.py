@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sanatool.arch import PRESETS, TRANSFORMER_CLASS
+
 #: Function words beyond the shapes grammar, so free-form prompts degrade gracefully; the rest is <unk>.
 EXTRA_WORDS: tuple[str, ...] = (
     "the", "of", "to", "on", "in", "with", "is", "are", "photo", "image", "picture", "shape", "shapes",
@@ -19,8 +21,8 @@ EXTRA_WORDS: tuple[str, ...] = (
     "white", "light", "empty",
 )  # fmt: skip
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
-TEXT_HIDDEN = 64
-LATENT_CHANNELS = 8
+TEXT_HIDDEN = PRESETS["tiny"]["caption_channels"]
+LATENT_CHANNELS = PRESETS["tiny"]["in_channels"]
 IMAGE_SIZE = 32
 #: Low resolution needs little timestep shift; SANA uses 3.0 at 1024 px.
 FLOW_SHIFT = 1.0
@@ -117,13 +119,13 @@ def scheduler_config() -> dict[str, Any]:
     }
 
 
-def model_index(transformer_class: str = "SanaTransformer2DModel") -> dict[str, Any]:
+def model_index(transformer_class: str = TRANSFORMER_CLASS) -> dict[str, Any]:
     """The ``model_index.json`` of a tiny SanaPipeline."""
-    from importlib.metadata import version
+    from sanatool.io.modeldir import diffusers_version
 
     return {
         "_class_name": "SanaPipeline",
-        "_diffusers_version": version("diffusers"),
+        "_diffusers_version": diffusers_version(),
         "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
         "text_encoder": ["transformers", "Gemma2Model"],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],

@@ -160,10 +160,9 @@ def validate_options(opts: TrainOptions, dry_run: bool = False) -> None:
             f"unknown weighting scheme {opts.weighting_scheme!r}; choose one of: {', '.join(WEIGHTING_SCHEMES)}"
         )
     if opts.dtype is not None:
-        from sanatool.arch import DTYPES
+        from sanatool.arch import check_dtype
 
-        if opts.dtype not in DTYPES:
-            raise InputError(f"unknown dtype {opts.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        check_dtype(opts.dtype)
     if not dry_run:
         if opts.data is None:
             raise InputError("--data is required: an image folder with metadata.jsonl")

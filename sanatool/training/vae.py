@@ -58,7 +58,7 @@ def train_vae(
     import torch
     from diffusers import AutoencoderDC
 
-    from sanatool.arch import DTYPES, preset_config, torch_dtype
+    from sanatool.arch import check_dtype, preset_config, torch_dtype
     from sanatool.io.modeldir import open_transformer_dir, write_transformer_dir
     from sanatool.io.provenance import write_provenance
     from sanatool.shapes.tiny import IMAGE_SIZE, vae_config, write_tiny_components
@@ -70,8 +70,7 @@ def train_vae(
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     if not math.isfinite(lr) or lr <= 0:
         raise InputError(f"--lr must be positive, got {lr}")
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    check_dtype(dtype)
     dataset = load_dataset(data_dir)
     if dataset.resolution != IMAGE_SIZE:
         raise InputError(
