@@ -29,6 +29,11 @@ DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (cuda:
 MAX_SHARD_SIZE = typer.Option(
     DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."
 )
+VARIANT = typer.Option(
+    None,
+    "--variant",
+    help="Which weight files to read, e.g. bf16 for *.bf16.safetensors (default: the default set, or the only one).",
+)
 OUT_MODEL_DIR = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force).")
 MODEL_DIR_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
 PIPELINE_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."

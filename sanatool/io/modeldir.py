@@ -29,13 +29,19 @@ from sanatool.arch import (
 from sanatool.errors import InputError, ModelDirError
 from sanatool.formatting import format_block_list
 from sanatool.io.jsonl import read_json_object
+from sanatool.io.modelfiles import (
+    WeightSet,
+    check_model_files,
+    resolve_variant,
+    walk_model_files,
+    weight_sets,
+)
 from sanatool.io.outputs import link_or_copy
 from sanatool.io.provenance import PROVENANCE_NAME
 from sanatool.io.safetensors import TensorEntry, TensorInfo, read_header, write_sharded
 from sanatool.progress import ProgressFn, no_progress
 
 WEIGHTS_BASENAME = "diffusion_pytorch_model"
-INDEX_NAME = f"{WEIGHTS_BASENAME}.safetensors.index.json"
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"tiny-shapes": "tiny-shapes"}
 
@@ -77,6 +83,8 @@ class TransformerDir:
     tensors: dict[str, TensorInfo]
     shard_files: list[Path]
     index_file: Path | None
+    variant: str | None = None
+    weight_sets: dict[str | None, WeightSet] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -132,48 +140,23 @@ def fingerprint_of(config: dict[str, Any], tensors: Sequence[TensorInfo] | Any) 
     return digest.hexdigest()[:16]
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return root.resolve() in path.resolve().parents
+def open_transformer_dir(path: Path, variant: str | None = None) -> TransformerDir:
+    """Open and validate a bare transformer dir (config, index, shards, shapes).
 
-
-def open_transformer_dir(path: Path) -> TransformerDir:
-    """Open and validate a bare transformer dir (config, index, shards, shapes)."""
+    ``variant`` picks a set of weights (``diffusion_pytorch_model.bf16.safetensors`` …); without it the
+    default set is read, or the only set there is. The symlink rule is :func:`open_model_dir`'s.
+    """
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelDirError(f"{path} is not a model dir: it has no config.json (nor model_index.json)")
     config = _read_json(config_path, "config")
     validate_config(config, config_path)
-    index_path = path / INDEX_NAME
-    single = path / f"{WEIGHTS_BASENAME}.safetensors"
-    if index_path.is_file():
-        index = _read_json(index_path, "index")
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelDirError(f"{index_path} has no weight_map")
-        shard_names = list(dict.fromkeys(weight_map.values()))
-        shard_files = []
-        for name in shard_names:
-            shard = path / str(name)
-            if not _inside(shard, path) or Path(str(name)).name != str(name):
-                raise ModelDirError(
-                    f"{index_path} names shard {name!r}, which is outside {path}; refusing to read it"
-                )
-            if not shard.is_file():
-                raise ModelDirError(f"{index_path} names shard {name}, which is missing from {path}")
-            shard_files.append(shard)
-    elif single.is_file():
-        weight_map = None
-        shard_files = [single]
-    else:
-        if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
-            raise ModelDirError(
-                f"{path} holds pickle weights only; sanatool reads safetensors (convert with diffusers' save_pretrained)"
-            )
-        raise ModelDirError(
-            f"{path} has a config.json but no {WEIGHTS_BASENAME}.safetensors (or sharded index)"
-        )
+    sets = weight_sets(path, WEIGHTS_BASENAME)
+    chosen = _choose_set(path, sets, variant)
+    weight_map = chosen.weight_map
+    index_path = chosen.index
     tensors: dict[str, TensorInfo] = {}
-    for shard in shard_files:
+    for shard in chosen.files:
         shard_tensors, _ = read_header(shard)
         for name, info in shard_tensors.items():
             if name in tensors:
@@ -189,9 +172,31 @@ def open_transformer_dir(path: Path) -> TransformerDir:
             raise ModelDirError(
                 f"{index_path} lists {len(missing)} tensors missing from the shards, e.g. {missing[0]}"
             )
-    tdir = TransformerDir(path, config, tensors, shard_files, index_path if weight_map is not None else None)
+    tdir = TransformerDir(path, config, tensors, list(chosen.files), index_path, chosen.variant, sets)
     _check_shapes(tdir)
     return tdir
+
+
+def _choose_set(path: Path, sets: dict[str | None, WeightSet], variant: str | None) -> WeightSet:
+    if variant is not None:
+        if variant not in sets:
+            held = ", ".join(s.label for s in sets.values()) or "none"
+            raise ModelDirError(f"--variant {variant}: {path} has no {variant} weights; it holds: {held}")
+        return sets[variant]
+    if None in sets:
+        return sets[None]
+    if len(sets) == 1:
+        return next(iter(sets.values()))
+    if sets:
+        raise ModelDirError(
+            f"{path} holds several weight variants ({', '.join(sorted(s.label for s in sets.values()))}) and no "
+            "default set; pass --variant NAME to choose one"
+        )
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
+        raise ModelDirError(
+            f"{path} holds pickle weights only; sanatool reads safetensors (convert with diffusers' save_pretrained)"
+        )
+    raise ModelDirError(f"{path} has a config.json but no {WEIGHTS_BASENAME}.safetensors (or sharded index)")
 
 
 def _check_shapes(tdir: TransformerDir) -> None:
@@ -227,6 +232,14 @@ class ModelDir:
     transformer: TransformerDir
     model_index: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: The variant to load with (``from_pretrained(path, variant=model.variant)``); ``None`` = default files.
+    variant: str | None = None
+    #: Each weight-bearing component's sets of weights, keyed by variant (``None`` = default).
+    weight_sets: dict[str, dict[str | None, WeightSet]] = field(default_factory=dict)
+
+    def component_variant(self, component: str) -> str | None:
+        """The variant to pass when loading ``component`` on its own: :attr:`variant` if it holds it, else ``None``."""
+        return self.variant if self.variant in self.weight_sets.get(component, {}) else None
 
     @property
     def components(self) -> dict[str, tuple[str, str]]:
@@ -263,59 +276,72 @@ class ModelDir:
         return out_root / "transformer" if self.kind == "pipeline" else out_root
 
 
-def open_model_dir(spec: str | os.PathLike) -> ModelDir:
+def open_model_dir(spec: str | os.PathLike, variant: str | None = None) -> ModelDir:
     """Open a pipeline or bare transformer dir (or ``builtin:NAME``), validating it fully.
 
-    Reads only JSON and safetensors headers: fast on a 10 GB checkpoint, no tensor allocated.
+    Reads only JSON and safetensors headers: fast on a 10 GB checkpoint, no tensor allocated. Every
+    file is checked against the symlink rule (:mod:`sanatool.io.modelfiles`) first; ``variant`` (or the
+    one set the dir holds) chooses the weights, see :func:`~sanatool.io.modelfiles.resolve_variant`.
     """
     path = resolve_model_path(spec)
     if not path.exists():
         raise ModelDirError(f"model dir {spec} does not exist")
     if not path.is_dir():
         raise ModelDirError(f"{spec} is a file, not a model dir (expected a diffusers directory)")
+    check_model_files(path)
     provenance: dict[str, Any] = {}
     if (path / PROVENANCE_NAME).is_file():
         provenance = _read_json(path / PROVENANCE_NAME, "provenance file")
     index_path = path / "model_index.json"
-    if index_path.is_file():
-        model_index = _read_json(index_path, "model_index")
-        entry = model_index.get("transformer")
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == TRANSFORMER_CLASS):
-            raise ModelDirError(
-                f"{path} is a {model_index.get('_class_name', 'pipeline')} whose transformer is not a {TRANSFORMER_CLASS}"
-            )
-        if not (path / "transformer").is_dir():
-            raise ModelDirError(f"{path} has model_index.json but no transformer/ directory")
-        return ModelDir(path, "pipeline", open_transformer_dir(path / "transformer"), model_index, provenance)
-    return ModelDir(path, "transformer", open_transformer_dir(path), None, provenance)
+    if not index_path.is_file():
+        sets = {"transformer": weight_sets(path, WEIGHTS_BASENAME)}
+        chosen = resolve_variant(sets, variant, path)
+        transformer = open_transformer_dir(path, chosen)
+        return ModelDir(path, "transformer", transformer, None, provenance, chosen, sets)
+    model_index = _read_json(index_path, "model_index")
+    entry = model_index.get("transformer")
+    if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == TRANSFORMER_CLASS):
+        raise ModelDirError(
+            f"{path} is a {model_index.get('_class_name', 'pipeline')} whose transformer is not a {TRANSFORMER_CLASS}"
+        )
+    if not (path / "transformer").is_dir():
+        raise ModelDirError(f"{path} has model_index.json but no transformer/ directory")
+    sets = {
+        name: weight_sets(path / name, WEIGHTS_BASENAME if name == "transformer" else None)
+        for name, value in model_index.items()
+        if not name.startswith("_") and isinstance(value, list)
+    }
+    chosen = resolve_variant(sets, variant, path)
+    transformer_variant = chosen if chosen in sets["transformer"] else None
+    transformer = open_transformer_dir(path / "transformer", transformer_variant)
+    return ModelDir(path, "pipeline", transformer, model_index, provenance, chosen, sets)
 
 
-def as_model_dir(spec: str | os.PathLike | ModelDir) -> ModelDir:
+def as_model_dir(spec: str | os.PathLike | ModelDir, variant: str | None = None) -> ModelDir:
     """An opened :class:`ModelDir` as it is; a path or ``builtin:NAME`` opened with :func:`open_model_dir`."""
-    return spec if isinstance(spec, ModelDir) else open_model_dir(spec)
+    return spec if isinstance(spec, ModelDir) else open_model_dir(spec, variant)
 
 
-def carry_components(source: ModelDir, out_root: Path) -> list[str]:
+def carry_components(source: ModelDir, out_root: Path, drop: Sequence[str] = ()) -> list[str]:
     """Hard-link (copy where links fail) every pipeline file except the transformer and provenance.
 
-    Returns the component names carried. A 5 GB text encoder costs no disk and no time.
+    Returns the component names carried. A 5 GB text encoder costs no disk and no time. Links are
+    resolved (the output holds files, never links into the input); ``drop`` leaves components out
+    (the caller writes a ``model_index.json`` without them).
     """
     if source.kind != "pipeline":
         return []
-    carried = []
-    for entry in sorted(source.path.iterdir()):
-        if entry.name in ("transformer", PROVENANCE_NAME) or entry.name.startswith("."):
+    skip = {"transformer", PROVENANCE_NAME, *drop}
+    carried = set()
+    for file, real in walk_model_files(source.path):
+        relative = file.relative_to(source.path)
+        top = relative.parts[0]
+        if top in skip or top.startswith(".") or (drop and relative == Path("model_index.json")):
             continue
-        target = out_root / entry.name
-        if entry.is_dir():
-            for file in sorted(entry.rglob("*")):
-                if file.is_dir():
-                    continue
-                link_or_copy(file, target / file.relative_to(entry))
-            carried.append(entry.name)
-        else:
-            link_or_copy(entry, target)
-    return carried
+        link_or_copy(real, out_root / relative)
+        if len(relative.parts) > 1:
+            carried.add(top)
+    return sorted(carried)
 
 
 def write_transformer_dir(
@@ -324,8 +350,12 @@ def write_transformer_dir(
     entries: Sequence[TensorEntry],
     max_shard_size: int,
     progress: ProgressFn = no_progress,
+    variant: str | None = None,
 ) -> None:
-    """Write ``config.json`` and the (sharded) safetensors weights of a transformer into ``out_dir``."""
+    """Write ``config.json`` and the (sharded) safetensors weights of a transformer into ``out_dir``.
+
+    ``variant`` names the files as diffusers' ``save_pretrained(variant=...)`` does.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = dict(config)
     clean["_class_name"] = TRANSFORMER_CLASS
@@ -334,7 +364,7 @@ def write_transformer_dir(
     clean.pop("_use_default_values", None)
     clean.pop("_name_or_path", None)
     (out_dir / "config.json").write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
-    write_sharded(out_dir, entries, max_shard_size, WEIGHTS_BASENAME, progress)
+    write_sharded(out_dir, entries, max_shard_size, WEIGHTS_BASENAME, progress, variant=variant)
 
 
 def diffusers_version() -> str:

@@ -188,11 +188,18 @@ def plan_shards(entries: Sequence[TensorEntry], max_shard_size: int) -> list[lis
     return shards
 
 
-def shard_file_names(basename: str, count: int) -> list[str]:
-    """Hugging Face shard names: ``name.safetensors`` or ``name-00001-of-00003.safetensors``."""
+def shard_file_names(basename: str, count: int, variant: str | None = None) -> list[str]:
+    """Hugging Face shard names: ``name.safetensors`` or ``name-00001-of-00003.safetensors``, with a variant
+    ``name.bf16.safetensors`` or ``name.bf16-00001-of-00003.safetensors`` (as diffusers and transformers write)."""
+    stem = f"{basename}.{variant}" if variant else basename
     if count == 1:
-        return [f"{basename}.safetensors"]
-    return [f"{basename}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+        return [f"{stem}.safetensors"]
+    return [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def index_file_name(basename: str, variant: str | None = None) -> str:
+    """The shard index's name: ``name.safetensors.index.json``, or ``name.safetensors.index.bf16.json``."""
+    return f"{basename}.safetensors.index.{variant}.json" if variant else f"{basename}.safetensors.index.json"
 
 
 #: Copied runs are cut at this size so generated tensors can be written between them.
@@ -551,8 +558,11 @@ def write_sharded(
     basename: str = "diffusion_pytorch_model",
     progress: ProgressFn = no_progress,
     task: str = "write",
+    variant: str | None = None,
 ) -> list[Path]:
     """Write entries as safetensors shards (with a ``.index.json`` when more than one) into ``out_dir``.
+
+    ``variant`` names the files as ``save_pretrained(variant=...)`` does (:func:`shard_file_names`).
 
     Tensor bytes are streamed: file slices are copied with ``copy_file_range``, generated
     tensors are written as they are produced (in :func:`write_order`). Returns the shard paths.
@@ -561,7 +571,7 @@ def write_sharded(
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names in output")
     shards = plan_shards(entries, max_shard_size)
-    files = shard_file_names(basename, len(shards))
+    files = shard_file_names(basename, len(shards), variant)
     total_bytes = sum(entry.nbytes for entry in entries)
     written = 0
     progress(task, 0, total_bytes)
@@ -580,5 +590,5 @@ def write_sharded(
             entry.name: file_name for shard, file_name in zip(shards, files, strict=True) for entry in shard
         }
         index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
-        (out_dir / f"{basename}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (out_dir / index_file_name(basename, variant)).write_text(json.dumps(index, indent=2) + "\n")
     return paths

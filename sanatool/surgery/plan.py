@@ -264,8 +264,10 @@ def run_plan(
         carry_components(model, tmp)
         transformer_out = model.transformer_out(tmp)
         with prefetcher:
-            write_transformer_dir(transformer_out, plan.config, entries, shard_bytes, report)
+            write_transformer_dir(
+                transformer_out, plan.config, entries, shard_bytes, report, model.transformer.variant
+            )
         # Re-open what was written: validates it end to end from the headers, and fingerprints it.
-        fingerprint = open_transformer_dir(transformer_out).fingerprint()
+        fingerprint = open_transformer_dir(transformer_out, model.transformer.variant).fingerprint()
         write_provenance(tmp, model, plan.command, plan.args, plan.summary, fingerprint)
     return plan.out
