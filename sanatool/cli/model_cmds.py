@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sanatool.cli._app import app, emit, progress_bar
-from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR
+from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, VARIANT
 
 
 @app.command()
@@ -39,9 +39,10 @@ def init(
 @app.command()
 def info(
     model: str = typer.Argument(..., help=MODEL_DIR_HELP),
+    variant: str | None = VARIANT,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Describe a model dir: components, depth, width, params, dtype, QK-norm, shards, history.
+    """Describe a model dir: components, depth, width, params, dtype, QK-norm, shards, variants, history.
 
     Reads only headers: answers in about a second on a 10 GB checkpoint.
 
@@ -50,10 +51,10 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
-    from sanatool.formatting import human_bytes, human_count
+    from sanatool.formatting import format_block_list, human_bytes, human_count
     from sanatool.surgery.info import describe_model
 
-    described = describe_model(model)
+    described = describe_model(model, variant)
     if as_json:
         emit(described, as_json=True)
         return
@@ -78,8 +79,25 @@ def info(
         ("qk-norm", str(described["qk_norm"] or "none")),
         ("weights", f"{human_bytes(described['bytes'])} in {described['shards']} shard(s)"),
         ("fingerprint", described["fingerprint"]),
-        ("history", described["history"]),
     ]
+    if any(ws["variant"] != "default" for sets in described["weights"].values() for ws in sets):
+        rows.append(("variant", described["variant"] or "default"))
+        for name, sets in described["weights"].items():
+            listed = [
+                f"{ws['variant']}{' (used)' if ws['used'] else ''}: {'+'.join(ws['dtypes'])}, {human_bytes(ws['bytes'])}"
+                for ws in sets
+            ]
+            rows.append((f"  {name}", "; ".join(listed)))
+    controlnet = described["controlnet"]
+    if controlnet:
+        rows.append(
+            (
+                "controlnet",
+                f"{controlnet['class']}, {controlnet['layers']} layers, residuals after blocks "
+                f"{format_block_list(controlnet['feeds_blocks']) or 'none'}",
+            )
+        )
+    rows.append(("history", described["history"]))
     for key, value in rows:
         table.add_row(key, value)
     Console(soft_wrap=False).print(table)

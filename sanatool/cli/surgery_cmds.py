@@ -8,9 +8,15 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DRY_RUN, FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR
+from sanatool.cli.options import DRY_RUN, FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, VARIANT
 
 _PLAN_JSON = typer.Option(False, "--json", help="Print JSON instead of the path (or plan).")
+_DROP_CONTROLNET = typer.Option(
+    False,
+    "--drop-controlnet",
+    help="ControlNet pipeline: leave the ControlNet out and write a plain SanaPipeline "
+    "(needed when the surgery moves blocks the ControlNet feeds).",
+)
 
 
 def _finish(plan: Any, dry_run: bool, force: bool, max_shard_size: str, as_json: bool) -> None:
@@ -74,6 +80,8 @@ def grow(
     seed: int = typer.Option(
         0, "--seed", help="Seed of the new blocks' random weights (same seed, same bytes)."
     ),
+    variant: str | None = VARIANT,
+    drop_controlnet: bool = _DROP_CONTROLNET,
     max_shard_size: str = MAX_SHARD_SIZE,
     dry_run: bool = DRY_RUN,
     force: bool = FORCE,
@@ -89,7 +97,19 @@ def grow(
     """
     from sanatool.surgery.grow import plan_grow
 
-    plan = plan_grow(model, out, to, strategy, source_layers, qk_norm, zero_init_copies, seed, force)
+    plan = plan_grow(
+        model,
+        out,
+        to,
+        strategy,
+        source_layers,
+        qk_norm,
+        zero_init_copies,
+        seed,
+        force,
+        variant,
+        drop_controlnet,
+    )
     _finish(plan, dry_run, force, max_shard_size, as_json)
 
 
@@ -108,6 +128,8 @@ def prune(
     ),
     keep_blocks: str | None = typer.Option(None, "--keep-blocks", help="Blocks to keep, e.g. 0,1,5-9."),
     drop_blocks: str | None = typer.Option(None, "--drop-blocks", help="Blocks to drop, e.g. 3,4."),
+    variant: str | None = VARIANT,
+    drop_controlnet: bool = _DROP_CONTROLNET,
     max_shard_size: str = MAX_SHARD_SIZE,
     dry_run: bool = DRY_RUN,
     force: bool = FORCE,
@@ -122,5 +144,7 @@ def prune(
     """
     from sanatool.surgery.prune import plan_prune
 
-    plan = plan_prune(model, out, keep, importance, strategy, keep_blocks, drop_blocks, force)
+    plan = plan_prune(
+        model, out, keep, importance, strategy, keep_blocks, drop_blocks, force, variant, drop_controlnet
+    )
     _finish(plan, dry_run, force, max_shard_size, as_json)

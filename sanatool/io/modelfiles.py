@@ -24,6 +24,7 @@ from typing import Any
 
 from sanatool.errors import ModelDirError
 from sanatool.io.jsonl import read_json_object
+from sanatool.io.safetensors import read_header
 
 DEFAULT_LABEL = "default"
 
@@ -119,6 +120,14 @@ class WeightSet:
         """Bytes on disk (links resolved)."""
         return sum(f.stat().st_size for f in self.files)
 
+    def dtypes(self) -> dict[str, int]:
+        """Parameter count per dtype, from the safetensors headers."""
+        counts: dict[str, int] = {}
+        for file in self.files:
+            for info in read_header(file)[0].values():
+                counts[info.dtype] = counts.get(info.dtype, 0) + info.numel
+        return counts
+
 
 def _index_set(folder: Path, name: str, base: str, variant: str | None) -> WeightSet:
     index_path = folder / name
@@ -169,7 +178,8 @@ def weight_sets(folder: Path, basename: str | None = None) -> dict[str | None, W
 
 
 def _labels(variants: Any) -> str:
-    return ", ".join(sorted(v or DEFAULT_LABEL for v in variants))
+    """``default, bf16, fp16``: the default set first."""
+    return ", ".join(v or DEFAULT_LABEL for v in sorted(variants, key=lambda v: (v is not None, v or "")))
 
 
 def resolve_variant(

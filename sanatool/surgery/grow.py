@@ -32,6 +32,7 @@ from sanatool.surgery.blocks import (
     qk_norm_entries,
     qk_norm_layout,
 )
+from sanatool.surgery.controlnet import check_controlnet
 from sanatool.surgery.plan import (
     BlockOrigin,
     SurgeryPlan,
@@ -39,6 +40,7 @@ from sanatool.surgery.plan import (
     non_block_entries,
     run_plan,
     shard_size,
+    surgery_drop,
 )
 
 logger = logging.getLogger("sanatool.surgery.grow")
@@ -95,13 +97,17 @@ def plan_grow(
     zero_init_copies: bool = False,
     seed: int = 0,
     force: bool = False,
+    variant: str | None = None,
+    drop_controlnet: bool = False,
 ) -> SurgeryPlan:
     """Plan growing ``model`` to ``to`` blocks; validates every input and the output path, writes nothing.
 
     ``source_layers`` (K, default all) is how many leading source blocks the strategy builds on.
     ``qk_norm=False`` refuses to add QK-norm to a model without it (keeping growth exact).
+    ``variant`` chooses the weight files read (and the name of those written); a ControlNet pipeline is
+    refused when a block its ControlNet feeds would move or change, unless ``drop_controlnet``.
     """
-    source = as_model_dir(model)
+    source = as_model_dir(model, variant)
     tdir = source.transformer
     depth = tdir.num_layers
     kept = depth if source_layers is None else source_layers
@@ -126,9 +132,11 @@ def plan_grow(
             "fine-tune the grown model before using it (or pass --no-qk-norm to keep growth exact)"
         )
         notes.append(note)
-        logger.warning(note)
     new_layout = layout + (qk_norm_layout(layout) if add_qk_norm else [])
     origins = block_origins(strategy, kept, to, zero_init_copies)
+    check_controlnet(source, "grow", origins, add_qk_norm, drop_controlnet)
+    for note in notes:
+        logger.warning(note)
     if any(o.source is None for o in origins) or add_qk_norm:
         check_float_layout(new_layout)
 
@@ -162,9 +170,9 @@ def plan_grow(
         "zero_init_copies": zero_init_copies,
         "seed": seed,
     }
-    return SurgeryPlan(
-        "grow", source, out_path, config, origins, entries, args, f"grow({', '.join(details)})", notes
-    )
+    drop = surgery_drop(source, args, drop_controlnet)
+    summary = f"grow({', '.join(details)})"
+    return SurgeryPlan("grow", source, out_path, config, origins, entries, args, summary, notes, drop)
 
 
 def grow_model(
@@ -179,6 +187,8 @@ def grow_model(
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressFn = no_progress,
+    variant: str | None = None,
+    drop_controlnet: bool = False,
 ) -> Path:
     """Grow ``model`` to ``to`` blocks into ``out`` (see :func:`plan_grow`); returns the output path.
 
@@ -186,5 +196,17 @@ def grow_model(
     few tensors whatever the model size, and the output appears only when complete.
     """
     shard_size(max_shard_size)
-    plan = plan_grow(model, out, to, strategy, source_layers, qk_norm, zero_init_copies, seed, force)
+    plan = plan_grow(
+        model,
+        out,
+        to,
+        strategy,
+        source_layers,
+        qk_norm,
+        zero_init_copies,
+        seed,
+        force,
+        variant,
+        drop_controlnet,
+    )
     return run_plan(plan, force, max_shard_size, progress)

@@ -6,17 +6,29 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sanatool.io.modeldir import open_model_dir, params_per_block
+from sanatool.io.modeldir import ModelDir, open_model_dir, params_per_block
 from sanatool.io.provenance import chain_summary
+from sanatool.surgery.controlnet import CONTROLNET, fed_blocks, has_controlnet
 
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def describe_model(spec: str | os.PathLike) -> dict[str, Any]:
-    """A JSON-ready description of a model dir: components, shape, params, dtype, shards, provenance."""
-    model = open_model_dir(spec)
+def _controlnet(model: ModelDir) -> dict[str, Any] | None:
+    if not has_controlnet(model):
+        return None
+    return {
+        "class": model.components[CONTROLNET][1],
+        "layers": model.component_config(CONTROLNET).get("num_layers"),
+        "feeds_blocks": fed_blocks(model),
+    }
+
+
+def describe_model(spec: str | os.PathLike, variant: str | None = None) -> dict[str, Any]:
+    """A JSON-ready description of a model dir: components, shape, params, dtype, shards, weight variants
+    (each component's sets, their dtypes and bytes, the one used), the ControlNet, provenance."""
+    model = open_model_dir(spec, variant)
     tdir = model.transformer
     config = tdir.config
     components = {}
@@ -48,6 +60,22 @@ def describe_model(spec: str | os.PathLike) -> dict[str, Any]:
         "shards": len(tdir.shard_files),
         "bytes": tdir.total_bytes,
         "fingerprint": tdir.fingerprint(),
+        "variant": model.variant,
+        "weights": {
+            name: [
+                {
+                    "variant": ws.label,
+                    "dtypes": ws.dtypes(),
+                    "bytes": ws.nbytes,
+                    "files": len(ws.files),
+                    "used": ws.variant == model.component_variant(name),
+                }
+                for ws in sets.values()
+            ]
+            for name, sets in model.weight_sets.items()
+            if sets
+        },
+        "controlnet": _controlnet(model),
         "history": chain_summary(model.provenance, fallback_origin=model.path.name),
         "provenance": model.provenance.get("chain", []),
     }

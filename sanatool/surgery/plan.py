@@ -30,6 +30,7 @@ from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.io.provenance import write_provenance
 from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE, FileSlice, TensorEntry, parse_size, plan_shards
 from sanatool.progress import ProgressFn, no_progress
+from sanatool.surgery.controlnet import CONTROLNET, write_plain_model_index
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class SurgeryPlan:
     args: dict[str, Any]
     summary: str
     notes: list[str] = field(default_factory=list)
+    #: Pipeline components left out of the output (``controlnet`` with ``--drop-controlnet``).
+    drop: tuple[str, ...] = ()
 
     @property
     def bytes_copied(self) -> int:
@@ -116,13 +119,15 @@ class SurgeryPlan:
         if dropped:
             lines.append(f"  dropped source blocks: {format_block_list(dropped)}")
         lines.append(f"  non-block tensors: {len(source.non_block_tensors())} copied unchanged")
-        carried = [c for c in self.model.components if c != "transformer"]
+        carried = [c for c in self.model.components if c != "transformer" and c not in self.drop]
         if carried:
             lines.append(f"  components hard-linked: {', '.join(carried)}")
         lines.append(
             f"  bytes to write: {human_bytes(self.bytes_copied)} copied + "
             f"{human_bytes(self.bytes_generated)} generated = {human_bytes(self.bytes_total)}"
         )
+        if self.drop:
+            lines.append(f"  components dropped: {', '.join(self.drop)}")
         lines += [f"  note: {note}" for note in self.notes]
         return lines
 
@@ -142,6 +147,8 @@ class SurgeryPlan:
             "bytes_total": self.bytes_total,
             "fingerprint": self.fingerprint(),
             "notes": list(self.notes),
+            "variant": self.model.transformer.variant,
+            "dropped_components": list(self.drop),
         }
         if max_shard_size is not None:
             result["shards"] = len(plan_shards(self.entries, max_shard_size))
@@ -159,6 +166,17 @@ def shard_size(max_shard_size: str | int) -> int:
 def check_plan_output(model: ModelDir, out: Path, force: bool) -> Path:
     """Refuse an output that exists (without ``force``) or overlaps the input, before any work."""
     return check_output_path(out, force, [model.path])
+
+
+def surgery_drop(model: ModelDir, args: dict[str, Any], drop_controlnet: bool) -> tuple[str, ...]:
+    """The components an output leaves out (the ControlNet with ``--drop-controlnet``), recorded in ``args``
+    with the variant read."""
+    if model.variant:
+        args["variant"] = model.variant
+    if drop_controlnet:
+        args["drop_controlnet"] = True
+        return (CONTROLNET,)
+    return ()
 
 
 def non_block_entries(model: ModelDir) -> list[TensorEntry]:
@@ -261,7 +279,9 @@ def run_plan(
 
     entries, prefetcher = _prefetched(plan.entries)
     with atomic_output_dir(plan.out, force, inputs=[model.path]) as tmp:
-        carry_components(model, tmp)
+        carry_components(model, tmp, plan.drop)
+        if plan.drop:
+            write_plain_model_index(model, tmp)
         transformer_out = model.transformer_out(tmp)
         with prefetcher:
             write_transformer_dir(

@@ -17,6 +17,7 @@ from sanatool.io.modeldir import ModelDir, as_model_dir
 from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.surgery.blocks import check_uniform_blocks, copied_block_entries, parse_block_list
+from sanatool.surgery.controlnet import check_controlnet
 from sanatool.surgery.plan import (
     BlockOrigin,
     SurgeryPlan,
@@ -24,6 +25,7 @@ from sanatool.surgery.plan import (
     non_block_entries,
     run_plan,
     shard_size,
+    surgery_drop,
 )
 
 NAIVE_STRATEGIES = ("tail", "uniform")
@@ -129,20 +131,28 @@ def plan_prune(
     keep_blocks: str | None = None,
     drop_blocks: str | None = None,
     force: bool = False,
+    variant: str | None = None,
+    drop_controlnet: bool = False,
 ) -> SurgeryPlan:
-    """Plan pruning ``model`` (see :func:`select_blocks`); validates inputs and the output, writes nothing."""
-    source = as_model_dir(model)
+    """Plan pruning ``model`` (see :func:`select_blocks`); validates inputs and the output, writes nothing.
+
+    ``variant`` chooses the weight files read (and the name of those written); a ControlNet pipeline is
+    refused when a block its ControlNet feeds would move, unless ``drop_controlnet``.
+    """
+    source = as_model_dir(model, variant)
     kept, summary, args = select_blocks(source, keep, importance, strategy, keep_blocks, drop_blocks)
     out_path = check_plan_output(source, Path(out), force)
     blocks = source.transformer.block_tensors()
     check_uniform_blocks(blocks, source.transformer.path)
     origins = [BlockOrigin(index, block, "copy") for index, block in enumerate(kept)]
+    check_controlnet(source, "prune", origins, False, drop_controlnet)
     entries = non_block_entries(source)
     for origin in origins:
         entries += copied_block_entries(blocks[origin.source], origin.index)
     config = dict(source.transformer.config)
     config["num_layers"] = len(kept)
-    return SurgeryPlan("prune", source, out_path, config, origins, entries, args, summary)
+    drop = surgery_drop(source, args, drop_controlnet)
+    return SurgeryPlan("prune", source, out_path, config, origins, entries, args, summary, drop=drop)
 
 
 def prune_model(
@@ -156,11 +166,15 @@ def prune_model(
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressFn = no_progress,
+    variant: str | None = None,
+    drop_controlnet: bool = False,
 ) -> Path:
     """Prune ``model`` into ``out`` (see :func:`plan_prune`); returns the output path.
 
     Every kept tensor's bytes are copied with ``copy_file_range``; nothing is loaded.
     """
     shard_size(max_shard_size)
-    plan = plan_prune(model, out, keep, importance, strategy, keep_blocks, drop_blocks, force)
+    plan = plan_prune(
+        model, out, keep, importance, strategy, keep_blocks, drop_blocks, force, variant, drop_controlnet
+    )
     return run_plan(plan, force, max_shard_size, progress)
