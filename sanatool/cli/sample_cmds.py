@@ -8,16 +8,24 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, with_options
+from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, VARIANT, Opt, with_options
 from sanatool.distributed import is_main_process
 
 # ``sample`` and ``importance``: how the sampler runs.
 SAMPLER_OPTIONS = (
-    Opt("steps", int, typer.Option(20, "--steps", help="Sampler steps.")),
+    Opt(
+        "steps",
+        int | None,
+        typer.Option(None, "--steps", help="Sampler steps (default: 20; 2 for SANA-Sprint)."),
+    ),
     Opt(
         "guidance",
         float,
-        typer.Option(4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."),
+        typer.Option(
+            4.5,
+            "--guidance",
+            help="Classifier-free guidance scale (≤ 1 turns it off); SANA-Sprint embeds it instead.",
+        ),
     ),
     Opt("seed", int, typer.Option(0, "--seed", help="Base seed; each image's own seed derives from it.")),
     Opt(
@@ -30,14 +38,29 @@ SAMPLER_OPTIONS = (
     Opt("batch_size", int, typer.Option(8, "--batch-size", help="Images per transformer batch.")),
     Opt(
         "sampler",
-        str,
-        typer.Option("flow-dpm", "--sampler", help="flow-dpm (the pipeline's own) or flow-euler."),
+        str | None,
+        typer.Option(
+            None,
+            "--sampler",
+            help="flow-dpm, flow-euler or scm (SANA-Sprint); default: the one the pipeline's scheduler names.",
+        ),
     ),
     Opt("device", str, DEVICE),
+    Opt("variant", str | None, VARIANT),
     Opt(
         "dtype",
         str,
         typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    ),
+    Opt(
+        "offload",
+        bool,
+        typer.Option(
+            False,
+            "--offload",
+            help="Keep the models in CPU memory and move each to the GPU only while it runs "
+            "(diffusers' model CPU offload; for small cards, CUDA only).",
+        ),
     ),
     Opt(
         "instruction",

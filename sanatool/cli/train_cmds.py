@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, MAX_SHARD_SIZE, Opt, with_options
+from sanatool.cli.options import DEVICE, FORCE, JSON, MAX_SHARD_SIZE, VARIANT, Opt, with_options
 
 # ``train`` and ``finetune``: every TrainOptions field both commands take (names are its fields).
 TRAINING_OPTIONS = (
@@ -138,6 +138,7 @@ TRAINING_OPTIONS = (
         ),
     ),
     Opt("max_shard_size", str, MAX_SHARD_SIZE),
+    Opt("variant", str | None, VARIANT),
     Opt(
         "dry_run",
         bool,

@@ -159,7 +159,7 @@ def _prompt_set(
 def compute_importance(
     model_spec: Any,
     prompts: Sequence[PromptItem | str] | None = None,
-    steps: int = 20,
+    steps: int | None = None,
     guidance: float = 4.5,
     seed: int = 0,
     metric: str = "cosine",
@@ -169,45 +169,63 @@ def compute_importance(
     dtype: Any = "auto",
     num_prompts: int = DEFAULT_NUM_PROMPTS,
     size: Sequence[int] | None = None,
-    sampler: str = "flow-dpm",
+    sampler: str | None = None,
     instruction: bool | None = None,
     prompts_source: str | None = None,
+    offload: bool = False,
+    variant: str | None = None,
 ) -> ImportanceResult:
     """Score every block of a pipeline's transformer over calibration prompts (see the module docstring).
 
     ``prompts=None`` uses the model world's 100 calibration prompts; the first ``num_prompts``
     are used. Prompt ``p`` starts from the noise of :func:`~sanatool.inference.sampler.image_seed`
     ``(seed, p, 0)``, so a calibration run is the sampling of candidate 0 of each prompt.
+    ``sampler``/``steps`` ``None``: the pipeline's own scheduler and its default steps (SANA-Sprint:
+    SCM, 2 steps, guidance embedded so one branch); ``variant``: the weight files of a path; ``offload``: models visit the GPU only while they run.
     """
     import torch
 
     from sanatool.distributed import resolve_device, setup_distributed
-    from sanatool.inference.pipeline import load_pipeline, resolve_instruction
+    from sanatool.inference.pipeline import (
+        check_offload,
+        execution_device,
+        load_pipeline,
+        resolve_instruction,
+    )
     from sanatool.inference.sampler import (
         PromptEncoder,
         check_settings,
         check_size,
+        default_steps,
         denoise,
         image_seed,
-        initial_latents,
         make_scheduler,
+        resolve_sampler,
+        start_noise,
+        step_timesteps,
+        uses_cfg,
     )
     from sanatool.io.modeldir import as_model_dir
 
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     check_settings(steps, guidance, sampler, batch_size)
-    model = as_model_dir(model_spec)
+    model = as_model_dir(model_spec, variant)
     model.require_pipeline("importance")
+    sampler = resolve_sampler(model, sampler)
+    steps = default_steps(sampler) if steps is None else steps
     items, source_name = _prompt_set(model, prompts, num_prompts, prompts_source)
     height, width = check_size(model, size)
     target = resolve_device(device)
+    check_offload(offload, target)
+    cfg = uses_cfg(sampler, guidance)
     with setup_distributed(target) as dist:
-        pipe = load_pipeline(model, target, dtype, command="importance")
+        pipe = load_pipeline(model, target, dtype, command="importance", offload=offload)
         chosen = resolve_instruction(model, instruction)
         transformer = pipe.transformer
         depth = len(transformer.transformer_blocks)
-        timesteps = [float(t) for t in make_scheduler(pipe, sampler, steps).timesteps]
+        timesteps = [float(t) for t in step_timesteps(make_scheduler(pipe, sampler, steps))]
+        target = execution_device(pipe)
         encoder = PromptEncoder(pipe, chosen, target)
         mine = dist.share(len(items))
         batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
@@ -219,8 +237,9 @@ def compute_importance(
         with CosineHooks(transformer.transformer_blocks, steps, target) as hooks:
             for number, batch in enumerate(batches):
                 embeds, mask = encoder.conditional([items[p].prompt for p in batch])
-                negative = encoder.unconditional(len(batch)) if guidance > 1.0 else None
-                noise = initial_latents(pipe, [image_seed(seed, p, 0) for p in batch], height, width, target)
+                negative = encoder.unconditional(len(batch)) if cfg else None
+                seeds = [image_seed(seed, p, 0) for p in batch]
+                noise, generators = start_noise(pipe, seeds, height, width, target)
                 trajectory: list[Any] = []
 
                 def keep(step: int, latents: Any, trajectory: list[Any] = trajectory) -> None:
@@ -237,6 +256,7 @@ def compute_importance(
                     sampler,
                     before_step=hooks.set_step,
                     after_step=keep if metric == "ablation" else None,
+                    generators=generators,
                 )
                 report("importance", number * passes + 1, total)
                 if metric != "ablation":
@@ -251,9 +271,20 @@ def compute_importance(
                         change = (latents.flatten(1) - reference).norm(dim=1)
                         distances[step, block] += (change / reference.norm(dim=1).clamp_min(1e-12)).sum()
 
+                    # The same draws again: SCM's step noise comes from the images' generators.
+                    _, generators = start_noise(pipe, seeds, height, width, target)
                     with skip_block(transformer, block):
                         denoise(
-                            pipe, noise, embeds, mask, negative, steps, guidance, sampler, after_step=measure
+                            pipe,
+                            noise,
+                            embeds,
+                            mask,
+                            negative,
+                            steps,
+                            guidance,
+                            sampler,
+                            after_step=measure,
+                            generators=generators,
                         )
                     report("importance", number * passes + 2 + block, total)
                 hooks.active = True
@@ -263,7 +294,7 @@ def compute_importance(
         dist.all_reduce_sum(distances)
     cosine_matrix = (hooks.sums / samples.clamp_min(1.0)[:, None]).double().cpu()
     cosine_scores = [float(v) for v in cosine_matrix.mean(dim=0)]
-    branches = ("cond", "uncond") if guidance > 1.0 else ("cond",)
+    branches = ("cond", "uncond") if cfg else ("cond",)
     extra: dict[str, Any] = {
         "model": str(model.path),
         "metric_definition": METRIC_DEFINITIONS[metric],
@@ -325,7 +356,7 @@ def write_heatmap(result: ImportanceResult, path: str | os.PathLike, force: bool
         axes.set_xticks(range(0, depth, tick_every))
         row_every = max(1, rows // 20)
         axes.set_yticks(range(0, rows, row_every))
-        axes.set_yticklabels([f"{result.timesteps[i]:.0f}" for i in range(0, rows, row_every)])
+        axes.set_yticklabels([f"{result.timesteps[i]:.4g}" for i in range(0, rows, row_every)])
         axes.set_title(f"block importance ({result.metric}), higher = more important")
         figure.colorbar(picture, ax=axes, label=result.metric)
         figure.tight_layout()
@@ -353,7 +384,7 @@ def importance_to_file(
     from sanatool.io.modeldir import as_model_dir
     from sanatool.io.outputs import check_output_path
 
-    model = as_model_dir(model_spec)
+    model = as_model_dir(model_spec, settings.pop("variant", None))
     model.require_pipeline("importance")
     png = heatmap_path(out)
     for path in (out, png):

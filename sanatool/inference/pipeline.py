@@ -14,11 +14,12 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from sanatool.arch import SHAPES_WORLD, detect_world, resolve_precision, torch_dtype, vae_scale_factor
 from sanatool.distributed import resolve_device
-from sanatool.errors import ModelDirError
+from sanatool.errors import InputError, ModelDirError
 from sanatool.io.modeldir import ModelDir, as_model_dir
 from sanatool.io.prompts import PromptItem
 
@@ -91,7 +92,7 @@ def resolve_dtype(dtype: str | Any, device: Any) -> Any:
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """Silence diffusers' and transformers' loading progress bars: the library draws none of its own."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -108,11 +109,103 @@ def _quiet_loading() -> Iterator[None]:
             module.enable_progress_bar()
 
 
-def _dtype_keyword() -> str:
+def dtype_keyword() -> str:
     """``dtype`` where diffusers has renamed ``torch_dtype`` (it warns on the old name), else ``torch_dtype``."""
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+#: What :func:`pipeline_kind` calls each kind of SANA pipeline.
+SPRINT_KIND = "SANA-Sprint"
+CONTROLNET_KIND = "SANA ControlNet"
+SANA_KIND = "SANA"
+#: Images with a side above this many pixels are VAE-decoded in tiles (DC-AE at 4K needs it).
+VAE_TILING_ABOVE = 2048
+
+
+def load_component(cls: Any, folder: str | os.PathLike, dtype: Any, variant: str | None = None) -> Any:
+    """``cls.from_pretrained(folder)`` by sanatool's loading rules: local files, low memory, quiet, ``dtype``.
+
+    ``cls`` is a diffusers model or transformers class. ``variant`` (the model's, e.g. ``bf16``) is
+    read where the folder holds that set of weights, else its default files, as diffusers'
+    pipelines do per component (a variant snapshot often has a variant for some components only).
+    """
+    from sanatool.io.modelfiles import weight_sets
+
+    kwargs: dict[str, Any] = {"local_files_only": True, "low_cpu_mem_usage": True}
+    # transformers 5 names it ``dtype``; diffusers renamed it in 0.36 (see dtype_keyword).
+    kwargs["dtype" if cls.__module__.startswith("transformers") else dtype_keyword()] = dtype
+    if variant is not None and variant in weight_sets(Path(folder)):
+        kwargs["variant"] = variant
+    with quiet_loading():
+        return cls.from_pretrained(str(folder), **kwargs)
+
+
+def pipeline_kind(source: ModelDir | Any) -> str:
+    """``"SANA-Sprint"`` (a guidance-embedding transformer, few-step SCM), ``"SANA ControlNet"`` or ``"SANA"``.
+
+    Reads a model dir's configs only (no torch), or a loaded pipeline's class and transformer config.
+    """
+    if isinstance(source, ModelDir):
+        class_name = (source.model_index or {}).get("_class_name", "")
+    else:
+        class_name = type(source).__name__
+    if _transformer_config(source).get("guidance_embeds") or class_name == "SanaSprintPipeline":
+        return SPRINT_KIND
+    if class_name == "SanaControlNetPipeline":
+        return CONTROLNET_KIND
+    return SANA_KIND
+
+
+def pipeline_class(source: ModelDir | Any) -> Any:
+    """The diffusers pipeline class that runs a model dir: ``SanaSprintPipeline`` for Sprint, else ``SanaPipeline``."""
+    from diffusers import SanaPipeline, SanaSprintPipeline
+
+    return SanaSprintPipeline if pipeline_kind(source) == SPRINT_KIND else SanaPipeline
+
+
+def loading_kwargs(model: ModelDir) -> dict[str, Any]:
+    """What every sanatool ``from_pretrained`` of a model's components passes besides the dtype.
+
+    Local files only; the model's variant (``diffusion_pytorch_model.bf16.safetensors`` …); and
+    low-memory loading through accelerate: weights are read straight into empty modules, not
+    written over a random initialisation (half the peak memory, most of the time).
+    """
+    return {"local_files_only": True, "variant": model.variant, "low_cpu_mem_usage": True}
+
+
+def check_offload(offload: bool, device: Any) -> None:
+    """Refuse ``--offload`` where it cannot work, before anything is loaded: it moves models to a CUDA card."""
+    import torch
+
+    if not offload:
+        return
+    if not torch.cuda.is_available():
+        raise InputError(
+            "--offload moves each model to the GPU only while it runs, so it needs CUDA; this machine has none"
+        )
+    if torch.device(device).type != "cuda":
+        raise InputError(f"--offload runs the models on a CUDA device; --device is {device}")
+
+
+def execution_device(pipe: Any) -> Any:
+    """Where a pipeline computes: its device, or with model CPU offload the card its models visit."""
+    return pipe._execution_device
+
+
+def configure_vae(pipe: Any, height: int, width: int) -> bool:
+    """Decode in tiles when an image side exceeds :data:`VAE_TILING_ABOVE` pixels; return whether it does.
+
+    DC-AE decodes a 4096 px image in one piece only with tens of GB of activations; tiles of
+    diffusers' default size blend into the same picture with a fraction of the memory.
+    """
+    tiled = max(height, width) > VAE_TILING_ABOVE
+    if tiled:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+    return tiled
 
 
 def load_pipeline(
@@ -120,33 +213,45 @@ def load_pipeline(
     device: str | Any = "cpu",
     dtype: str | Any = "fp32",
     command: str = "sample",
+    offload: bool = False,
 ) -> Any:
-    """Load a pipeline dir's transformer, VAE, text encoder, tokenizer and scheduler as a ``SanaPipeline``.
+    """Load a pipeline dir as its diffusers pipeline (``SanaPipeline``, or ``SanaSprintPipeline`` for Sprint).
 
     Refuses a bare transformer dir (``command`` names who needs the pipeline, for the message).
-    The pipeline is in eval mode on ``device`` (``auto`` allowed) with weights in ``dtype``,
-    its own progress bar off.
+    The pipeline is in eval mode on ``device`` (``auto`` allowed) with every model's weights in
+    ``dtype``, its own progress bar off. ``offload`` keeps the models on the CPU and moves each
+    to the CUDA ``device`` only while it runs (diffusers' ``enable_model_cpu_offload``).
     """
-    from diffusers import SanaPipeline
-
     model = as_model_dir(model_dir)
     model.require_pipeline(command)
     target = resolve_device(device)
+    check_offload(offload, target)
     weights_dtype = resolve_dtype(dtype, target)
+    cls = pipeline_class(model)
     try:
-        with _quiet_loading():
-            pipe = SanaPipeline.from_pretrained(
-                str(model.path), local_files_only=True, **{_dtype_keyword(): weights_dtype}
+        with quiet_loading():
+            pipe = cls.from_pretrained(
+                str(model.path), **loading_kwargs(model), **{dtype_keyword(): weights_dtype}
             )
     except (OSError, ValueError, KeyError) as err:
         raise ModelDirError(
-            f"cannot load the pipeline in {model.path}: {err}; check it loads with SanaPipeline.from_pretrained"
+            f"cannot load the pipeline in {model.path}: {err}; check it loads with {cls.__name__}.from_pretrained"
         ) from err
-    pipe.to(target)
+    if offload:
+        pipe.enable_model_cpu_offload(device=target)
+    else:
+        pipe.to(target)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.transformer, pipe.text_encoder, pipe.vae):
         module.eval()
     return pipe
+
+
+def component_dtypes(pipe: Any) -> dict[str, str]:
+    """The dtype each model of a loaded pipeline computes in (``fp32``, ``bf16`` …), by component name."""
+    from sanatool.arch import dtype_name
+
+    return {name: dtype_name(getattr(pipe, name).dtype) for name in ("transformer", "text_encoder", "vae")}
 
 
 def image_geometry(source: ModelDir | Any) -> tuple[int, int]:

@@ -15,19 +15,19 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError, OutputExistsError, RunFailure
 from sanatool.inference.sampler import (
     DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
     check_settings,
     check_size,
+    default_steps,
     image_seed,
     iter_batches,
-    make_scheduler,
+    resolve_sampler,
 )
 from sanatool.io.jsonl import read_jsonl
 from sanatool.io.manifest import IMAGES_DIR, MANIFEST_NAME, image_relpath, write_manifest
@@ -49,6 +49,7 @@ RESUME_KEYS = (
     "height",
     "width",
     "dtype",
+    "dtypes",
     "instruction",
 )
 log = logging.getLogger("sanatool.samples")
@@ -82,6 +83,8 @@ class SampleSettings:
     width: int
     dtype: str
     instruction: bool
+    dtypes: dict[str, str] = field(default_factory=dict)
+    vae_tiling: bool = False
 
     def record(self, job: SampleJob) -> dict[str, Any]:
         """The manifest line of a job."""
@@ -97,9 +100,12 @@ class SampleSettings:
             "height": self.height,
             "width": self.width,
             "dtype": self.dtype,
+            "dtypes": dict(self.dtypes),
             "instruction": self.instruction,
             "path": image_relpath(job.prompt_index, job.candidate),
         }
+        if self.vae_tiling:
+            row["vae_tiling"] = True
         if job.item.category is not None:
             row["category"] = job.item.category
         if job.item.spec is not None:
@@ -269,18 +275,20 @@ def sample_to_dir(
     prompts: Sequence[PromptItem | str],
     out: str | os.PathLike,
     candidates: int = 4,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     size: Sequence[int] | None = None,
     batch_size: int = 8,
-    sampler: str = "flow-dpm",
+    sampler: str | None = None,
     device: Any = "auto",
     dtype: Any = "auto",
     resume: bool = False,
     force: bool = False,
     progress: ProgressFn = no_progress,
     instruction: bool | None = None,
+    offload: bool = False,
+    variant: str | None = None,
 ) -> Path:
     """Sample ``candidates`` images per prompt into a samples dir; return its path.
 
@@ -288,11 +296,21 @@ def sample_to_dir(
     :func:`image_seed`. ``resume`` keeps images of an earlier (finished or interrupted) run of
     ``out`` whose manifest lines match this run and makes only the rest; ``force`` replaces
     ``out``. ``instruction``: ``None`` = the world's default, ``True``/``False`` = on/off. Under
-    ``torchrun`` every rank calls this; rank 0 writes the manifest and the grid.
+    ``torchrun`` every rank calls this; rank 0 writes the manifest and the grid. ``sampler=None``
+    runs the pipeline's own scheduler and ``steps=None`` its default steps (2 for SANA-Sprint, else
+    20); ``variant`` picks the weight files of a path (``bf16`` …); ``offload`` keeps models on the CPU between uses (CUDA only). Each manifest line records
+    the dtype of every model (``dtypes``), which :func:`~sanatool.inference.sampler.diffusers_load_kwargs`
+    turns into diffusers' loading arguments.
     """
     from sanatool.arch import dtype_name
     from sanatool.distributed import resolve_device, setup_distributed
-    from sanatool.inference.pipeline import load_pipeline, resolve_instruction
+    from sanatool.inference.pipeline import (
+        check_offload,
+        component_dtypes,
+        configure_vae,
+        load_pipeline,
+        resolve_instruction,
+    )
     from sanatool.io.modeldir import as_model_dir
 
     items = [item if isinstance(item, PromptItem) else PromptItem(str(item)) for item in prompts]
@@ -302,14 +320,16 @@ def sample_to_dir(
         if not item.prompt.strip():
             raise InputError(f"prompt {index} is empty; every prompt needs some text")
     check_settings(steps, guidance, sampler, batch_size, candidates)
-    model = as_model_dir(model_spec)
+    model = as_model_dir(model_spec, variant)
     model.require_pipeline("sample")
+    sampler = resolve_sampler(model, sampler)
+    steps = default_steps(sampler) if steps is None else steps
     height, width = check_size(model, size)
     out_path = check_samples_output(Path(out).expanduser(), force, resume, [model.path])
     target = resolve_device(device)
+    check_offload(offload, target)
     with setup_distributed(target) as dist:
-        pipe = load_pipeline(model, target, dtype, command="sample")
-        make_scheduler(pipe, sampler, steps)  # refuses a sampler this pipeline cannot run, before any output
+        pipe = load_pipeline(model, target, dtype, command="sample", offload=offload)
         chosen = resolve_instruction(model, instruction)
         settings = SampleSettings(
             steps=steps,
@@ -320,6 +340,8 @@ def sample_to_dir(
             width=width,
             dtype=dtype_name(pipe.transformer.dtype),
             instruction=bool(chosen),
+            dtypes=component_dtypes(pipe),
+            vae_tiling=configure_vae(pipe, height, width),
         )
         jobs = sample_jobs(items, candidates, seed)
         reused = find_reusable(out_path, jobs, settings) if resume else {}

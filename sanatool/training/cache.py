@@ -88,14 +88,18 @@ class EncodeSettings:
     dtype: str = "fp32"
     device: str = "cpu"
     batch_size: int = 32
+    variant: str | None = None  # which weights files of the encoders (a dir may hold fp32 and bf16 sets)
 
     def key_fields(self) -> dict[str, Any]:
         # The device and batch size do not change what is computed (beyond float noise): not keyed.
-        return {
+        fields: dict[str, Any] = {
             "max_sequence_length": self.max_sequence_length,
             "complex_human_instruction": self.complex_human_instruction,
             "dtype": self.dtype,
         }
+        if self.variant is not None:  # keyed only when set: caches of default files keep their names
+            fields["variant"] = self.variant
+        return fields
 
 
 def cache_key(pipeline_dir: Path, dataset: ImageDataset, settings: EncodeSettings) -> str:
@@ -177,17 +181,23 @@ def open_cache(path: Path) -> LatentCache | None:
     return LatentCache(path, meta)
 
 
-def load_encoders(pipeline_dir: Path, device: str, dtype: str) -> tuple[Any, Any, Any]:
-    """The frozen tokenizer, text encoder and VAE of a pipeline dir, in eval mode on ``device``."""
+def load_encoders(
+    pipeline_dir: Path, device: str, dtype: str, variant: str | None = None
+) -> tuple[Any, Any, Any]:
+    """The frozen tokenizer, text encoder and VAE of a pipeline dir, in eval mode on ``device``.
+
+    ``variant``: the pipeline's weights variant, read where a component has its files.
+    """
     from diffusers import AutoencoderDC
     from transformers import AutoModel, AutoTokenizer
 
     from sanatool.arch import torch_dtype
+    from sanatool.inference.pipeline import load_component
 
     target = torch_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(pipeline_dir / "tokenizer")
-    text_encoder = AutoModel.from_pretrained(pipeline_dir / "text_encoder", torch_dtype=target)
-    vae = AutoencoderDC.from_pretrained(pipeline_dir / "vae", torch_dtype=target)
+    text_encoder = load_component(AutoModel, pipeline_dir / "text_encoder", target, variant)
+    vae = load_component(AutoencoderDC, pipeline_dir / "vae", target, variant)
     for module in (text_encoder, vae):
         module.to(device).eval().requires_grad_(False)
     return tokenizer, text_encoder, vae
@@ -273,7 +283,9 @@ def build_cache(
             f"cannot create the latent cache in {cache_root} ({err.strerror or err}); pass --cache-dir DIR"
         ) from err
     try:
-        tokenizer, text_encoder, vae = load_encoders(pipeline_dir, settings.device, settings.dtype)
+        tokenizer, text_encoder, vae = load_encoders(
+            pipeline_dir, settings.device, settings.dtype, settings.variant
+        )
         scaling = float(vae.config.scaling_factor)
 
         def encode_text(texts: list[str], instruction: bool = True) -> tuple[Any, Any, Any]:

@@ -29,7 +29,10 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
     validate_options(opts, dry_run=True)
     components: ModelDir | None = None
     if opts.source is not None:
-        model = open_model_dir(opts.source)
+        from sanatool.training.run import refuse_sprint
+
+        model = open_model_dir(opts.source, opts.variant)
+        refuse_sprint(model, opts.command)
         config = model.transformer.config
         components = model if model.kind == "pipeline" else None
     else:
@@ -37,7 +40,7 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
         config = preset_config(opts.preset)
         spec = opts.components or (TINY_COMPONENTS if opts.preset == "tiny" else None)
         if spec is not None and (opts.components is not None or _builtin_installed(spec)):
-            components = open_model_dir(spec)
+            components = open_model_dir(spec, opts.variant)
     factor = _DEFAULT_FACTOR[detect_world(config)]
     encoders_bytes = None
     if components is not None and (components.path / "vae" / "config.json").is_file():

@@ -22,15 +22,18 @@ from sanatool.io.safetensors import TensorEntry, parse_size
 RUN_FILES = ("loss.jsonl", "loss.png", "training_state.json", "training_state.safetensors")
 
 
-def load_transformer(path: Path) -> Any:
-    """A ``SanaTransformer2DModel`` from a transformer dir, in fp32 (the master weights)."""
+def load_transformer(path: Path, variant: str | None = None) -> Any:
+    """A ``SanaTransformer2DModel`` from a transformer dir, in fp32 (the master weights).
+
+    ``variant``: the model's weights variant (read where the dir has its files), low-memory loading.
+    """
     import torch
     from diffusers import SanaTransformer2DModel
 
+    from sanatool.inference.pipeline import load_component
+
     try:
-        return SanaTransformer2DModel.from_pretrained(
-            str(path), torch_dtype=torch.float32, local_files_only=True
-        )
+        return load_component(SanaTransformer2DModel, path, torch.float32, variant)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelDirError(f"cannot load the transformer in {path}: {err}") from err
 
@@ -88,8 +91,17 @@ def write_model_dir(
     for name in RUN_FILES:
         (root / name).unlink(missing_ok=True)
     transformer_dir = root / "transformer"
-    write_transformer_dir(transformer_dir, config, state_entries(state, dtype), parse_size(max_shard_size))
-    fingerprint = open_transformer_dir(transformer_dir).fingerprint()
+    # Named as the carried components are (``*.bf16.safetensors`` …), so one ``variant=`` loads the output.
+    write_transformer_dir(
+        transformer_dir,
+        config,
+        state_entries(state, dtype),
+        parse_size(max_shard_size),
+        variant=components.component_variant("transformer"),
+    )
+    fingerprint = open_transformer_dir(
+        transformer_dir, components.component_variant("transformer")
+    ).fingerprint()
     write_provenance(root, parent, command, args, summary, fingerprint, origin=origin)
     return fingerprint
 

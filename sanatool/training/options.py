@@ -59,6 +59,7 @@ class TrainOptions:
     device: str = "auto"
     dtype: str | None = None
     max_shard_size: str = DEFAULT_MAX_SHARD_SIZE
+    variant: str | None = None  # the weight files to read (--variant), see ``open_model_dir``
     force: bool = False
 
     @property

@@ -79,12 +79,24 @@ def check_components(config: dict[str, Any], components: ModelDir) -> dict[str, 
     return vae
 
 
+def refuse_sprint(model: ModelDir, command: str) -> None:
+    """Refuse to train a SANA-Sprint model (or with its SCM scheduler): flow matching would unlearn its distillation."""
+    from sanatool.inference.pipeline import SPRINT_KIND, pipeline_kind
+
+    if pipeline_kind(model) == SPRINT_KIND:
+        raise InputError(
+            f"{model.path} is a SANA-Sprint model (few-step, guidance-embedding, SCM scheduler): `{command}` "
+            "trains with flow matching, but Sprint needs sCM/LADD distillation; train its SANA teacher instead"
+        )
+
+
 def resolve_sources(opts: TrainOptions) -> Sources:
     """The model to fine-tune (or the preset to train) and the pipeline that lends its encoders."""
     from sanatool.arch import preset_config
 
     if opts.source is not None:
-        model = open_model_dir(opts.source)
+        model = open_model_dir(opts.source, opts.variant)
+        refuse_sprint(model, "finetune")
         model.require_pipeline("finetune")
         identity = {"fingerprint": model.fingerprint(), "weights": content_hash(model.transformer.path)}
         return Sources(model.transformer.config, model, model, identity, None, [model.path])
@@ -96,7 +108,8 @@ def resolve_sources(opts: TrainOptions) -> Sources:
             f"train --preset {opts.preset} needs --components PIPELINE_DIR: a SanaPipeline dir whose text encoder, "
             "tokenizer, VAE and scheduler the new transformer will use"
         )
-    components = open_model_dir(spec)
+    components = open_model_dir(spec, opts.variant)
+    refuse_sprint(components, "train")
     components.require_pipeline("train")
     identity = {"preset": opts.preset, "seed": opts.seed}
     return Sources(config, components, None, identity, opts.preset, [components.path])
@@ -151,6 +164,7 @@ def prepare_cache(
         complex_human_instruction=default_instruction(sources.config),
         dtype=resolve_precision(opts.precision, ctx.device.type),
         device=str(ctx.device),
+        variant=sources.components.variant,
     )
     path = None
     if ctx.is_main:
@@ -281,10 +295,11 @@ def _train(
 
 def _load_model(opts: TrainOptions, sources: Sources, resume_from: Path | None) -> tuple[Any, Any]:
     """The model to train (from the checkpoint, the parent or fresh) and the text encoder if it trains too."""
+    variant = sources.components.variant
     if resume_from is not None:
-        model = load_transformer(resume_from / "transformer")
+        model = load_transformer(resume_from / "transformer", variant)
     elif sources.parent is not None:
-        model = load_transformer(sources.parent.transformer.path)
+        model = load_transformer(sources.parent.transformer.path, variant)
     else:
         model = init_transformer(sources.config, opts.seed)
     if opts.grad_checkpointing:
@@ -293,7 +308,9 @@ def _load_model(opts: TrainOptions, sources: Sources, resume_from: Path | None) 
         return model, None
     from sanatool.training.text_encoder import TextConditionedTransformer, load_text_encoder
 
-    text_encoder = load_text_encoder(resume_from if resume_from is not None else sources.components.path)
+    text_encoder = load_text_encoder(
+        resume_from if resume_from is not None else sources.components.path, variant
+    )
     return TextConditionedTransformer(model, text_encoder), text_encoder
 
 

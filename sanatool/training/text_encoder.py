@@ -45,12 +45,14 @@ class TextConditionedTransformer(torch.nn.Module):
         )[0]
 
 
-def load_text_encoder(pipeline_dir: Path) -> Any:
-    """A pipeline dir's text encoder in fp32 (the master weights), in training mode."""
+def load_text_encoder(pipeline_dir: Path, variant: str | None = None) -> Any:
+    """A pipeline dir's text encoder in fp32 (the master weights), in training mode (``variant``: its files' variant)."""
     from transformers import AutoModel
 
+    from sanatool.inference.pipeline import load_component
+
     try:
-        encoder = AutoModel.from_pretrained(pipeline_dir / "text_encoder", torch_dtype=torch.float32)
+        encoder = load_component(AutoModel, pipeline_dir / "text_encoder", torch.float32, variant)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelDirError(f"cannot load the text encoder in {pipeline_dir}: {err}") from err
     return encoder.train()
