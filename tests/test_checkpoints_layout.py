@@ -155,6 +155,7 @@ def test_hub_cache_sharded_info_prune_grow(cli, hub_sharded, tmp_path):
     described = json.loads(info.stdout)
     assert described["shards"] == len(list((hub_sharded / "transformer").glob("*-of-*.safetensors")))
     assert described["variant"] is None and described["depth"] == 6
+    assert described["history"] == "Efficient-Large-Model/SANA1.5_tiny_diffusers"
 
     pruned = tmp_path / "pruned"
     res = cli("prune", hub_sharded, "--drop-blocks", "2,4", "-o", pruned)
@@ -165,6 +166,8 @@ def test_hub_cache_sharded_info_prune_grow(cli, hub_sharded, tmp_path):
     for out in (pruned, grown):
         _no_links(out)
         assert not out.joinpath("controlnet").exists()
+    history = json.loads(cli("info", pruned, "--json").stdout)["history"]
+    assert history == "Efficient-Large-Model/SANA1.5_tiny_diffusers → prune(drop 2,4)"
 
     original = _load(hub_sharded).transformer
     _assert_close(_forward(_load(grown).transformer), _forward(original))

@@ -50,6 +50,7 @@ def info(
     """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from sanatool.formatting import format_block_list, human_bytes, human_count
     from sanatool.surgery.info import describe_model
@@ -59,7 +60,8 @@ def info(
         emit(described, as_json=True)
         return
     # The description is this command's result, so the table goes to stdout.
-    table = Table(title=described["path"], show_header=False, title_justify="left")
+    # Paths and file names are user text: never rich markup.
+    table = Table(title=Text(described["path"]), show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value")
     dtypes = ", ".join(f"{k} ({human_count(v)})" for k, v in described["dtypes"].items())
@@ -99,5 +101,5 @@ def info(
         )
     rows.append(("history", described["history"]))
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))
     Console(soft_wrap=False).print(table)

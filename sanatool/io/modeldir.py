@@ -32,6 +32,7 @@ from sanatool.io.jsonl import read_json_object
 from sanatool.io.modelfiles import (
     WeightSet,
     check_model_files,
+    hub_repo_id,
     resolve_variant,
     walk_model_files,
     weight_sets,
@@ -236,6 +237,11 @@ class ModelDir:
     variant: str | None = None
     #: Each weight-bearing component's sets of weights, keyed by variant (``None`` = default).
     weight_sets: dict[str, dict[str | None, WeightSet]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """What to call the model: ``ORG/NAME`` for a hub-cache snapshot, else the dir's name."""
+        return hub_repo_id(self.path) or self.path.name
 
     def component_variant(self, component: str) -> str | None:
         """The variant to pass when loading ``component`` on its own: :attr:`variant` if it holds it, else ``None``."""

@@ -33,15 +33,25 @@ _INDEX = re.compile(r"^(?P<base>[^.]+)\.safetensors\.index(?:\.(?P<variant>[^.]+
 _SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
 
 
-def allowed_roots(root: Path) -> list[Path]:
-    """Where symlinks inside ``root`` may point: ``root`` itself and, inside a hub-cache snapshot, that repo's blobs."""
-    real = root.resolve()
-    roots = [real]
+def hub_repo_dir(path: Path) -> Path | None:
+    """The hub-cache repo (``.../models--ORG--NAME``) whose snapshot holds ``path``, if any."""
+    real = path.resolve()
     for folder in (real, *real.parents):
         if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
-            roots.append(folder.parent.parent / "blobs")
-            break
-    return roots
+            return folder.parent.parent
+    return None
+
+
+def hub_repo_id(path: Path) -> str | None:
+    """``ORG/NAME`` of the hub-cache snapshot holding ``path`` (``models--ORG--NAME``), if any."""
+    repo = hub_repo_dir(path)
+    return repo.name[len("models--") :].replace("--", "/") if repo else None
+
+
+def allowed_roots(root: Path) -> list[Path]:
+    """Where symlinks inside ``root`` may point: ``root`` itself and, inside a hub-cache snapshot, that repo's blobs."""
+    repo = hub_repo_dir(root)
+    return [root.resolve()] + ([repo / "blobs"] if repo else [])
 
 
 def _within(path: Path, roots: list[Path]) -> bool:

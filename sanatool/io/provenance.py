@@ -52,7 +52,7 @@ def write_provenance(
     )
     record = {
         "format": "sanatool-provenance/1",
-        "origin": previous.get("origin") or origin or (parent.path.name if parent else command),
+        "origin": previous.get("origin") or origin or (parent.name if parent else command),
         "chain": chain,
     }
     record["model_card"] = f"A {TRANSFORMER_CLASS} made with sanatool: {chain_summary(record)}."

@@ -70,12 +70,12 @@ def describe_model(spec: str | os.PathLike, variant: str | None = None) -> dict[
                     "files": len(ws.files),
                     "used": ws.variant == model.component_variant(name),
                 }
-                for ws in sets.values()
+                for ws in sorted(sets.values(), key=lambda ws: (ws.variant is not None, ws.label))
             ]
             for name, sets in model.weight_sets.items()
             if sets
         },
         "controlnet": _controlnet(model),
-        "history": chain_summary(model.provenance, fallback_origin=model.path.name),
+        "history": chain_summary(model.provenance, fallback_origin=model.name),
         "provenance": model.provenance.get("chain", []),
     }

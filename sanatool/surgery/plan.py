@@ -128,6 +128,11 @@ class SurgeryPlan:
         )
         if self.drop:
             lines.append(f"  components dropped: {', '.join(self.drop)}")
+        variant = self.model.transformer.variant
+        if variant:
+            lines.append(
+                f"  weights: the {variant} variant, written as diffusion_pytorch_model.{variant}*.safetensors"
+            )
         lines += [f"  note: {note}" for note in self.notes]
         return lines
 
