@@ -172,6 +172,10 @@ def test_hub_cache_sharded_info_prune_grow(cli, hub_sharded, tmp_path):
     original = _load(hub_sharded).transformer
     _assert_close(_forward(_load(grown).transformer), _forward(original))
     _assert_same_model(_load(pruned).transformer, _without_blocks(original, [2, 4]))
+    # A snapshot's transformer/ alone is a bare transformer dir; its links stay inside the repo's blobs.
+    bare = tmp_path / "bare"
+    assert cli("prune", hub_sharded / "transformer", "--drop-blocks", "0", "-o", bare).code == 0
+    assert (bare / "config.json").is_file() and not (bare / "model_index.json").exists()
     # The carried text encoder is the input's (loaded through its own class, compared byte for byte).
     assert (pruned / "text_encoder" / "config.json").read_bytes() == (
         hub_sharded / "text_encoder" / "config.json"
@@ -184,6 +188,8 @@ def test_hub_cache_sharded_info_prune_grow(cli, hub_sharded, tmp_path):
 def test_variant_only_pipeline(cli, variant_only, tmp_path):
     described = json.loads(cli("info", variant_only, "--json").stdout)
     assert described["variant"] == "bf16" and set(described["dtypes"]) == {"BF16"}
+    bare = json.loads(cli("info", variant_only / "transformer", "--json").stdout)
+    assert bare["kind"] == "transformer" and bare["variant"] == "bf16"
     assert [w["variant"] for w in described["weights"]["text_encoder"]] == ["bf16"]
 
     pruned, grown = tmp_path / "pruned", tmp_path / "grown"
@@ -431,3 +437,29 @@ def test_controlnet_of_a_model_without_qk_norm(cli, tmp_path):
     res = cli("grow", model, "--to", "8", "-o", tmp_path / "out")
     _assert_refused(res, "adds QK-norm to", "--no-qk-norm", "--drop-controlnet")
     assert cli("grow", model, "--to", "8", "--no-qk-norm", "-o", tmp_path / "out").code == 0
+
+
+def test_weight_sets_of_a_folder(tmp_path):
+    from sanatool.io.modelfiles import weight_sets
+
+    for name in (
+        "model.safetensors",
+        "model.fp16.safetensors",
+        "model.bf16-00001-of-00002.safetensors",
+        "model.bf16-00002-of-00002.safetensors",
+        "model-00001-of-00002.fp32.safetensors",  # a legacy-named shard of an index: not a set of its own
+        "notes.txt",
+    ):
+        (tmp_path / name).write_bytes(b"")
+    index = {
+        "weight_map": {
+            "a": "model.bf16-00001-of-00002.safetensors",
+            "b": "model.bf16-00002-of-00002.safetensors",
+        }
+    }
+    (tmp_path / "model.safetensors.index.bf16.json").write_text(json.dumps(index))
+    sets = weight_sets(tmp_path)
+    assert sorted(sets, key=str) == sorted([None, "fp16", "bf16"], key=str)
+    assert [f.name for f in sets["bf16"].files] == list(index["weight_map"].values())
+    assert sets["bf16"].index.name == "model.safetensors.index.bf16.json"
+    assert weight_sets(tmp_path, "diffusion_pytorch_model") == {}

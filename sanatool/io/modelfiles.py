@@ -175,11 +175,10 @@ def weight_sets(folder: Path, basename: str | None = None) -> dict[str | None, W
                 sets[variant] = _index_set(folder, name, match["base"], variant)
     for name in names:
         match = _SINGLE.match(name)
-        if (
-            not match
-            or basename not in (None, match["base"])
-            or _SHARD_SUFFIX.search(name[: -len(".safetensors")])
-        ):
+        # Shards belong to an index (``model.bf16-00001-of-00002``, legacy ``model-00001-of-00002.bf16``).
+        if not match or basename not in (None, match["base"]) or _SHARD_SUFFIX.search(match["base"]):
+            continue
+        if match["variant"] and _SHARD_SUFFIX.search(match["variant"]):
             continue
         variant = match["variant"]
         if variant not in sets and (folder / name).is_file():
