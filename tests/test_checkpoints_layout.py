@@ -463,3 +463,14 @@ def test_weight_sets_of_a_folder(tmp_path):
     assert [f.name for f in sets["bf16"].files] == list(index["weight_map"].values())
     assert sets["bf16"].index.name == "model.safetensors.index.bf16.json"
     assert weight_sets(tmp_path, "diffusion_pytorch_model") == {}
+
+
+def test_hidden_entries_of_a_clone_are_not_part_of_the_model(cli, side_by_side, tmp_path):
+    """A git clone's .git (with links anywhere) is neither checked nor carried."""
+    model = tmp_path / "clone"
+    shutil.copytree(side_by_side, model)
+    (model / ".git").mkdir()
+    (model / ".git" / "hooks").symlink_to("/usr/bin")
+    out = tmp_path / "out"
+    assert cli("prune", model, "--drop-blocks", "0", "-o", out).code == 0
+    assert not (out / ".git").exists()

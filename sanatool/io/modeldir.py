@@ -342,7 +342,7 @@ def carry_components(source: ModelDir, out_root: Path, drop: Sequence[str] = ())
     for file, real in walk_model_files(source.path):
         relative = file.relative_to(source.path)
         top = relative.parts[0]
-        if top in skip or top.startswith(".") or (drop and relative == Path("model_index.json")):
+        if top in skip or (drop and relative == Path("model_index.json")):
             continue
         link_or_copy(real, out_root / relative)
         if len(relative.parts) > 1:

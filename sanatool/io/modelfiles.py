@@ -80,7 +80,11 @@ def check_link(path: Path, roots: list[Path]) -> Path:
 
 def walk_model_files(root: Path) -> Iterator[tuple[Path, Path]]:
     """Every file under ``root`` as (path under ``root``, real path), applying the symlink rule to
-    every file and folder (links to folders are followed when allowed, each real folder once)."""
+    every file and folder (links to folders are followed when allowed, each real folder once).
+
+    Hidden entries at the top (``.git``, ``.cache`` of ``local_dir`` downloads) are not part of the
+    model and are skipped.
+    """
     roots = allowed_roots(root)
     seen: set[Path] = set()
 
@@ -93,6 +97,8 @@ def walk_model_files(root: Path) -> Iterator[tuple[Path, Path]]:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as err:
             raise ModelDirError(f"cannot read {folder}: {err.strerror or err}") from err
+        if folder == root:
+            entries = [entry for entry in entries if not entry.name.startswith(".")]
         for entry in entries:
             path = Path(entry.path)
             if entry.is_dir():  # follows a link (its target is checked by the recursion)
