@@ -435,7 +435,9 @@ def test_controlnet_of_a_model_without_qk_norm(cli, tmp_path):
         standins.make_pipeline(seed=9, controlnet_layers=2, qk_norm=None), tmp_path / "sana10-controlnet"
     )
     res = cli("grow", model, "--to", "8", "-o", tmp_path / "out")
-    _assert_refused(res, "adds QK-norm to", "--no-qk-norm", "--drop-controlnet")
+    _assert_refused(res, "adds QK-norm to) blocks 1-2", "--no-qk-norm", "--drop-controlnet")
+    res = cli("grow", model, "--to", "12", "--strategy", "block", "-o", tmp_path / "out")
+    _assert_refused(res, "moves or removes blocks 1-2", "keep blocks 0-2 in place")
     assert cli("grow", model, "--to", "8", "--no-qk-norm", "-o", tmp_path / "out").code == 0
 
 
@@ -474,3 +476,13 @@ def test_hidden_entries_of_a_clone_are_not_part_of_the_model(cli, side_by_side, 
     out = tmp_path / "out"
     assert cli("prune", model, "--drop-blocks", "0", "-o", out).code == 0
     assert not (out / ".git").exists()
+
+
+def test_plan_records_variant_and_dropped_components(controlnet_pipeline, variant_only, tmp_path):
+    from sanatool.surgery.prune import plan_prune
+
+    plan = plan_prune(controlnet_pipeline, tmp_path / "a", drop_blocks="1", drop_controlnet=True)
+    assert plan.args["dropped_components"] == ["controlnet"] and "variant" not in plan.args
+    assert "components dropped: controlnet" in "\n".join(plan.describe())
+    plan = plan_prune(variant_only, tmp_path / "b", drop_blocks="1")
+    assert plan.args["variant"] == "bf16" and plan.to_json()["variant"] == "bf16"

@@ -63,7 +63,10 @@ def check_link(path: Path, roots: list[Path]) -> Path:
     or whose target is missing."""
     if not path.is_symlink():
         return path.resolve()
-    real = path.resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as err:  # a loop of links
+        raise ModelDirError(f"{path} is a symlink that cannot be resolved ({err})") from err
     if not real.exists():
         raise ModelDirError(
             f"{path} is a broken symlink: its target {real} is missing (an interrupted download? "

@@ -45,8 +45,9 @@ def check_controlnet(
     origins: Sequence[Any],
     changes_blocks: bool,
     drop_controlnet: bool,
-) -> None:
-    """Refuse surgery that moves, removes or changes a block the ControlNet feeds (unless it is dropped).
+) -> tuple[str, ...]:
+    """Refuse surgery that moves, removes or changes a block the ControlNet feeds (unless it is dropped);
+    return the components to leave out of the output (``("controlnet",)`` with ``drop_controlnet``).
 
     ``origins`` are the output blocks' :class:`~sanatool.surgery.plan.BlockOrigin`; ``changes_blocks``
     says that every copied block is changed too (QK-norm added).
@@ -54,27 +55,28 @@ def check_controlnet(
     if not has_controlnet(model):
         if drop_controlnet:
             raise InputError(f"--drop-controlnet: {model.path} has no ControlNet ({CONTROLNET}/) to drop")
-        return
+        return ()
     if drop_controlnet:
         pipeline = str((model.model_index or {}).get("_class_name"))
         if pipeline not in PLAIN_PIPELINE:
             raise InputError(
                 f"--drop-controlnet: sanatool does not know which pipeline a {pipeline} becomes without its ControlNet"
             )
-        return
+        return (CONTROLNET,)
     fed = fed_blocks(model)
-    kept = {o.index for o in origins if o.source == o.index and o.how == "copy" and not changes_blocks}
-    moved = [block for block in fed if block not in kept]
+    in_place = {o.index for o in origins if o.source == o.index and o.how == "copy"}
+    moved = [block for block in fed if block not in in_place]
     if moved:
-        if changes_blocks:
-            why, fix = "changes (adds QK-norm to)", "pass --no-qk-norm to keep them unchanged"
-        else:
-            why, fix = "moves or removes", f"keep blocks 0-{fed[-1]} in place"
+        why, fix = "moves or removes", f"keep blocks 0-{fed[-1]} in place"
+    elif fed and changes_blocks:
+        moved, why, fix = fed, "changes (adds QK-norm to)", "pass --no-qk-norm to keep them unchanged"
+    if moved:
         raise InputError(
             f"{command}: {model.path} has a ControlNet that adds residuals after transformer blocks "
             f"{format_block_list(fed)}, and this {command} {why} blocks {format_block_list(moved)}; {fix}, "
             "or pass --drop-controlnet to write a plain SanaPipeline without the ControlNet"
         )
+    return ()
 
 
 def write_plain_model_index(model: ModelDir, out_root: Path) -> None:

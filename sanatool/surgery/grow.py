@@ -40,7 +40,6 @@ from sanatool.surgery.plan import (
     non_block_entries,
     run_plan,
     shard_size,
-    surgery_drop,
 )
 
 logger = logging.getLogger("sanatool.surgery.grow")
@@ -134,7 +133,7 @@ def plan_grow(
         notes.append(note)
     new_layout = layout + (qk_norm_layout(layout) if add_qk_norm else [])
     origins = block_origins(strategy, kept, to, zero_init_copies)
-    check_controlnet(source, "grow", origins, add_qk_norm, drop_controlnet)
+    drop = check_controlnet(source, "grow", origins, add_qk_norm, drop_controlnet)
     for note in notes:
         logger.warning(note)
     if any(o.source is None for o in origins) or add_qk_norm:
@@ -170,7 +169,6 @@ def plan_grow(
         "zero_init_copies": zero_init_copies,
         "seed": seed,
     }
-    drop = surgery_drop(source, args, drop_controlnet)
     summary = f"grow({', '.join(details)})"
     return SurgeryPlan("grow", source, out_path, config, origins, entries, args, summary, notes, drop)
 

@@ -30,7 +30,7 @@ from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.io.provenance import write_provenance
 from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE, FileSlice, TensorEntry, parse_size, plan_shards
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.surgery.controlnet import CONTROLNET, write_plain_model_index
+from sanatool.surgery.controlnet import write_plain_model_index
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,13 @@ class SurgeryPlan:
     notes: list[str] = field(default_factory=list)
     #: Pipeline components left out of the output (``controlnet`` with ``--drop-controlnet``).
     drop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # What was read and left out belongs in the output's provenance.
+        if self.model.variant:
+            self.args["variant"] = self.model.variant
+        if self.drop:
+            self.args["dropped_components"] = list(self.drop)
 
     @property
     def bytes_copied(self) -> int:
@@ -171,17 +178,6 @@ def shard_size(max_shard_size: str | int) -> int:
 def check_plan_output(model: ModelDir, out: Path, force: bool) -> Path:
     """Refuse an output that exists (without ``force``) or overlaps the input, before any work."""
     return check_output_path(out, force, [model.path])
-
-
-def surgery_drop(model: ModelDir, args: dict[str, Any], drop_controlnet: bool) -> tuple[str, ...]:
-    """The components an output leaves out (the ControlNet with ``--drop-controlnet``), recorded in ``args``
-    with the variant read."""
-    if model.variant:
-        args["variant"] = model.variant
-    if drop_controlnet:
-        args["drop_controlnet"] = True
-        return (CONTROLNET,)
-    return ()
 
 
 def non_block_entries(model: ModelDir) -> list[TensorEntry]:

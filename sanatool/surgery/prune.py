@@ -25,7 +25,6 @@ from sanatool.surgery.plan import (
     non_block_entries,
     run_plan,
     shard_size,
-    surgery_drop,
 )
 
 NAIVE_STRATEGIES = ("tail", "uniform")
@@ -145,13 +144,12 @@ def plan_prune(
     blocks = source.transformer.block_tensors()
     check_uniform_blocks(blocks, source.transformer.path)
     origins = [BlockOrigin(index, block, "copy") for index, block in enumerate(kept)]
-    check_controlnet(source, "prune", origins, False, drop_controlnet)
+    drop = check_controlnet(source, "prune", origins, False, drop_controlnet)
     entries = non_block_entries(source)
     for origin in origins:
         entries += copied_block_entries(blocks[origin.source], origin.index)
     config = dict(source.transformer.config)
     config["num_layers"] = len(kept)
-    drop = surgery_drop(source, args, drop_controlnet)
     return SurgeryPlan("prune", source, out_path, config, origins, entries, args, summary, drop=drop)
 
 
