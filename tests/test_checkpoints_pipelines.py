@@ -105,7 +105,7 @@ def test_sprint_importance_runs_one_branch(cli, sprint_dir, tmp_path):
     data = json.loads((tmp_path / "i.json").read_text())
     assert data["calibration"]["steps"] == 2 and data["calibration"]["cfg_branches"] == ["cond"]
     assert len(data["scores"]) == 6 and all(score > 0 for score in data["scores"])
-    assert data["sampler"] == "scm" if "sampler" in data else data["extra"]["sampler"] == "scm"
+    assert data["sampler"] == "scm" and data["timesteps"] == pytest.approx([1.5708, 1.3])
 
 
 def test_sprint_refuses_flow_samplers_and_flow_matching_before_writing(cli, sprint_dir, shapes16, tmp_path):
