@@ -290,7 +290,9 @@ def hub_snapshot(
 
     ``cache_root/models--ORG--NAME/blobs/<sha256>`` hold the bytes, ``snapshots/<rev>/...`` hold
     relative symlinks ``../../blobs/<sha256>`` (one more ``../`` per subfolder), and ``refs/main``
-    names the revision. Returns the snapshot dir (what ``snapshot_download`` returns).
+    names the revision. Returns the snapshot dir (what ``snapshot_download`` returns). (The hub names
+    LFS blobs by their sha256 and small files by their git hash; every blob here is named by its sha256,
+    which readers cannot tell apart.)
     """
     src = Path(src_dir)
     repo = Path(cache_root) / ("models--" + repo_id.replace("/", "--"))
