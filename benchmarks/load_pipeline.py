@@ -1,10 +1,11 @@
 """Loading a real-size pipeline: time and peak memory from start to the first denoising step.
 
-A random SANA 1.5 1.6B pipeline in bf16 (the ``sana1.5-1.6b`` transformer, 3.2 GB, as ``sanatool
-init`` writes it; a DC-AE f32c32 with the real config; a Gemma-2 text encoder of the real width)
-is loaded by ``sanatool.load_pipeline`` and sampled on the CPU until the transformer's first
-call. Each run is a fresh subprocess; its wall time (interpreter start included) and peak RSS
-are taken when the first denoising step begins.
+A random SANA 1.5 1.6B pipeline (the ``sana1.5-1.6b`` transformer as ``sanatool init`` writes it;
+a DC-AE f32c32 with the real config; a Gemma-2 text encoder of the real width), stored in
+``--stored`` bf16 (3.2 GB transformer) or fp32 (6.4 GB, as the SANA repos' default files), is
+loaded in bf16 by ``sanatool.load_pipeline`` and sampled on the CPU at 256 px. Each run is a fresh
+subprocess; its wall time (interpreter start included) and peak RSS are taken when the first
+denoising step begins and when it ends (the weights, memory-mapped, are all read by then).
 
 Two paths, alternated in the same run:
 
@@ -18,7 +19,7 @@ on both paths; it is cut to ``--text-layers`` of Gemma-2-2B's 26 layers (default
 old path fits this machine's memory beside the other jobs. Each path's median, a ~95% interval,
 and the new/old ratio with its verdict are printed.
 
-    flock /tmp/bench.lock env OMP_NUM_THREADS=2 python benchmarks/load_pipeline.py --runs 3
+    flock /tmp/bench.lock env OMP_NUM_THREADS=2 python benchmarks/load_pipeline.py --runs 3 --stored bf16
 """
 
 from __future__ import annotations
@@ -70,20 +71,20 @@ DCAE_CONFIG = {
 }
 
 
-def build(model_dir: Path, text_layers: int) -> None:
+def build(model_dir: Path, text_layers: int, stored: str) -> None:
     """Write the benchmark pipeline (once): sanatool's transformer, DC-AE, a cut Gemma-2 and a tokenizer."""
     import torch
     from diffusers import AutoencoderDC, DPMSolverMultistepScheduler
     from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
 
-    from sanatool.arch import TRANSFORMER_CLASS
+    from sanatool.arch import TRANSFORMER_CLASS, torch_dtype
     from sanatool.surgery.initialize import init_model
 
     tmp = model_dir.with_name(model_dir.name + ".building")
     tmp.mkdir(parents=True, exist_ok=True)
-    init_model("sana1.5-1.6b", tmp / "transformer", dtype="bf16", seed=0, force=True)
+    init_model("sana1.5-1.6b", tmp / "transformer", dtype=stored, seed=0, force=True)
     (tmp / "transformer" / "sanatool.json").unlink(missing_ok=True)
-    AutoencoderDC(**DCAE_CONFIG).to(torch.bfloat16).save_pretrained(tmp / "vae")
+    AutoencoderDC(**DCAE_CONFIG).to(torch_dtype(stored)).save_pretrained(tmp / "vae")
     tiny = Path(__file__).resolve().parent.parent / "sanatool" / "data" / "tiny-shapes"
     tokenizer = AutoTokenizer.from_pretrained(tiny / "tokenizer")
     tokenizer.save_pretrained(tmp / "tokenizer")
@@ -100,7 +101,7 @@ def build(model_dir: Path, text_layers: int) -> None:
         bos_token_id=2,
     )
     torch.manual_seed(0)
-    Gemma2Model(config).to(torch.bfloat16).save_pretrained(tmp / "text_encoder")
+    Gemma2Model(config).to(torch_dtype(stored)).save_pretrained(tmp / "text_encoder")
     DPMSolverMultistepScheduler(
         algorithm_type="dpmsolver++",
         prediction_type="flow_prediction",
@@ -123,11 +124,18 @@ def build(model_dir: Path, text_layers: int) -> None:
 
 
 class FirstStep(Exception):
-    """Raised by the transformer's first call: the measurement point."""
+    """Raised when the first denoising step has run: the end of a measurement."""
+
+
+def _mark(started: float) -> dict[str, float]:
+    return {
+        "seconds": time.time() - started,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def child(model_dir: Path, path: str, started: float) -> None:
-    """One measurement: load, sample until the first denoising step, print JSON (seconds, peak RSS)."""
+    """One measurement: load, sample until the first step has run, print JSON (seconds, peak RSS at both marks)."""
     import sanatool.inference.pipeline as pipeline
     from sanatool.inference.sampler import generate
 
@@ -135,20 +143,25 @@ def child(model_dir: Path, path: str, started: float) -> None:
         new_kwargs = pipeline.loading_kwargs
         pipeline.loading_kwargs = lambda model: {**new_kwargs(model), "low_cpu_mem_usage": False}
     pipe = pipeline.load_pipeline(model_dir, "cpu", "bf16")
+    marks: dict[str, dict[str, float]] = {}
 
-    def stop(*_: object) -> None:
+    def begin(*_: object) -> None:
+        marks.setdefault("begin", _mark(started))
+
+    def end(*_: object) -> None:
+        marks["end"] = _mark(started)
         raise FirstStep
 
-    pipe.transformer.register_forward_pre_hook(stop)
+    pipe.transformer.register_forward_pre_hook(begin)
+    pipe.transformer.register_forward_hook(end)
     try:
-        generate(pipe, ["a cat"], [0], steps=20, guidance=4.5, instruction=None)
+        generate(pipe, ["a cat"], [0], steps=20, guidance=4.5, size=(256, 256), instruction=None)
     except FirstStep:
         pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": time.time() - started, "peak_rss": peak}))
+    print(json.dumps(marks))
 
 
-def measure(model_dir: Path, path: str) -> dict[str, float]:
+def measure(model_dir: Path, path: str) -> dict[str, dict[str, float]]:
     """Run one measurement in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     command = [sys.executable, __file__, "--child", path, "--model-dir", str(model_dir)]
@@ -159,34 +172,48 @@ def measure(model_dir: Path, path: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/sanatool-bench-sana15-1.6b"))
+    parser.add_argument(
+        "--stored", choices=("bf16", "fp32"), default="bf16", help="dtype of the stored weights."
+    )
+    parser.add_argument("--model-dir", type=Path, default=None, help="Where the pipeline is built (once).")
     parser.add_argument("--runs", type=int, default=3, help="Runs of each path (alternated).")
     parser.add_argument("--text-layers", type=int, default=2, help="Gemma-2 layers in the text encoder.")
     parser.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    model_dir = args.model_dir or Path(f"/tmp/sanatool-bench-sana15-1.6b-{args.stored}")
     if args.child:
-        child(args.model_dir, args.child, args.started)
+        child(model_dir, args.child, args.started)
         return
-    if not (args.model_dir / "model_index.json").is_file():
-        build(args.model_dir, args.text_layers)
-    size = sum(f.stat().st_size for f in args.model_dir.rglob("*") if f.is_file())
-    print(f"pipeline {args.model_dir}: {size / 1e9:.2f} GB on disk (bf16)", file=sys.stderr)
-    results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    if not (model_dir / "model_index.json").is_file():
+        build(model_dir, args.text_layers, args.stored)
+    size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    print(
+        f"pipeline {model_dir}: {size / 1e9:.2f} GB on disk ({args.stored}), loaded in bf16", file=sys.stderr
+    )
+    results: dict[str, list[dict[str, dict[str, float]]]] = {"old": [], "new": []}
     for run in range(args.runs):
         for path in ("old", "new") if run % 2 == 0 else ("new", "old"):
-            results[path].append(measure(args.model_dir, path))
+            results[path].append(measure(model_dir, path))
             print(f"  {path}: {results[path][-1]}", file=sys.stderr)
-    print("| path | to first step, s (median [~95%]) | peak RSS, GB (median [~95%]) |")
-    print("|---|---|---|")
-    for path in ("old", "new"):
-        t = median_interval([r["seconds"] for r in results[path]])
-        m = median_interval([r["peak_rss"] / 1e9 for r in results[path]])
-        print(f"| {path} | {t[0]:.1f} [{t[1]:.1f}, {t[2]:.1f}] | {m[0]:.2f} [{m[1]:.2f}, {m[2]:.2f}] |")
-    for key, label in (("seconds", "time"), ("peak_rss", "peak RSS")):
-        ratios = [new[key] / old[key] for old, new in zip(results["old"], results["new"], strict=True)]
-        ratio, low, high = median_interval(ratios)
-        print(f"{label}: new/old = {ratio:.2f} [{low:.2f}, {high:.2f}] -> {verdict(low, high)}")
+    print(f"stored {args.stored}, loaded bf16, {args.runs} runs per path")
+    print("| path | mark | seconds (median [~95%]) | peak RSS, GB (median [~95%]) |")
+    print("|---|---|---|---|")
+    for mark in ("begin", "end"):
+        for path in ("old", "new"):
+            t = median_interval([r[mark]["seconds"] for r in results[path]])
+            m = median_interval([r[mark]["peak_rss"] / 1e9 for r in results[path]])
+            print(
+                f"| {path} | first step {mark}s | {t[0]:.1f} [{t[1]:.1f}, {t[2]:.1f}] "
+                f"| {m[0]:.2f} [{m[1]:.2f}, {m[2]:.2f}] |"
+            )
+    for mark in ("begin", "end"):
+        for key, label in (("seconds", "time"), ("peak_rss", "peak RSS")):
+            pairs = zip(results["old"], results["new"], strict=True)
+            ratio, low, high = median_interval([new[mark][key] / old[mark][key] for old, new in pairs])
+            print(
+                f"{label} to first step {mark}: new/old = {ratio:.2f} [{low:.2f}, {high:.2f}] -> {verdict(low, high)}"
+            )
 
 
 if __name__ == "__main__":
