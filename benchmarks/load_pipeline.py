@@ -10,9 +10,11 @@ denoising step begins and when it ends (the weights, memory-mapped, are all read
 Two paths, alternated in the same run:
 
 - ``old``: diffusers' ``low_cpu_mem_usage=False``, what every load did while accelerate was not
-  installed (the model is built with random weights in fp32, then overwritten);
-- ``new``: sanatool's loading now (``low_cpu_mem_usage=True`` through accelerate: weights go
-  straight into empty modules).
+  installed (older diffusers built the model with random fp32 weights, then overwrote them; 0.42
+  skips the random init but still allocates every parameter and copies the weights in, unless
+  the stored dtype is the one asked for, when it adopts the memory-mapped tensors);
+- ``new``: sanatool's loading now (``low_cpu_mem_usage=True`` through accelerate: each weight goes
+  straight from the file into an empty module, converted on the way).
 
 transformers 5 always loads its models the low-memory way, so the text encoder costs the same
 on both paths; it is cut to ``--text-layers`` of Gemma-2-2B's 26 layers (default 2) so that the
