@@ -289,6 +289,7 @@ def test_variant_resolution_rules(tmp_path):
 def test_controlnet_info(cli, controlnet_pipeline):
     described = json.loads(cli("info", controlnet_pipeline, "--json").stdout)
     assert described["controlnet"] == {"class": "SanaControlNetModel", "layers": 2, "feeds_blocks": [1, 2]}
+    assert described["family"] == "SANA ControlNet"
     assert "residuals after blocks 1-2" in cli("info", controlnet_pipeline).stdout
 
 

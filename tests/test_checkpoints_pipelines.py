@@ -97,6 +97,11 @@ def test_sprint_samples_as_sana_sprint_pipeline_does(sprint_dir, tmp_path):
     _sample_and_compare(sprint_dir, tmp_path / "s3", steps=3, guidance=3.0)
 
 
+def test_info_names_sana_sprint(cli, sprint_dir):
+    assert json.loads(cli("info", sprint_dir, "--json").stdout)["family"] == "SANA-Sprint"
+    assert "SANA-Sprint pipeline" in cli("info", sprint_dir).stdout
+
+
 def test_sprint_importance_runs_one_branch(cli, sprint_dir, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

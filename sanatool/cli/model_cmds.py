@@ -66,7 +66,7 @@ def info(
     table.add_column("value")
     dtypes = ", ".join(f"{k} ({human_count(v)})" for k, v in described["dtypes"].items())
     rows = [
-        ("kind", described["kind"]),
+        ("kind", f"{described['family']} {described['kind']}"),
         ("components", ", ".join(f"{n}: {c['class']}" for n, c in described["components"].items())),
         ("depth", str(described["depth"])),
         (

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sanatool.inference.pipeline import pipeline_kind
 from sanatool.io.modeldir import ModelDir, open_model_dir, params_per_block
 from sanatool.io.provenance import chain_summary
 from sanatool.surgery.controlnet import CONTROLNET, fed_blocks, has_controlnet
@@ -43,6 +44,7 @@ def describe_model(spec: str | os.PathLike, variant: str | None = None) -> dict[
     return {
         "path": str(model.path),
         "kind": model.kind,
+        "family": pipeline_kind(model),
         "components": components,
         "class": config["_class_name"],
         "depth": tdir.num_layers,
