@@ -29,6 +29,16 @@ DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (cuda:
 MAX_SHARD_SIZE = typer.Option(
     DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."
 )
+#: Seeds are 0 … 2**32 - 1 for every command: what numpy's legacy seeding takes, and within what torch's
+#: generators take, so one range holds whatever a seed reaches.
+SEED_MAX = 2**32 - 1
+
+
+def seed_option(help: str, default: int = 0) -> Any:
+    """The ``--seed`` option, refused outside 0 … :data:`SEED_MAX` before any work (``--help`` shows the range)."""
+    return typer.Option(default, "--seed", min=0, max=SEED_MAX, help=help)
+
+
 OUT_MODEL_DIR = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force).")
 MODEL_DIR_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
 PIPELINE_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, with_options
+from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, seed_option, with_options
 from sanatool.distributed import is_main_process
 
 # ``sample`` and ``importance``: how the sampler runs.
@@ -19,7 +19,7 @@ SAMPLER_OPTIONS = (
         float,
         typer.Option(4.5, "--guidance", help="Classifier-free guidance scale (≤ 1 turns it off)."),
     ),
-    Opt("seed", int, typer.Option(0, "--seed", help="Base seed; each image's own seed derives from it.")),
+    Opt("seed", int, seed_option("Base seed; each image's own seed derives from it.")),
     Opt(
         "size",
         tuple[int, int] | None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sanatool.errors import InputError, OutputExistsError, RunFailure
+from sanatool.errors import InputError, Interrupted, OutputExistsError, RunFailure
 from sanatool.inference.sampler import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -341,6 +341,10 @@ def sample_to_dir(
                 dist.rank,
                 progress if dist.is_main else no_progress,
             )
+        except (KeyboardInterrupt, Interrupted) as err:
+            raise Interrupted.keeping(
+                err, f"the finished images are kept in {partial}; rerun with --resume to continue"
+            ) from err
         except BaseException:
             log.warning(
                 "sampling stopped; the finished images are kept in %s: rerun with --resume to continue",

@@ -260,7 +260,7 @@ def run_plan(
         progress(plan.command, done, total, **info)
 
     entries, prefetcher = _prefetched(plan.entries)
-    with atomic_output_dir(plan.out, force, inputs=[model.path]) as tmp:
+    with atomic_output_dir(plan.out, force, inputs=[model.path], size=plan.bytes_total) as tmp:
         carry_components(model, tmp)
         transformer_out = model.transformer_out(tmp)
         with prefetcher:
