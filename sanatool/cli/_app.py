@@ -92,7 +92,8 @@ def make_console(stderr: bool = False) -> Console:
     :func:`bold`), never as markup in a string."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, markup=False, emoji=False)
+    # On stderr a message or path is never broken across lines (logs are grepped); stdout's tables fit the width.
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=stderr)
 
 
 def bold(text: str) -> Any:
