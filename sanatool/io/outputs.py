@@ -43,7 +43,7 @@ def check_output_path(out: str | os.PathLike, force: bool, inputs: Sequence[str 
     given = Path(out).expanduser()
     # The output is the name given, in its real parent: ``-o LINK --force`` replaces the link, never the
     # dir it points to. The overlap check looks through the link too.
-    out_path = given.parent.resolve() / given.name
+    out_path = given.parent.resolve() / given.name if given.name not in ("", ".", "..") else given.resolve()
     for item in inputs:
         in_path = Path(item).expanduser().resolve()
         if any(
