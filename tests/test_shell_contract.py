@@ -443,3 +443,15 @@ def test_a_bad_tensor_reference_in_the_training_state_is_an_input_error(tmp_path
     (tmp_path / STATE_JSON).write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"the training state is damaged .*delete it or pass --force"):
         load_state(tmp_path)
+
+
+@pytest.mark.parametrize("shift", [float("nan"), float("inf"), -1.0, "3", True])
+def test_a_scheduler_config_with_a_non_finite_flow_shift_is_refused(shift):
+    from sanatool.arch import flow_shift
+    from sanatool.errors import ModelDirError
+
+    with pytest.raises(ModelDirError, match="flow shift .* is not a positive number"):
+        flow_shift({"flow_shift": shift})
+    assert (
+        flow_shift({"flow_shift": 3}) == 3.0 and flow_shift({"shift": 2.5}) == 2.5 and flow_shift({}) == 1.0
+    )

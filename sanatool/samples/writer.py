@@ -236,8 +236,12 @@ def sample_share(
     return len(jobs)
 
 
-def finalize_samples(out: Path, jobs: Sequence[SampleJob]) -> Path:
-    """Merge every rank's journal into ``manifest.jsonl``, draw ``grid.png``, and rename the run to ``out``."""
+def finalize_samples(out: Path, jobs: Sequence[SampleJob], replace: bool = True) -> Path:
+    """Merge every rank's journal into ``manifest.jsonl``, draw ``grid.png``, and rename the run to ``out``.
+
+    Without ``replace`` (neither ``--force`` nor ``--resume``), an ``out`` that appeared meanwhile is
+    refused, not replaced (see :func:`~sanatool.io.outputs.replace_dir`).
+    """
     partial = partial_dir(out)
     by_key: dict[tuple[int, int], dict[str, Any]] = {}
     for journal in sorted(partial.glob(_JOURNAL_GLOB)):
@@ -260,7 +264,7 @@ def finalize_samples(out: Path, jobs: Sequence[SampleJob]) -> Path:
     write_contact_sheet(partial, records, partial / GRID_NAME)
     for journal in partial.glob(_JOURNAL_GLOB):
         journal.unlink()
-    replace_dir(partial, out)
+    replace_dir(partial, out, force=replace)
     return out
 
 
@@ -353,6 +357,6 @@ def sample_to_dir(
             raise
         dist.barrier()
         if dist.is_main:
-            finalize_samples(out_path, jobs)
+            finalize_samples(out_path, jobs, replace=force or resume)
         dist.barrier()
     return out_path
