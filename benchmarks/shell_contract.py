@@ -201,7 +201,7 @@ def case_race(run: Run) -> tuple:
     second_code, _, _ = run("prune", model, "--keep", "2", "--strategy", "tail", "-o", "out")
     go.touch()
     out, err = first.communicate(timeout=TIMEOUT)
-    depth = json.loads((run.cwd / "out" / "config.json").read_text())["num_layers"]
+    depth = json.loads((run.cwd / "out" / "transformer" / "config.json").read_text())["num_layers"]
     return first.returncode, f"second run exit {second_code}; first: {_last(err)!r}; out has {depth} blocks"
 
 
@@ -345,7 +345,10 @@ def main() -> None:
         row = [name]
         for checkout in checkouts:
             with tempfile.TemporaryDirectory() as tmp:
-                code, note = case(Run(checkout, Path(tmp)))
+                try:
+                    code, note = case(Run(checkout, Path(tmp)))
+                except Exception as err:  # noqa: BLE001 - a case that cannot even be set up is a row too
+                    code, note = "case failed", f"{type(err).__name__}: {err}"
             row.append(f"{code}: {note}")
             print(f"{name} [{checkout}]: {code} | {note}", file=sys.stderr, flush=True)
         rows.append(row)

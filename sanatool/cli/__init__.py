@@ -120,7 +120,11 @@ def main() -> None:
     Exit codes: 0 done, 1 failed while running, 2 bad input or usage, 130 Ctrl-C, 143 SIGTERM.
     """
     import signal
+    import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        _run()  # only the main thread may own signal handlers
+        return
     # SIGTERM takes the same way out as Ctrl-C: the same cleanup, checkpoint and one line.
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
