@@ -10,6 +10,7 @@ file of an input reaches an output.
 from __future__ import annotations
 
 import errno
+import glob
 import logging
 import os
 import re
@@ -97,7 +98,7 @@ def remove_stale_temps(out: Path) -> list[Path]:
     return them. A live run's, or another machine's, are left alone."""
     removed = []
     try:
-        siblings = list(out.parent.glob(f".{glob_escape(out.name)}.*-*"))
+        siblings = list(out.parent.glob(f".{glob.escape(out.name)}.*-*"))
     except OSError:
         return removed
     for path in siblings:
@@ -108,11 +109,6 @@ def remove_stale_temps(out: Path) -> list[Path]:
         removed.append(path)
         log.warning("removed %s, left by a run of %s that died (pid %s)", path, out, match.group(1))
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob's special characters matched literally."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _no_space(err: OSError, out: Path, needed: int | None) -> RunFailure:
