@@ -254,28 +254,8 @@ def case_absurd_n(run: Run) -> tuple:
     return code, f"{_last(err)!r} after {time.perf_counter() - started:.1f}s"
 
 
-def case_checkpoint(kind: str) -> Callable[[Run], tuple]:
-    def run_case(run: Run) -> tuple:
-        data = _data(run)
-        run_dir = run.cwd / "ft.checkpoints"
-        folder = run_dir / ("step-abc" if kind == "name" else "step-00000002")
-        folder.mkdir(parents=True)
-        meta = {
-            "invalid": "{not json",
-            "no-step": json.dumps({"identity": {}}),
-            "name": json.dumps({"step": 2}),
-        }
-        (folder / "checkpoint.json").write_text(meta[kind])
-        code, out, err = run(
-            "finetune", "builtin:tiny-shapes", "--data", data, "--steps", "3", "--device", "cpu", "-o", "ft",
-            "--resume",
-        )  # fmt: skip
-        return code, _last(err)
-
-    return run_case
-
-
-def case_bad_tensor_reference(run: Run) -> tuple:
+def _damaged_run(run: Run, damage: Callable[[Path], None]) -> tuple:
+    """Fine-tune 2 steps keeping a checkpoint, damage it, then resume."""
     data = _data(run)
     common = [
         "finetune",
@@ -291,10 +271,37 @@ def case_bad_tensor_reference(run: Run) -> tuple:
     ]
     run(*common, "--steps", "2", "--save-every", "1")
     (checkpoint,) = (run.cwd / "ft.checkpoints").glob("step-*")
-    path = checkpoint / "training_state.json"
-    path.write_text(path.read_text().replace('"__tensor__": "state.', '"__tensor__": "nowhere.', 1))
-    code, out, err = run(*common, "--steps", "3", "--resume", "--force")
+    damage(checkpoint)
+    code, out, err = run(*common, "--steps", "3", "--resume", "--force")  # --force: ft exists
     return code, _last(err)
+
+
+def _edit_meta(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def damage(checkpoint: Path) -> None:
+        path = checkpoint / "checkpoint.json"
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps(edit(meta)))
+
+    return damage
+
+
+def case_checkpoint(kind: str) -> Callable[[Run], tuple]:
+    def rename(checkpoint: Path) -> None:
+        checkpoint.rename(checkpoint.with_name("step-abc"))
+
+    def bad_reference(checkpoint: Path) -> None:
+        path = checkpoint / "training_state.json"
+        path.write_text(path.read_text().replace('"__tensor__": "state.', '"__tensor__": "nowhere.', 1))
+
+    damage = {
+        "invalid": lambda checkpoint: (checkpoint / "checkpoint.json").write_text("{not json"),
+        "list": _edit_meta(lambda meta: [meta]),
+        "no-step": _edit_meta(lambda meta: {k: v for k, v in meta.items() if k != "step"}),
+        "step-abc": _edit_meta(lambda meta: {**meta, "step": "abc"}),
+        "name": rename,
+        "tensor": bad_reference,
+    }[kind]
+    return lambda run: _damaged_run(run, damage)
 
 
 CASES: list[tuple[str, Callable[[Run], tuple]]] = [
@@ -323,9 +330,11 @@ CASES: list[tuple[str, Callable[[Run], tuple]]] = [
     ("F13 sample --guidance inf", case_usage("sample", "builtin:tiny-shapes", "--prompt", "x", "--guidance", "inf", "--steps", "1", "--device", "cpu", "-o", "o")),
     ("F16 data shapes --n 10**12", case_absurd_n),
     ("F17 checkpoint.json invalid", case_checkpoint("invalid")),
+    ("F17 checkpoint.json a list", case_checkpoint("list")),
     ("F17 checkpoint.json without step", case_checkpoint("no-step")),
-    ("F17 run dir holds step-abc", case_checkpoint("name")),
-    ("F17 bad tensor reference", case_bad_tensor_reference),
+    ("F17 checkpoint.json step 'abc'", case_checkpoint("step-abc")),
+    ("F17 run dir named step-abc", case_checkpoint("name")),
+    ("F17 bad tensor reference", case_checkpoint("tensor")),
 ]  # fmt: skip
 
 

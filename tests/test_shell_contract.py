@@ -403,28 +403,44 @@ def _checkpoint(run_dir: Path, name: str, meta: object) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("name", "meta", "resume", "said"),
+    ("name", "meta", "flags", "said"),
     [
-        ("step-abc", {"step": 1}, False, "{folder} is not a checkpoint (a step-NUMBER dir)"),
-        ("step-abc", {"step": 1}, True, "{folder} is not a checkpoint (a step-NUMBER dir)"),
-        ("step-00000002", "{not json", True, "checkpoint record {folder}/checkpoint.json is not valid JSON"),
+        ("step-abc", {"step": 1}, (), "{folder} is not a checkpoint (a step-NUMBER dir)"),
+        ("step-abc", {"step": 1}, ("--resume",), "{folder} is not a checkpoint (a step-NUMBER dir)"),
+        (
+            "step-abc",
+            {"step": 1},
+            ("--resume", "--force"),
+            "{folder} is not a checkpoint (a step-NUMBER dir)",
+        ),
+        (
+            "step-00000002",
+            "{not json",
+            ("--resume",),
+            "checkpoint record {folder}/checkpoint.json is not valid JSON",
+        ),
         (
             "step-00000002",
             {"identity": {}},
-            True,
+            ("--resume",),
             "{folder}/checkpoint.json has no step matching its dir (None)",
         ),
-        ("step-00000002", {"step": "2"}, True, "{folder}/checkpoint.json has no step matching its dir ('2')"),
+        (
+            "step-00000002",
+            {"step": "2"},
+            ("--resume",),
+            "{folder}/checkpoint.json has no step matching its dir ('2')",
+        ),
     ],
 )
 def test_a_damaged_checkpoint_is_one_line_exit_2_and_left_as_it_is(
-    cli, shapes_data, tmp_path, name, meta, resume, said
+    cli, shapes_data, tmp_path, name, meta, flags, said
 ):
     out = tmp_path / "ft"
     folder = _checkpoint(tmp_path / "ft.checkpoints", name, meta)
     before = sorted(p.name for p in folder.parent.rglob("*"))
     args = ["finetune", "builtin:tiny-shapes", "--data", shapes_data, "-o", out, "--steps", "3"]
-    result = cli(*args, *(["--resume"] if resume else []))
+    result = cli(*args, *flags)
     assert result.code == 2, result.stderr
     (line,) = _lines(result.stderr)
     assert line.startswith("error: " + said.format(folder=folder)) and "delete it or pass --force" in line

@@ -161,7 +161,7 @@ def prepare_run_dir(opts: TrainOptions, run_dir: Path, out: Path, inputs: list[P
             raise InputError(
                 f"the checkpoint dir {run_dir} is inside {path}; pass a --checkpoint-dir outside the output and inputs"
             )
-    if not opts.force:
+    if opts.resume or not opts.force:  # --force alone starts over; with --resume it only replaces the output
         check_run_dir(run_dir)
     if opts.resume:
         latest = latest_checkpoint(run_dir)
