@@ -18,7 +18,8 @@ cheap and ``sanatool info`` never imports torch)::
 
 ``CAME`` and ``CAME8bit`` are ``torch.optim`` optimizers. Every function raises
 :class:`SanatoolError` (``InputError`` for bad input) with a message a user can act on, and
-reports progress through an optional ``progress`` callback; none prints.
+reports progress through an optional ``progress`` callback; none prints. Ctrl-C or SIGTERM during
+``finetune``/``train``/``sample`` raises :class:`Interrupted` (a ``BaseException``) saying what was kept.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ _API = {
     "SanatoolError": ("sanatool.errors", "SanatoolError"),
     "InputError": ("sanatool.errors", "InputError"),
     "RunFailure": ("sanatool.errors", "RunFailure"),
+    "Interrupted": ("sanatool.errors", "Interrupted"),
 }
 
 __all__ = [
     "CAME",
     "CAME8bit",
     "InputError",
+    "Interrupted",
     "RunFailure",
     "SanatoolError",
     "__version__",
@@ -77,7 +80,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from sanatool.errors import InputError, RunFailure, SanatoolError
+    from sanatool.errors import InputError, Interrupted, RunFailure, SanatoolError
     from sanatool.inference.importance import compute_importance as importance
     from sanatool.inference.pipeline import load_pipeline
     from sanatool.inference.sampler import generate

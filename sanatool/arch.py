@@ -23,6 +23,7 @@ wherever a command has to treat it differently. This module never imports torch 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -266,8 +267,19 @@ def vae_scale_factor(vae_config: Mapping[str, Any]) -> int:
 
 def flow_shift(scheduler_config: Mapping[str, Any]) -> float:
     """The timestep shift of a flow scheduler config (``flow_shift`` of Flow-DPM-Solver, ``shift``
-    of flow Euler; 1.0 when neither is set)."""
-    return float(scheduler_config.get("flow_shift") or scheduler_config.get("shift") or 1.0)
+    of flow Euler; 1.0 when neither is set). A shift that is not a positive finite number is refused:
+    NaN would turn every sigma into NaN (black images, a NaN loss)."""
+    value = scheduler_config.get("flow_shift") or scheduler_config.get("shift") or 1.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ModelDirError(
+            f"the scheduler config's flow shift {value!r} is not a positive number; the config is corrupt"
+        )
+    return float(value)
 
 
 def train_timesteps(scheduler_config: Mapping[str, Any]) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class SanatoolError(Exception):
     """A failure with a message the user can act on (what, where, what to do).
@@ -28,3 +30,27 @@ class OutputExistsError(InputError):
 
 class RunFailure(SanatoolError):
     """The work started but could not finish (e.g. NaN loss, unreadable images). Exit code 1."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run; ``kept`` says what it left for the user.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` swallows it and
+    every cleanup on the way out runs. Code that keeps something resumable re-raises it with
+    :meth:`keeping`. The CLI exits with 128 + the signal's number (130, 143) after one line.
+    """
+
+    def __init__(self, signum: int = signal.SIGINT, kept: str = "") -> None:
+        super().__init__(signum, kept)
+        self.signum = int(signum)
+        self.kept = kept
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a death by signal: 128 + its number."""
+        return 128 + self.signum
+
+    @classmethod
+    def keeping(cls, err: BaseException, kept: str) -> Interrupted:
+        """The interruption ``err`` (a ``KeyboardInterrupt`` is SIGINT), saying that ``kept`` was kept."""
+        return cls(err.signum if isinstance(err, Interrupted) else signal.SIGINT, kept)

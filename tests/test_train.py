@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sanatool.errors import Interrupted
 from sanatool.io.modeldir import open_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,8 +103,9 @@ def test_resume_after_ctrl_c_is_bit_exact(tiny_pipeline, shapes_data, tmp_path):
         if task == "train" and done == 10 and info:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         run_training(TrainOptions(out=tmp_path / "split", **common), progress=ctrl_c_at_10)
+    assert stopped.value.exit_code == 130 and "step-00000010" in stopped.value.kept
     run_dir = tmp_path / "split.checkpoints"
     assert [p.name for p in run_dir.glob("step-*")] == ["step-00000010"]
     assert open_model_dir(run_dir / "step-00000010").kind == "pipeline"  # a checkpoint is a usable model dir

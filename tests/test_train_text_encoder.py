@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sanatool.errors import Interrupted
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -91,8 +93,9 @@ def test_train_text_encoder_resumes_bit_exact(tiny_pipeline, shapes_data, tmp_pa
         if task == "train" and done == 3 and info:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         run_training(TrainOptions(out=tmp_path / "split", **common), progress=ctrl_c_at_3)
+    assert stopped.value.exit_code == 130 and "step-00000003" in stopped.value.kept
     with pytest.raises(Exception, match="was trained with --train-text-encoder"):
         run_training(
             TrainOptions(out=tmp_path / "split", resume=True, **{**common, "train_text_encoder": False})

@@ -11,7 +11,7 @@ import typer
 
 from sanatool import __version__
 from sanatool.cli._app import app as _typer_app
-from sanatool.cli._app import console, setup_logging, state
+from sanatool.cli._app import click_module, console, setup_logging, state
 
 # Where each command is defined. Importing a module registers its commands on the app, so a run
 # of one command imports only its module (``main``); ``app`` (tests, docs) has them all.
@@ -90,36 +90,87 @@ def _root(
     setup_logging(debug)
 
 
-def main() -> None:
-    """Entry point: run the app, turning library errors into one line and an exit code."""
-    from sanatool.errors import SanatoolError
+def _error(message: str) -> None:
+    """One line on stderr. The message is the user's text as much as ours (paths, prompts): no markup."""
+    from rich.text import Text
 
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    from sanatool.errors import Interrupted
+
+    raise Interrupted(signum)
+
+
+def _report_interrupt(err: Any) -> None:
+    import signal
+
+    what = (
+        "interrupted (Ctrl-C)"
+        if err.signum == signal.SIGINT
+        else f"stopped by {signal.Signals(err.signum).name}"
+    )
+    console.print(f"{what}: {err.kept or 'nothing was written'}", soft_wrap=True)
+
+
+def main() -> None:
+    """Entry point: run the app, turning library errors into one line and an exit code.
+
+    Exit codes: 0 done, 1 failed while running, 2 bad input or usage, 130 Ctrl-C, 143 SIGTERM.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        _run()  # only the main thread may own signal handlers
+        return
+    # SIGTERM takes the same way out as Ctrl-C: the same cleanup, checkpoint and one line.
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run() -> None:
+    import signal
+
+    from sanatool.errors import Interrupted, SanatoolError
+
+    click_errors = click_module("exceptions")
     try:
         _register_for(sys.argv[1:])
-        _typer_app(standalone_mode=False)
+        code = _typer_app(standalone_mode=False)
     except SanatoolError as err:
         if state.debug:
             traceback.print_exc()
-        console.print(f"[red]error:[/red] {err}", markup=True, soft_wrap=True)
+        _error(str(err))
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
-    except typer.Exit as ex:
-        sys.exit(ex.exit_code)
-    except typer.Abort:
+    except Interrupted as err:
+        if state.debug:
+            traceback.print_exc()
+        _report_interrupt(err)
+        sys.exit(err.exit_code)
+    except click_errors.NoArgsIsHelpError as err:
+        # `sanatool` alone asks for the help (Typer's rich help has printed itself already).
+        if err.format_message():
+            sys.stdout.write(err.format_message() + "\n")
+        sys.exit(0)
+    except click_errors.ClickException as err:
+        err.show()  # click's usage line, the hint and the error
+        sys.exit(err.exit_code)
+    except (typer.Abort, EOFError):
         console.print("aborted")
         sys.exit(1)
     except Exception as err:  # noqa: BLE001 - the CLI boundary: one line unless --debug
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
         if state.debug:
             traceback.print_exc()
-        console.print(
-            f"[red]error:[/red] {type(err).__name__}: {err} (run with --debug for the traceback)",
-            soft_wrap=True,
-        )
+        _error(f"{type(err).__name__}: {err} (run with --debug for the traceback)")
         sys.exit(1)
+    # Not standalone, Typer returns what it would have exited with: typer.Exit's code, or 130 for a
+    # Ctrl-C that came before the command started (after that, the command group turns it into Interrupted).
+    if isinstance(code, int) and code:
+        if code == 128 + signal.SIGINT:
+            _report_interrupt(Interrupted(signal.SIGINT))
+        sys.exit(code)

@@ -14,12 +14,69 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+
+def click_module(name: str) -> Any:
+    """A module of the click that Typer parses with: its own copy (typer >= 0.24) or click itself."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"typer._click.{name}")
+    except ImportError:
+        return importlib.import_module(f"click.{name}")
+
+
+def _finite(callback: Any) -> Any:
+    import math
+
+    def check(ctx: Any, param: Any, value: Any) -> Any:
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise click_module("exceptions").BadParameter(f"{value} is not a finite number", ctx, param)
+        return callback(ctx, param, value) if callback is not None else value
+
+    check.finite = True  # type: ignore[attr-defined]
+    return check
+
+
+def refuse_non_finite(command: Any) -> Any:
+    """Make every float option of ``command`` (and of its subcommands) refuse nan and ±inf, which
+    Python's ``float`` accepts: a NaN guidance silently turns guidance off, an infinite one draws black."""
+    float_type = click_module("types").FloatParamType
+    for param in command.params:
+        if isinstance(param.type, float_type) and not getattr(param.callback, "finite", False):
+            param.callback = _finite(param.callback)
+    for sub in getattr(command, "commands", {}).values():
+        refuse_non_finite(sub)
+    return command
+
+
+class _Group(TyperGroup):
+    """The command group. Every float option refuses nan and inf (:func:`refuse_non_finite`), and a
+    Ctrl-C inside a command leaves it as :class:`~sanatool.errors.Interrupted`: Typer would turn
+    ``KeyboardInterrupt`` into a return value (standalone mode off), losing it.
+    """
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        return refuse_non_finite(command) if command is not None else None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            from sanatool.errors import Interrupted
+
+            raise Interrupted.keeping(err, "") from err
+
+
 app = typer.Typer(
     name="sanatool",
+    cls=_Group,
     help="Model surgery for SANA diffusion transformers: grow, score, prune, fine-tune, sample, judge.",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -27,6 +84,23 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console that never reads text as markup: paths, prompts and messages are the user's text,
+    and ``[/x]`` in a file name must print as itself. Styling is given as ``rich.text.Text`` (see
+    :func:`bold`), never as markup in a string."""
+    from rich.console import Console
+
+    # On stderr a message or path is never broken across lines (logs are grepped); stdout's tables fit the width.
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=stderr)
+
+
+def bold(text: str) -> Any:
+    """``text`` in bold, for a table cell (the consoles read no markup)."""
+    from rich.text import Text
+
+    return Text(text, style="bold")
 
 
 class _LazyConsole:
@@ -37,9 +111,7 @@ class _LazyConsole:
 
     def get(self) -> Console:
         if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=True, highlight=False)
+            self._console = make_console(stderr=True)
         return self._console
 
     def __getattr__(self, name: str) -> Any:
@@ -136,14 +208,15 @@ def progress_bar(quiet: bool = False) -> Iterator[Any]:
         TimeRemainingColumn,
     )
 
+    # Task names and the values in ``info`` can hold the user's text (paths): never markup.
     columns = (
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
     )
     with Progress(*columns, console=_lazy_console.get(), transient=False) as bar:
         ids: dict[str, Any] = {}

@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE
+from sanatool.cli._app import app, bold, console, emit, progress_bar
+from sanatool.cli.options import DEVICE, FORCE, seed_option
 
 # Row titles for the shapes world's six categories (the evaluator's names are identifiers).
 _CATEGORY_TITLES = {
@@ -41,7 +41,7 @@ def _print_report(report: Any) -> None:
         table.add_column(row.name, justify="right")
     for name in rows[0].categories:
         table.add_row(_CATEGORY_TITLES.get(name, name), *(f"{row.categories[name]:.2f}" for row in rows))
-    table.add_row("[bold]overall[/]", *(f"[bold]{row.overall:.3f}[/]" for row in rows), end_section=True)
+    table.add_row(bold("overall"), *(bold(f"{row.overall:.3f}") for row in rows), end_section=True)
     table.add_row("blocks", *(str(row.blocks) for row in rows))
     table.add_row("params", *(human_count(row.params) for row in rows))
     table.add_row("build s", *(f"{row.build_seconds:.0f}" if row.build_seconds else "–" for row in rows))
@@ -72,7 +72,7 @@ def demo(
         "--model",
         help="Shapes-world pipeline dir to run on (builtin:tiny-shapes or a model made from it).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampling, calibration and fine-tuning noise."),
+    seed: int = seed_option("Seed of the sampling, calibration and fine-tuning noise."),
     device: str = DEVICE,
     force: bool = FORCE,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of the path."),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON
+from sanatool.cli.options import DEVICE, FORCE, JSON, seed_option
 
 _JUDGE_HELP = (
     "shapes (the rule-based evaluator: an oracle), clip:PATH (a transformers CLIPModel dir), "
@@ -70,7 +70,7 @@ def judge(
         f"{result.judge_calls} judge calls, {result.matches} matches"
     )
     if result.judge.get("oracle"):
-        console.print(f"[yellow]note:[/yellow] {ORACLE_NOTE}")
+        console.print(f"note: {ORACLE_NOTE}")
     emit(result.to_json() if as_json else result.out, as_json)
 
 
@@ -91,7 +91,7 @@ def train_verifier_cmd(
         "--heldout",
         help="Share of the samples' prompts held out to measure agreement with the evaluator.",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the data and the init (same seed, same verifier)."),
+    seed: int = seed_option("Seed of the data and the init (same seed, same verifier)."),
     device: str = DEVICE,
     force: bool = FORCE,
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from sanatool.cli._app import app, emit, progress_bar
-from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, VARIANT
+from sanatool.cli._app import app, emit, make_console, progress_bar
+from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, VARIANT, seed_option
 
 
 @app.command()
@@ -17,7 +17,7 @@ def init(
     ),
     out: Path = OUT_MODEL_DIR,
     dtype: str = typer.Option("fp32", "--dtype", help="bf16, fp16 or fp32."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random init (same seed, same bytes)."),
+    seed: int = seed_option("Seed of the random init (same seed, same bytes)."),
     max_shard_size: str = MAX_SHARD_SIZE,
     force: bool = FORCE,
 ) -> None:
@@ -48,7 +48,6 @@ def info(
 
     Example: sanatool info builtin:tiny-shapes --json
     """
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -102,4 +101,4 @@ def info(
     rows.append(("history", described["history"]))
     for key, value in rows:
         table.add_row(key, Text(value))
-    Console(soft_wrap=False).print(table)
+    make_console().print(table)

@@ -34,6 +34,16 @@ VARIANT = typer.Option(
     "--variant",
     help="Which weight files to read, e.g. bf16 for *.bf16.safetensors (default: the default set, or the only one).",
 )
+#: Seeds are 0 … 2**32 - 1 for every command: what numpy's legacy seeding takes, and within what torch's
+#: generators take, so one range holds whatever a seed reaches.
+SEED_MAX = 2**32 - 1
+
+
+def seed_option(help: str, default: int = 0) -> Any:
+    """The ``--seed`` option, refused outside 0 … :data:`SEED_MAX` before any work (``--help`` shows the range)."""
+    return typer.Option(default, "--seed", min=0, max=SEED_MAX, help=help)
+
+
 OUT_MODEL_DIR = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force).")
 MODEL_DIR_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
 PIPELINE_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, VARIANT, Opt, with_options
+from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, VARIANT, Opt, seed_option, with_options
 from sanatool.distributed import is_main_process
 
 # ``sample`` and ``importance``: how the sampler runs.
@@ -27,7 +27,7 @@ SAMPLER_OPTIONS = (
             help="Classifier-free guidance scale (≤ 1 turns it off); SANA-Sprint embeds it instead.",
         ),
     ),
-    Opt("seed", int, typer.Option(0, "--seed", help="Base seed; each image's own seed derives from it.")),
+    Opt("seed", int, seed_option("Base seed; each image's own seed derives from it.")),
     Opt(
         "size",
         tuple[int, int] | None,

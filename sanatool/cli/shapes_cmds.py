@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import FORCE, JSON
+from sanatool.cli._app import app, bold, console, emit, progress_bar
+from sanatool.cli.options import FORCE, JSON, seed_option
 
 if TYPE_CHECKING:
     from sanatool.samples.evaluate import EvalReport
@@ -24,7 +24,7 @@ def data_shapes(
         None, "--n", "-n", help="Number of images; with --prompts, renders per prompt (default 1)."
     ),
     size: int = typer.Option(32, "--size", help="Image side in pixels (32 or 64 are typical)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of captions and renders (same seed, same bytes)."),
+    seed: int = seed_option("Seed of captions and renders (same seed, same bytes)."),
     prompts: Path | None = typer.Option(
         None,
         "--prompts",
@@ -98,8 +98,8 @@ def _print_table(report: EvalReport) -> None:
         )
     table.add_section()
     table.add_row(
-        "[bold]overall[/]",
-        f"[bold]{report.overall:.3f}[/]",
+        bold("overall"),
+        bold(f"{report.overall:.3f}"),
         f"{summary['correct']}/{report.scored}",
         f"{report.overall_score:.3f}",
     )
@@ -110,8 +110,7 @@ def _print_table(report: EvalReport) -> None:
         first = report.failures[0]
         console.print(
             f"{len(report.failures)} image(s) missed a clause, e.g. line {first.line} ({first.prompt!r}): "
-            f"{'; '.join(first.failed)}",
-            markup=False,
+            f"{'; '.join(first.failed)}"
         )
 
 

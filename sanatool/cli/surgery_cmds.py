@@ -8,7 +8,15 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DRY_RUN, FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, VARIANT
+from sanatool.cli.options import (
+    DRY_RUN,
+    FORCE,
+    MAX_SHARD_SIZE,
+    MODEL_DIR_HELP,
+    OUT_MODEL_DIR,
+    VARIANT,
+    seed_option,
+)
 
 _PLAN_JSON = typer.Option(False, "--json", help="Print JSON instead of the path (or plan).")
 _DROP_CONTROLNET = typer.Option(
@@ -77,9 +85,7 @@ def grow(
         "--zero-init-copies",
         help="cyclic/block: zero the repeated copies' output projections and gates.",
     ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of the new blocks' random weights (same seed, same bytes)."
-    ),
+    seed: int = seed_option("Seed of the new blocks' random weights (same seed, same bytes)."),
     variant: str | None = VARIANT,
     drop_controlnet: bool = _DROP_CONTROLNET,
     max_shard_size: str = MAX_SHARD_SIZE,

@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from sanatool.cli._app import app, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, MAX_SHARD_SIZE, VARIANT, Opt, with_options
+from sanatool.cli._app import app, bold, emit, make_console, progress_bar
+from sanatool.cli.options import DEVICE, FORCE, JSON, MAX_SHARD_SIZE, VARIANT, Opt, seed_option, with_options
 
 # ``train`` and ``finetune``: every TrainOptions field both commands take (names are its fields).
 TRAINING_OPTIONS = (
@@ -60,7 +60,7 @@ TRAINING_OPTIONS = (
     Opt(
         "seed",
         int,
-        typer.Option(0, "--seed", help="Seed of data order, noise, timesteps and caption dropout."),
+        seed_option("Seed of data order, noise, timesteps and caption dropout."),
     ),
     Opt(
         "cache_dir",
@@ -174,7 +174,6 @@ def _run(shared: dict[str, Any], **command_options: Any) -> None:
 
 
 def _dry_run(opts: Any, as_json: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from sanatool.formatting import human_bytes, human_count
@@ -195,11 +194,11 @@ def _dry_run(opts: Any, as_json: bool) -> None:
     table.add_column("memory", justify="right")
     for name, value in budget.rows.items():
         table.add_row(name, human_bytes(value))
-    table.add_row("[bold]total[/]", f"[bold]{human_bytes(budget.total)}[/]")
+    table.add_row(bold("total"), bold(human_bytes(budget.total)))
     fits = ", ".join(f"{size}: {'yes' if ok else 'no'}" for size, ok in budget.fits().items())
     table.caption = f"fits (with ~1.5 GB for CUDA context and buffers): {fits}"
     # The budget is this command's result, so the table goes to stdout.
-    Console(soft_wrap=False).print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -266,7 +265,7 @@ def train_vae_cmd(
     steps: int = typer.Option(3000, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, cosine decay)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the VAE init, text encoder init and data order."),
+    seed: int = seed_option("Seed of the VAE init, text encoder init and data order."),
     dtype: str = typer.Option("fp16", "--dtype", help="Stored dtype of the VAE and text encoder."),
     force: bool = FORCE,
     as_json: bool = JSON,

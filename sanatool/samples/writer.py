@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sanatool.errors import InputError, OutputExistsError, RunFailure
+from sanatool.errors import InputError, Interrupted, OutputExistsError, RunFailure
 from sanatool.inference.sampler import (
     DEFAULT_GUIDANCE,
     check_settings,
@@ -242,8 +242,12 @@ def sample_share(
     return len(jobs)
 
 
-def finalize_samples(out: Path, jobs: Sequence[SampleJob]) -> Path:
-    """Merge every rank's journal into ``manifest.jsonl``, draw ``grid.png``, and rename the run to ``out``."""
+def finalize_samples(out: Path, jobs: Sequence[SampleJob], replace: bool = True) -> Path:
+    """Merge every rank's journal into ``manifest.jsonl``, draw ``grid.png``, and rename the run to ``out``.
+
+    Without ``replace`` (neither ``--force`` nor ``--resume``), an ``out`` that appeared meanwhile is
+    refused, not replaced (see :func:`~sanatool.io.outputs.replace_dir`).
+    """
     partial = partial_dir(out)
     by_key: dict[tuple[int, int], dict[str, Any]] = {}
     for journal in sorted(partial.glob(_JOURNAL_GLOB)):
@@ -266,7 +270,7 @@ def finalize_samples(out: Path, jobs: Sequence[SampleJob]) -> Path:
     write_contact_sheet(partial, records, partial / GRID_NAME)
     for journal in partial.glob(_JOURNAL_GLOB):
         journal.unlink()
-    replace_dir(partial, out)
+    replace_dir(partial, out, force=replace)
     return out
 
 
@@ -363,6 +367,10 @@ def sample_to_dir(
                 dist.rank,
                 progress if dist.is_main else no_progress,
             )
+        except (KeyboardInterrupt, Interrupted) as err:
+            raise Interrupted.keeping(
+                err, f"the finished images are kept in {partial}; rerun with --resume to continue"
+            ) from err
         except BaseException:
             log.warning(
                 "sampling stopped; the finished images are kept in %s: rerun with --resume to continue",
@@ -371,6 +379,6 @@ def sample_to_dir(
             raise
         dist.barrier()
         if dist.is_main:
-            finalize_samples(out_path, jobs)
+            finalize_samples(out_path, jobs, replace=force or resume)
         dist.barrier()
     return out_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -16,12 +17,16 @@ from sanatool.io.outputs import atomic_output_dir
 from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.shapes.render import render_spec
-from sanatool.shapes.suites import training_captions
+from sanatool.shapes.suites import iter_training_captions
 from sanatool.shapes.world import MAX_OBJECTS, validate_spec
 
 #: What a ground-truth samples dir records as its "model" and "sampler".
 GROUND_TRUTH_MODEL = "ground-truth"
 GROUND_TRUTH_SAMPLER = "render"
+
+#: The most images one data set or ground-truth samples dir holds: ten million 32px renders are days of
+#: rendering and ten million files in one folder; an absurd count is refused before any work.
+MAX_IMAGES = 10_000_000
 
 
 def render_seed(seed: int, index: int) -> int:
@@ -34,9 +39,12 @@ def _check_size(size: int) -> None:
         raise InputError(f"--size must be an integer from 16 to 1024, got {size!r}")
 
 
-def _check_positive(name: str, value: int) -> None:
+def _check_count(name: str, value: int, total: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
+    total = value if total is None else total
+    if total > MAX_IMAGES:
+        raise InputError(f"{name} asks for {total:,} images; the most one output holds is {MAX_IMAGES:,}")
 
 
 def _ticks(total: int) -> int:
@@ -55,13 +63,14 @@ def write_shapes_dataset(
     """Write ``n`` captioned renders as an image folder: ``00000.png``… and ``metadata.jsonl``.
 
     Each metadata line is ``{"file_name": "00000.png", "text": "<caption>"}`` (the Hugging
-    Face imagefolder convention). Captions come from :func:`training_captions` (evaluation
+    Face imagefolder convention). Captions come from :func:`iter_training_captions` (evaluation
     prompts held out). The output is atomic; an existing ``out_dir`` is refused unless
     ``force``. Same ``n``, ``size`` and ``seed`` give the same bytes. Returns the output path.
     """
-    _check_positive("--n (the number of images)", n)
+    _check_count("--n (the number of images)", n)
     _check_size(size)
-    captions = training_captions(n, seed)
+    # Streamed: memory stays one caption, whatever n.
+    captions = itertools.islice(iter_training_captions(seed), n)
     width = max(5, len(str(n - 1)))
     step = _ticks(n)
     with (
@@ -92,10 +101,10 @@ def write_ground_truth_samples(
     ``sanatool eval`` can score them (the upper bound a generator can reach). All prompts
     are validated before anything is written. Returns the output path.
     """
-    _check_positive("--n (renders per prompt)", per_prompt)
-    _check_size(size)
     if not prompts:
         raise InputError("no prompts to render")
+    _check_count("--n (renders per prompt)", per_prompt, len(prompts) * per_prompt)
+    _check_size(size)
     specs: list[dict[str, Any]] = []
     for number, item in enumerate(prompts, start=1):
         where = f"prompt {number} ({item.prompt!r})"

@@ -11,7 +11,9 @@ shipped files are exactly what the generators produce. To change a suite, bump i
 from __future__ import annotations
 
 import copy
+import itertools
 import random
+from collections.abc import Iterator
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -108,23 +110,26 @@ def _held_out() -> frozenset[str]:
     return frozenset(item.prompt for item in _load(EVAL_SUITE_FILE))
 
 
-def training_captions(n: int, seed: int = 0) -> list[PromptItem]:
-    """``n`` training captions (with ``category`` and ``spec``) from the grammar, seeded.
+def iter_training_captions(seed: int = 0) -> Iterator[PromptItem]:
+    """Training captions (with ``category`` and ``spec``) from the grammar, seeded, one at a time, forever.
 
     No caption is an evaluation-suite prompt: those are held out. Categories follow a fixed
     mix that adds busier ``multi`` scenes (three or four objects) to the six GenEval kinds.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise InputError(f"the number of captions must be a positive integer, got {n!r}")
     rng = random.Random(seed)
     kinds, weights = list(_TRAINING_MIX), list(_TRAINING_MIX.values())
     held_out = _held_out()
-    captions: list[PromptItem] = []
-    while len(captions) < n:
+    while True:
         item = random_prompt(rng.choices(kinds, weights)[0], rng)
         if item.prompt not in held_out:
-            captions.append(item)
-    return captions
+            yield item
+
+
+def training_captions(n: int, seed: int = 0) -> list[PromptItem]:
+    """The first ``n`` of :func:`iter_training_captions` as a list."""
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise InputError(f"the number of captions must be a positive integer, got {n!r}")
+    return list(itertools.islice(iter_training_captions(seed), n))
 
 
 def write_shipped_suites() -> list[Path]:

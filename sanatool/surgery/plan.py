@@ -279,7 +279,7 @@ def run_plan(
         progress(plan.command, done, total, **info)
 
     entries, prefetcher = _prefetched(plan.entries)
-    with atomic_output_dir(plan.out, force, inputs=[model.path]) as tmp:
+    with atomic_output_dir(plan.out, force, inputs=[model.path], size=plan.bytes_total) as tmp:
         carry_components(model, tmp, plan.drop)
         if plan.drop:
             write_plain_model_index(model, tmp)

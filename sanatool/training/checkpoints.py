@@ -42,14 +42,47 @@ WriteModel = Callable[[Path, dict[str, Any], str, str], None]
 """Writes a pipeline dir: ``(root, weights, dtype, summary)``."""
 
 
+_DAMAGED = "delete it or pass --force to start over"
+
+
+def _step_of(path: Path) -> int | None:
+    number = path.name[len(CHECKPOINT_PREFIX) :]
+    return int(number) if number.isascii() and number.isdigit() else None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The complete checkpoints in a run dir, oldest first (none if the dir does not exist)."""
+    """The complete checkpoints in a run dir, oldest first (none if the dir does not exist).
+
+    Only ``step-NUMBER`` dirs with a ``checkpoint.json`` count; :func:`check_run_dir` refuses others.
+    """
     if not run_dir.is_dir():
         return []
     found = [
-        p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / CHECKPOINT_META).is_file()
+        p
+        for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and (p / CHECKPOINT_META).is_file() and _step_of(p) is not None
     ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(found, key=lambda p: _step_of(p) or 0)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a run dir holding a ``step-*`` entry that is not a checkpoint this tool wrote."""
+    if not run_dir.is_dir():
+        return
+    for path in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+        if _step_of(path) is None or not path.is_dir():
+            raise InputError(f"{path} is not a checkpoint (a step-NUMBER dir); {_DAMAGED}")
+
+
+def read_checkpoint_meta(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's ``checkpoint.json``, checked: its ``step`` is the number in the dir's name."""
+    meta = read_json_object(checkpoint / CHECKPOINT_META, "checkpoint record", hint=_DAMAGED)
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step != _step_of(checkpoint):
+        raise InputError(
+            f"{checkpoint / CHECKPOINT_META} has no step matching its dir ({step!r}); {_DAMAGED}"
+        )
+    return meta
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -63,9 +96,7 @@ def check_resume(opts: TrainOptions, identity: dict[str, Any], checkpoint: Path)
 
     ``identity`` is the model the run starts from; returns the checkpoint's ``checkpoint.json``.
     """
-    meta = read_json_object(
-        checkpoint / CHECKPOINT_META, "checkpoint record", hint="start afresh with --force"
-    )
+    meta = read_checkpoint_meta(checkpoint)
     if meta.get("identity") != identity:
         raise InputError(
             f"the checkpoint {checkpoint} belongs to a run of another model ({_describe(meta.get('identity'))}), "
@@ -130,6 +161,8 @@ def prepare_run_dir(opts: TrainOptions, run_dir: Path, out: Path, inputs: list[P
             raise InputError(
                 f"the checkpoint dir {run_dir} is inside {path}; pass a --checkpoint-dir outside the output and inputs"
             )
+    if opts.resume or not opts.force:  # --force alone starts over; with --resume it only replaces the output
+        check_run_dir(run_dir)
     if opts.resume:
         latest = latest_checkpoint(run_dir)
         if latest is None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sanatool.arch import flow_shift, resolve_precision, train_timesteps, vae_scale_factor
 from sanatool.distributed import DistContext, setup_distributed
-from sanatool.errors import InputError, RunFailure
+from sanatool.errors import InputError, Interrupted, RunFailure
 from sanatool.io.modeldir import ModelDir, open_model_dir
 from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
@@ -116,29 +116,31 @@ def resolve_sources(opts: TrainOptions) -> Sources:
 
 
 class _DeferredInterrupt:
-    """Turn the first Ctrl-C into a flag checked between steps, so a checkpoint is never half a step.
+    """Turn the first Ctrl-C or SIGTERM into a flag checked between steps, so a checkpoint is never half a step.
 
-    A second Ctrl-C interrupts immediately. Only the main thread can own signal handlers; elsewhere
-    this does nothing.
+    A second one interrupts at once. Only the main thread can own signal handlers; elsewhere this
+    does nothing.
     """
 
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.hit = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _DeferredInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self._SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _build_optimizer(opts: TrainOptions, model: Any) -> Any:
@@ -183,7 +185,7 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
 
     Raises :class:`InputError` for bad input before anything is written, :class:`RunFailure`
     when the loss becomes NaN/inf (the newest checkpoint is kept and named), and re-raises
-    ``KeyboardInterrupt`` after saving a resumable checkpoint.
+    an :class:`~sanatool.errors.Interrupted` that names the resumable checkpoint it saved.
     """
     validate_options(opts)
     sources = resolve_sources(opts)
@@ -367,7 +369,7 @@ def _step_loop(run: _Run, out: Path, progress: ProgressFn) -> tuple[list[float],
     """Step up to ``--steps``, checkpointing every ``--save-every``; return the losses and the seconds taken.
 
     Raises :class:`RunFailure` on a NaN/inf loss; on Ctrl-C finishes the step, saves a checkpoint
-    and re-raises ``KeyboardInterrupt``.
+    and raises :class:`~sanatool.errors.Interrupted`.
     """
     opts, ctx, trainer = run.opts, run.ctx, run.trainer
     start_step = trainer.step_count
@@ -382,17 +384,14 @@ def _step_loop(run: _Run, out: Path, progress: ProgressFn) -> tuple[list[float],
             losses.append(result.loss)
             _report_step(run, result, time.perf_counter() - started, start_step, progress)
             # Every rank must agree, or the ranks that stop would wait forever in the checkpoint's gather.
-            interrupted = ctx.broadcast_object(interrupt.hit) if ctx.distributed else interrupt.hit
-            if interrupted:
+            signum = ctx.broadcast_object(interrupt.signum) if ctx.distributed else interrupt.signum
+            if signum is not None:
                 saved = save_checkpoint(run.checkpoints, trainer)
-                if ctx.is_main:
-                    log.warning(
-                        "interrupted at step %d: saved a resumable checkpoint in %s; continue with the same command "
-                        "and --resume",
-                        trainer.step_count,
-                        saved,
-                    )
-                raise KeyboardInterrupt
+                raise Interrupted(
+                    signum,
+                    f"saved a resumable checkpoint of step {trainer.step_count} in {saved}; continue with the "
+                    "same command and --resume",
+                )
             if (
                 opts.save_every
                 and trainer.step_count % opts.save_every == 0

@@ -84,7 +84,11 @@ def load_state(folder: Path) -> dict[str, Any]:
     json_path, tensor_path = folder / STATE_JSON, folder / STATE_TENSORS
     if not json_path.is_file() or not tensor_path.is_file():
         raise InputError(f"checkpoint {folder} has no training state ({STATE_JSON}); it cannot be resumed")
-    record = read_json_object(json_path, "training state", hint="this checkpoint cannot be resumed")
-    if record.get("format") != STATE_FORMAT:
-        raise InputError(f"checkpoint {folder}: {STATE_JSON} is not a {STATE_FORMAT} file")
-    return _unflatten(record["state"], load_file(str(tensor_path)))
+    damaged = "this checkpoint cannot be resumed: delete it or pass --force to start over"
+    record = read_json_object(json_path, "training state", hint=damaged)
+    if record.get("format") != STATE_FORMAT or "state" not in record:
+        raise InputError(f"checkpoint {folder}: {STATE_JSON} is not a {STATE_FORMAT} file; {damaged}")
+    try:
+        return _unflatten(record["state"], load_file(str(tensor_path)))
+    except Exception as err:  # noqa: BLE001 - any damage (a missing tensor, a bad structure, a bad file) is one message
+        raise InputError(f"checkpoint {folder}: the training state is damaged ({err!r}); {damaged}") from err
