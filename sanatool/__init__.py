@@ -99,6 +99,9 @@ def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'sanatool' has no attribute {name!r}")
     module, attribute = _API[name]
+    from sanatool.quiet import quiet_foreign_logs
+
+    quiet_foreign_logs()  # the functions import diffusers, whose import-time kernel lookup warns
     value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value  # later lookups skip this function
     return value

@@ -90,8 +90,11 @@ def setup_logging(debug: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        for noisy in ("bitsandbytes", "diffusers", "transformers", "torch.distributed"):
+        for noisy in ("diffusers", "transformers", "torch.distributed"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        from sanatool.quiet import quiet_foreign_logs
+
+        quiet_foreign_logs()
 
     logger = logging.getLogger("sanatool")
     logger.handlers.clear()
@@ -113,18 +116,16 @@ def emit(result: Any, as_json: bool = False) -> None:
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[Any]:
     """A rich progress bar on stderr, yielded as a library ``ProgressFn`` callback."""
-    if quiet or not console.is_terminal:
-        tasks_seen: dict[str, int] = {}
+    if quiet:
+        from sanatool.progress import no_progress
 
-        def plain(task: str, done: int, total: int | None = None, **info: object) -> None:
-            # Without a terminal, a short line per finished stage keeps logs readable.
-            if total is not None and done >= total and tasks_seen.get(task) != done:
-                tasks_seen[task] = done
-                if not quiet:
-                    extra = " ".join(f"{k}={v}" for k, v in info.items())
-                    console.print(f"{task}: {done}/{total} {extra}".rstrip())
+        yield no_progress
+        return
+    if not console.is_terminal:
+        # Logs and pipes get no bar; a line per stage every few seconds says it is alive, and how long.
+        from sanatool.progress import PeriodicLines
 
-        yield plain
+        yield PeriodicLines(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
         return
 
     from rich.progress import (

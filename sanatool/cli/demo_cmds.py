@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE
+from sanatool.cli.options import DEVICE, FORCE, refuse_existing_output
 
 # Row titles for the shapes world's six categories (the evaluator's names are identifiers).
 _CATEGORY_TITLES = {
@@ -87,6 +87,7 @@ def demo(
 
     Example: sanatool demo --quick -o demo
     """
+    refuse_existing_output(out, force)
     from sanatool.demo import run_demo
 
     with progress_bar() as progress:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON
+from sanatool.cli.options import DEVICE, FORCE, JSON, refuse_existing_output
 
 _JUDGE_HELP = (
     "shapes (the rule-based evaluator: an oracle), clip:PATH (a transformers CLIPModel dir), "
@@ -48,6 +48,7 @@ def judge(
 
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """
+    refuse_existing_output(out, force)
     from sanatool.distributed import resolve_device
     from sanatool.judges.picking import ORACLE_NOTE, judge_samples_dir
 
@@ -105,6 +106,7 @@ def train_verifier_cmd(
 
     Example: sanatool train-verifier -o verifier --samples samples/
     """
+    refuse_existing_output(out, force)
     from rich.table import Table
 
     from sanatool.distributed import resolve_device

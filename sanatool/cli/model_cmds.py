@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sanatool.cli._app import app, emit, progress_bar
-from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR
+from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, check_dtype_option
 
 
 @app.command()
@@ -16,7 +16,7 @@ def init(
         ..., "--preset", "-p", help="tiny, sana-0.6b, sana-1.6b, sana1.5-1.6b, sana1.5-4.8b."
     ),
     out: Path = OUT_MODEL_DIR,
-    dtype: str = typer.Option("fp32", "--dtype", help="bf16, fp16 or fp32."),
+    dtype: str = typer.Option("fp32", "--dtype", help="bf16, fp16 or fp32.", callback=check_dtype_option),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init (same seed, same bytes)."),
     max_shard_size: str = MAX_SHARD_SIZE,
     force: bool = FORCE,

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, with_options
+from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, check_dtype_option, with_options
 from sanatool.distributed import is_main_process
 
 # ``sample`` and ``importance``: how the sampler runs.
@@ -37,7 +37,12 @@ SAMPLER_OPTIONS = (
     Opt(
         "dtype",
         str,
-        typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+        typer.Option(
+            "auto",
+            "--dtype",
+            help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.",
+            callback=check_dtype_option,
+        ),
     ),
     Opt(
         "instruction",

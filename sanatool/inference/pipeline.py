@@ -11,8 +11,7 @@ calibration prompts. World detection reads only the transformer config, so surge
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -21,6 +20,7 @@ from sanatool.distributed import resolve_device
 from sanatool.errors import ModelDirError
 from sanatool.io.modeldir import ModelDir, as_model_dir
 from sanatool.io.prompts import PromptItem
+from sanatool.quiet import quiet_loading
 
 GENERAL_CALIBRATION_FILE = "general_calibration_v1.txt"
 
@@ -90,24 +90,6 @@ def resolve_dtype(dtype: str | Any, device: Any) -> Any:
     return torch_dtype(resolve_precision(dtype, torch.device(device).type))
 
 
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence diffusers' and transformers' loading progress bars: the library draws none of its own."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = []
-    for module in (diffusers_logging, transformers_logging):
-        if module.is_progress_bar_enabled():
-            module.disable_progress_bar()
-            restore.append(module)
-    try:
-        yield
-    finally:
-        for module in restore:
-            module.enable_progress_bar()
-
-
 def _dtype_keyword() -> str:
     """``dtype`` where diffusers has renamed ``torch_dtype`` (it warns on the old name), else ``torch_dtype``."""
     from diffusers.utils import deprecation_utils
@@ -134,7 +116,7 @@ def load_pipeline(
     target = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, target)
     try:
-        with _quiet_loading():
+        with quiet_loading():
             pipe = SanaPipeline.from_pretrained(
                 str(model.path), local_files_only=True, **{_dtype_keyword(): weights_dtype}
             )

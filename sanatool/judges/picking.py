@@ -22,6 +22,7 @@ from sanatool.judges.base import Judge, Judgement
 from sanatool.judges.registry import JudgeSpec, load_judge, parse_judge_spec
 from sanatool.judges.tournament import MODES, Selection, select
 from sanatool.progress import ProgressFn, no_progress
+from sanatool.samples.sheet import GRID_NAME, write_contact_sheet
 
 SCORES_NAME = "scores.jsonl"
 SUMMARY_NAME = "judge.json"
@@ -255,6 +256,7 @@ def judge_samples_dir(
         for record in picked_records:
             link_or_copy(root / record["path"], tmp / record["path"])
         write_manifest(tmp / MANIFEST_NAME, picked_records)
+        write_contact_sheet(tmp, picked_records, tmp / GRID_NAME)
         with open(tmp / SCORES_NAME, "w", encoding="utf-8") as handle:
             for row in score_rows:
                 handle.write(json.dumps(row) + "\n")

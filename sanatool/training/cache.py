@@ -183,11 +183,13 @@ def load_encoders(pipeline_dir: Path, device: str, dtype: str) -> tuple[Any, Any
     from transformers import AutoModel, AutoTokenizer
 
     from sanatool.arch import torch_dtype
+    from sanatool.quiet import quiet_loading
 
     target = torch_dtype(dtype)
-    tokenizer = AutoTokenizer.from_pretrained(pipeline_dir / "tokenizer")
-    text_encoder = AutoModel.from_pretrained(pipeline_dir / "text_encoder", torch_dtype=target)
-    vae = AutoencoderDC.from_pretrained(pipeline_dir / "vae", torch_dtype=target)
+    with quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(pipeline_dir / "tokenizer")
+        text_encoder = AutoModel.from_pretrained(pipeline_dir / "text_encoder", dtype=target)
+        vae = AutoencoderDC.from_pretrained(pipeline_dir / "vae", torch_dtype=target)
     for module in (text_encoder, vae):
         module.to(device).eval().requires_grad_(False)
     return tokenizer, text_encoder, vae

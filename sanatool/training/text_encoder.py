@@ -49,8 +49,11 @@ def load_text_encoder(pipeline_dir: Path) -> Any:
     """A pipeline dir's text encoder in fp32 (the master weights), in training mode."""
     from transformers import AutoModel
 
+    from sanatool.quiet import quiet_loading
+
     try:
-        encoder = AutoModel.from_pretrained(pipeline_dir / "text_encoder", torch_dtype=torch.float32)
+        with quiet_loading():
+            encoder = AutoModel.from_pretrained(pipeline_dir / "text_encoder", dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelDirError(f"cannot load the text encoder in {pipeline_dir}: {err}") from err
     return encoder.train()
