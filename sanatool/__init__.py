@@ -26,7 +26,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sanatool.quiet import quiet_foreign_logs
+
 __version__ = "0.1.0"
+
+# sanatool's functions import diffusers, whose import-time kernel lookup warns about kernels that
+# sanatool never uses (see sanatool.quiet); a user who set those loggers' levels keeps them.
+quiet_foreign_logs()
 
 # Public name → (module, attribute). Each function's docstring is its documentation.
 _API = {
@@ -99,9 +105,6 @@ def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'sanatool' has no attribute {name!r}")
     module, attribute = _API[name]
-    from sanatool.quiet import quiet_foreign_logs
-
-    quiet_foreign_logs()  # the functions import diffusers, whose import-time kernel lookup warns
     value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value  # later lookups skip this function
     return value

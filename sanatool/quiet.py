@@ -3,7 +3,8 @@
 Importing diffusers imports bitsandbytes (its quantizers), whose CPU backend asks the kernels hub
 for an optional 4-bit kernel at import time and logs a warning whatever the answer ("Skipping
 publisher trust check … offline mode", "Failed to load CPU gemm_4bit_forward …"). sanatool uses
-no 4-bit kernel, so these loggers are raised to ERROR unless the user has set their level.
+no 4-bit kernel, so ``import sanatool`` raises these loggers to ERROR unless the user has set their
+level (``sanatool --debug`` lowers them again).
 Loading weights with diffusers or transformers draws their progress bars; :func:`quiet_loading`
 turns those off while sanatool loads a model.
 """
@@ -21,8 +22,7 @@ FOREIGN_LOGGERS = ("kernels", "bitsandbytes")
 def quiet_foreign_logs() -> None:
     """Raise :data:`FOREIGN_LOGGERS` to ERROR, leaving any level a user has set as it is.
 
-    Cheap and import-free: call it before the first import of diffusers (``import sanatool``'s
-    functions and the CLI do).
+    Cheap and import-free: ``import sanatool`` calls it, before anything imports diffusers.
     """
     for name in FOREIGN_LOGGERS:
         logger = logging.getLogger(name)

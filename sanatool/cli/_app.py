@@ -92,9 +92,11 @@ def setup_logging(debug: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         for noisy in ("diffusers", "transformers", "torch.distributed"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-        from sanatool.quiet import quiet_foreign_logs
+    else:
+        from sanatool.quiet import FOREIGN_LOGGERS
 
-        quiet_foreign_logs()
+        for name in FOREIGN_LOGGERS:  # quiet since `import sanatool`; --debug shows everything
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
     logger = logging.getLogger("sanatool")
     logger.handlers.clear()
