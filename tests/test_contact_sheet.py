@@ -31,7 +31,11 @@ def test_every_prompt_is_on_a_sheet_enlarged_and_paged(tmp_path):
     assert first.size == (8 + 4 * (group + 8), 8 + 16 * (cell + 8))
     assert second.size == (8 + 4 * (group + 8), 8 + 2 * (cell + 8))
     # Prompt 63 is the last group of the first sheet; prompt 69 the second group of the second's row 2.
-    assert first.getpixel((8 + 3 * (group + 8) + 3 * (cell + 2) + 5, 8 + 15 * (cell + 8) + 5)) == (63, 30, 200)
+    assert first.getpixel((8 + 3 * (group + 8) + 3 * (cell + 2) + 5, 8 + 15 * (cell + 8) + 5)) == (
+        63,
+        30,
+        200,
+    )
     assert second.getpixel((8 + 1 * (group + 8) + 5, 8 + 1 * (cell + 8) + cell - 1)) == (69, 0, 200)
 
 
@@ -41,4 +45,8 @@ def test_one_candidate_per_prompt_fills_rows(tmp_path):
     assert len(pages) == 1
     sheet = Image.open(pages[0]).convert("RGB")
     assert sheet.size == (8 + 16 * (GRID_CELL_MIN + 8), 8 + 12 * (GRID_CELL_MIN + 8))  # 180 = 11 rows + 4
-    assert sheet.getpixel((8 + 3 * (GRID_CELL_MIN + 8) + 1, 8 + 11 * (GRID_CELL_MIN + 8) + 1)) == (179, 0, 200)
+    assert sheet.getpixel((8 + 3 * (GRID_CELL_MIN + 8) + 1, 8 + 11 * (GRID_CELL_MIN + 8) + 1)) == (
+        179,
+        0,
+        200,
+    )

@@ -11,7 +11,8 @@ What README.md promises and this test keeps true:
 - A command marked ``# slow: TIME`` (TIME as measured on 2 CPU cores) runs with reduced sizes
   (:data:`REDUCED`: fewer steps, images and prompts), or not at all when it has none (the demo, the
   big presets' ``init``). ``SANATOOL_README_FULL=1`` runs every command as written and prints each
-  one's wall time: how the README's times are measured.
+  one's wall time: how the README's times are measured (``SANATOOL_README_SKIP=REGEX`` leaves out the
+  commands it matches).
 
 A static check covers every block, skipped ones included: no two commands write the same output
 unless the second says ``--force`` (or ``--resume``, which continues it).
@@ -33,6 +34,7 @@ import sanatool
 CHECKOUT = Path(sanatool.__file__).parent.parent
 README = CHECKOUT / "README.md"
 FULL = os.environ.get("SANATOOL_README_FULL") == "1"
+SKIP = os.environ.get("SANATOOL_README_SKIP")  # a regex: commands not to run (when measuring with FULL)
 
 
 def _fewer_steps(steps: int | None) -> str:
@@ -212,6 +214,8 @@ def _jobs(workdir: Path) -> list[dict]:
             code = re.sub(r"^pip install [^&]*(&&\s*)?", "", code).strip()
             if code and slow is not None and not FULL:
                 code = _reduce(code)
+            if code and SKIP and re.search(SKIP, code):
+                code = None
             if code:
                 calls = _sanatool_calls(code)
                 pure = len(calls) == len(code.split("&&"))

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -107,7 +108,13 @@ def setup_logging(debug: bool) -> None:
 
 
 def emit(result: Any, as_json: bool = False) -> None:
-    """Write the command's result to stdout: JSON when asked, else the value itself (a path)."""
+    """Write the command's result to stdout: JSON when asked, else the value itself (a path, absolute)."""
+    from pathlib import PurePath
+
+    if isinstance(result, PurePath):
+        result = (
+            Path(result).expanduser().resolve()
+        )  # one rule for every command: `OUT=$(...)` works anywhere
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str, ensure_ascii=False) + "\n")
     elif result is not None:

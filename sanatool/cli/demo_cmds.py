@@ -10,22 +10,13 @@ import typer
 from sanatool.cli._app import app, console, emit, progress_bar
 from sanatool.cli.options import DEVICE, FORCE, refuse_existing_output
 
-# Row titles for the shapes world's six categories (the evaluator's names are identifiers).
-_CATEGORY_TITLES = {
-    "single_object": "single object",
-    "two_object": "two objects",
-    "counting": "counting",
-    "colors": "colours",
-    "position": "position",
-    "color_attr": "colour attribution",
-}
-
 
 def _print_report(report: Any) -> None:
     """The comparison table (one column per model, so it fits 80 columns) and the paths written (stderr)."""
     from rich.table import Table
 
     from sanatool.formatting import human_count
+    from sanatool.shapes.world import CATEGORY_TITLES
 
     settings = report.settings
     rows = report.rows
@@ -40,7 +31,7 @@ def _print_report(report: Any) -> None:
     for row in rows:
         table.add_column(row.name, justify="right")
     for name in rows[0].categories:
-        table.add_row(_CATEGORY_TITLES.get(name, name), *(f"{row.categories[name]:.2f}" for row in rows))
+        table.add_row(CATEGORY_TITLES.get(name, name), *(f"{row.categories[name]:.2f}" for row in rows))
     table.add_row("[bold]overall[/]", *(f"[bold]{row.overall:.3f}[/]" for row in rows), end_section=True)
     table.add_row("blocks", *(str(row.blocks) for row in rows))
     table.add_row("params", *(human_count(row.params) for row in rows))

@@ -48,7 +48,11 @@ def write_contact_sheet(root: Path, records: Sequence[dict[str, Any]], path: Pat
     if not prompts:
         return []
     first = records[0]
-    height, width = int(first["height"]), int(first["width"])
+    if "height" in first and "width" in first:
+        height, width = int(first["height"]), int(first["width"])
+    else:  # a samples dir made elsewhere: its manifest need not say; the image does
+        with Image.open(root / first["path"]) as image:
+            width, height = image.size
     scale = min(GRID_CELL_MAX, max(GRID_CELL_MIN, height, width)) / max(height, width)
     cell_h, cell_w = max(1, round(height * scale)), max(1, round(width * scale))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS

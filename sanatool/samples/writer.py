@@ -338,7 +338,9 @@ def sample_to_dir(
         jobs = sample_jobs(items, candidates, seed)
         reused = find_reusable(out_path, jobs, settings) if resume else {}
         if resume and dist.is_main:
-            log.info("resume: keeping %d of %d images, making %d", len(reused), len(jobs), len(jobs) - len(reused))
+            log.info(
+                "resume: keeping %d of %d images, making %d", len(reused), len(jobs), len(jobs) - len(reused)
+            )
         dist.barrier()  # every rank has read the earlier run before rank 0 rearranges it
         if dist.is_main:
             prepare_partial(out_path, reused, resume)
