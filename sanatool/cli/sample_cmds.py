@@ -78,7 +78,10 @@ def sample(
     *,
     shared: dict[str, Any],
     resume: bool = typer.Option(
-        False, "--resume", help="Keep images of an earlier or interrupted run whose manifest lines match."
+        False,
+        "--resume",
+        help="Keep the images of an earlier or interrupted run, make the rest; refuses a run made with "
+        "other settings (steps, prompts, model …).",
     ),
     force: bool = FORCE,
     as_json: bool = JSON,

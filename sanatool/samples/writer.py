@@ -300,7 +300,8 @@ def sample_to_dir(
 
     ``model_spec`` is a pipeline dir, ``builtin:NAME`` or an opened ``ModelDir``. Seeds follow
     :func:`image_seed`. ``resume`` keeps images of an earlier (finished or interrupted) run of
-    ``out`` whose manifest lines match this run and makes only the rest; ``force`` replaces
+    ``out`` and makes only the rest; an earlier image made with other settings is refused
+    (:class:`InputError` naming them; see :func:`find_reusable`); ``force`` replaces
     ``out``. ``instruction``: ``None`` = the world's default, ``True``/``False`` = on/off. Under
     ``torchrun`` every rank calls this; rank 0 writes the manifest and the grid.
     """
