@@ -67,12 +67,22 @@ class PeriodicLines:
         if total:
             parts[0] += f" ({100 * done / total:.0f}%)"
         if rate > 0:
-            parts.append(f"{rate:.3g}/s" if rate >= 1 else f"{1 / rate:.3g} s each")
+            parts.append(_rate_text(rate))
         parts.append(f"{_clock_text(elapsed)} elapsed")
         if total is not None and done < total and rate > 0:
             parts.append(f"eta {_clock_text((total - done) / rate)}")
         extra = " ".join(f"{key}={value}" for key, value in info.items())
         return ", ".join(parts) + (f" {extra}" if extra else "")
+
+
+def _rate_text(rate: float) -> str:
+    """``2.5`` → ``2.5/s``; ``0.25`` → ``4 s each``; ``1.2e8`` (bytes) → ``120M/s``."""
+    if rate < 1:
+        return f"{1 / rate:.3g} s each"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rate >= scale:
+            return f"{rate / scale:.3g}{suffix}/s"
+    return f"{rate:.3g}/s"
 
 
 def _clock_text(seconds: float) -> str:

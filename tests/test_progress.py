@@ -48,6 +48,15 @@ def test_slow_units_info_stages_and_unknown_totals():
     assert lines[-1] == "train: 2/2 (100%), 2/s, 0:01 elapsed"
 
 
+def test_byte_counts_get_a_readable_rate():
+    clock, lines = FakeClock(), []
+    report = PeriodicLines(lines.append, interval=10.0, clock=clock)
+    report("write", 0, 3_000_000_000)
+    clock.now += 12
+    report("write", 1_500_000_000, 3_000_000_000)
+    assert lines == ["write: 1500000000/3000000000 (50%), 125M/s, 0:12 elapsed, eta 0:12"]
+
+
 def test_quick_stages_print_only_their_last_line():
     clock, lines = FakeClock(), []
     report = PeriodicLines(lines.append, interval=10.0, clock=clock)
