@@ -111,10 +111,8 @@ def emit(result: Any, as_json: bool = False) -> None:
     """Write the command's result to stdout: JSON when asked, else the value itself (a path, absolute)."""
     from pathlib import PurePath
 
-    if isinstance(result, PurePath):
-        result = (
-            Path(result).expanduser().resolve()
-        )  # one rule for every command: `OUT=$(...)` works anywhere
+    if isinstance(result, PurePath):  # one rule for every command: `OUT=$(...)` works from anywhere
+        result = Path(result).expanduser().resolve()
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str, ensure_ascii=False) + "\n")
     elif result is not None:

@@ -135,7 +135,7 @@ def find_reusable(
     """
     wanted = {job.key: settings.record(job) for job in jobs}
     found: dict[tuple[int, int], tuple[dict[str, Any], Path]] = {}
-    changed: dict[str, tuple[Any, Any, int]] = {}  # setting → (earlier, now, images)
+    changed: dict[str, tuple[Any, Any, set[tuple[int, int]]]] = {}  # setting → (earlier, now, images)
     sources: list[tuple[Path, list[dict[str, Any]]]] = []
     partial = partial_dir(out)
     if partial.is_dir():
@@ -154,15 +154,14 @@ def find_reusable(
                 continue
             differing = [name for name in RESUME_KEYS if row.get(name) != expected[name]]
             for name in differing:
-                earlier, now, count = changed.get(name, (row.get(name), expected[name], 0))
-                changed[name] = (earlier, now, count + 1)
+                changed.setdefault(name, (row.get(name), expected[name], set()))[2].add(key)
             image = root / expected["path"]
             if not differing and image.is_file():
                 found[key] = (expected, image)
     if changed:
         what = "; ".join(
-            f"{name} {earlier!r} → {now!r} ({count} image{'s' if count != 1 else ''})"
-            for name, (earlier, now, count) in changed.items()
+            f"{name} {earlier!r} → {now!r} ({len(keys)} image{'s' if len(keys) != 1 else ''})"
+            for name, (earlier, now, keys) in changed.items()
         )
         raise InputError(
             f"--resume keeps images made with this run's settings, but the earlier run of {out} differs: "
