@@ -2,7 +2,7 @@
 
 ``run_demo`` writes everything into one directory and returns a report comparing the full model,
 the pruned model, the pruned and fine-tuned model, and that model with best-of-N picking by the
-oracle judge. On the shipped tiny shapes model it takes about 3 minutes on a 2-core CPU (``quick``:
+oracle judge. On the shipped tiny shapes model it takes about 2 minutes on an idle 2-core CPU (``quick``:
 under one). The numbers are measured, never assumed: a fine-tune that does not recover is reported
 as such.
 """

@@ -74,7 +74,7 @@ def demo(
     with the oracle judge → eval on 30 prompts of each of the six GenEval-style categories. Prints
     a table of full / pruned / pruned + fine-tuned / best-of-N (accuracy per category, overall,
     blocks, params, seconds) and the paths of what it wrote: report.json, the importance heatmap,
-    sample grids, the models and the loss curve. About 3 minutes on 2 CPU cores.
+    sample grids, the models and the loss curve. About 2 minutes on 2 idle CPU cores.
 
     Example: sanatool demo --quick -o demo
     """
