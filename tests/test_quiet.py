@@ -48,8 +48,11 @@ data = write_shapes_dataset({str(tmp_path / "data")!r}, 4, seed=0)
 sanatool.finetune("builtin:tiny-shapes", data, {str(tmp_path / "tuned")!r}, steps=1, batch_size=2,
                   device="cpu", cache_dir={str(tmp_path / "cache")!r})
 """
+    # Offline, as the issue's user was (and so that no test waits on a network): the kernels hub then
+    # logs "Skipping publisher trust check … offline mode" at bitsandbytes' import.
+    env = {**_clean_env(), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=_clean_env(), timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and proc.stderr == ""
