@@ -32,7 +32,7 @@ print(json.dumps(results))
 """
 
 
-@pytest.mark.parametrize("flavour", ["existing output", "bad dtype"])
+@pytest.mark.parametrize("flavour", ["existing output", "bad dtype", "bad input"])
 def test_refused_before_torch_is_imported(tmp_path, flavour):
     existing = tmp_path / "exists"
     existing.mkdir()
@@ -51,7 +51,7 @@ def test_refused_before_torch_is_imported(tmp_path, flavour):
             ["data", "shapes", "-o", out, "-n", "4"],
         ]
         expected = "already exists"
-    else:
+    elif flavour == "bad dtype":
         out = str(fresh)
         runs = [
             ["sample", "builtin:tiny-shapes", "--prompt", "a red circle", "-o", out, "--dtype", "bogus"],
@@ -61,6 +61,19 @@ def test_refused_before_torch_is_imported(tmp_path, flavour):
             ["init", "--preset", "tiny", "-o", out, "--dtype", "bogus"],
         ]
         expected = "unknown dtype 'bogus'"
+    if flavour == "bad input":
+        out, missing = str(fresh), str(tmp_path / "missing")
+        runs = [
+            ["finetune", "builtin:tiny-shapes", "--data", missing, "-o", out],
+            ["finetune", "builtin:tiny-shapes", "--data", missing, "-o", out, "--optimizer", "bogus"],
+            ["train", "--preset", "tiny", "--data", missing, "-o", out],
+            ["train-vae", "--data", missing, "-o", out],
+            ["judge", missing, "-o", out, "--judge", "shapes"],
+            ["importance", "builtin:tiny-shapes", "-o", out, "--metric", "bogus"],
+            ["sample", "builtin:tiny-shapes", "--prompts", missing, "-o", out],
+            ["demo", "--model", missing, "-o", out],
+        ]
+        expected = "error:"
     env = {**os.environ, "PYTHONPATH": CHECKOUT}
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(runs)], capture_output=True, text=True, env=env, timeout=120

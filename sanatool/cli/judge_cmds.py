@@ -49,7 +49,6 @@ def judge(
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """
     refuse_existing_output(out, force)
-    from sanatool.distributed import resolve_device
     from sanatool.judges.picking import ORACLE_NOTE, judge_samples_dir
 
     with progress_bar() as progress:
@@ -60,7 +59,7 @@ def judge(
             pick=pick,
             mode=mode,
             batch_size=batch_size,
-            device=str(resolve_device(device)),
+            device=device,
             template=template,
             force=force,
             progress=progress,

@@ -179,8 +179,6 @@ def compute_importance(
     are used. Prompt ``p`` starts from the noise of :func:`~sanatool.inference.sampler.image_seed`
     ``(seed, p, 0)``, so a calibration run is the sampling of candidate 0 of each prompt.
     """
-    import torch
-
     from sanatool.distributed import resolve_device, setup_distributed
     from sanatool.inference.pipeline import load_pipeline, resolve_instruction
     from sanatool.inference.sampler import (
@@ -201,6 +199,8 @@ def compute_importance(
     model.require_pipeline("importance")
     items, source_name = _prompt_set(model, prompts, num_prompts, prompts_source)
     height, width = check_size(model, size)
+    import torch  # after every check that needs no model: a bad option is refused at once
+
     target = resolve_device(device)
     with setup_distributed(target) as dist:
         pipe = load_pipeline(model, target, dtype, command="importance")

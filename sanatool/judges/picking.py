@@ -197,7 +197,8 @@ def judge_samples_dir(
 
     ``judge`` is a ``--judge`` spec (``shapes``, ``clip:PATH``, ``vlm:PATH``, ``verifier:PATH``)
     or a loaded :class:`Judge`. Validates everything (mode, K, batch size, the judge spec, the
-    manifest, every image, the output path) before loading the judge.
+    manifest, every image, the output path) before loading the judge (or torch: ``device`` may be
+    ``auto``, resolved only then).
     """
     from sanatool.judges.vlm import check_template
 
@@ -220,6 +221,10 @@ def judge_samples_dir(
         )
     check_output_path(out, force, inputs=[root])
 
+    if not isinstance(spec, Judge):
+        from sanatool.distributed import resolve_device
+
+        device = str(resolve_device(device))  # `auto` is resolved only now: it imports torch
     loaded = spec if isinstance(spec, Judge) else load_judge(spec, device=device, template=template)
     label = loaded.label
     records = [record for group in groups for record in group.records]
