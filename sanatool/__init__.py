@@ -27,7 +27,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sanatool.quiet import quiet_foreign_logs
+
 __version__ = "0.1.0"
+
+# sanatool's functions import diffusers, whose import-time kernel lookup warns about kernels that
+# sanatool never uses (see sanatool.quiet); a user who set those loggers' levels keeps them.
+quiet_foreign_logs()
 
 # Public name → (module, attribute). Each function's docstring is its documentation.
 _API = {

@@ -52,3 +52,18 @@ def test_values_reach_the_command_and_a_command_without_shared_is_refused():
 
         @with_options(*options)
         def lacking(first: int = 0) -> None: ...
+
+
+def test_every_path_on_stdout_is_absolute(cli, tmp_path, monkeypatch, capsys):
+    """One rule for the result line: `init` (like `importance`) once printed the path as typed."""
+    from pathlib import Path
+
+    from sanatool.cli._app import emit
+
+    monkeypatch.chdir(tmp_path)
+    res = cli("init", "--preset", "tiny", "-o", "rel")
+    assert res.code == 0, res.stderr
+    assert res.stdout == f"{(tmp_path / 'rel').resolve()}\n"
+    capsys.readouterr()
+    emit(Path("importance.json"))  # what `importance` hands it
+    assert capsys.readouterr().out == f"{(tmp_path / 'importance.json').resolve()}\n"

@@ -84,6 +84,17 @@ def test_demo_writes_models_samples_and_report(cli, tiny_pipeline, tiny_settings
     assert _snapshot(tiny_pipeline) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
 
+    # Every artifact the README lists is there: the picks' grid, the candidates' eval.
+    assert (out / "best_of_2" / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert Path(artifacts["sample grid (best-of-2 picks)"]) == out.resolve() / "best_of_2" / "grid.png"
+    assert json.loads((out / "samples_finetuned_n2" / "eval.json").read_text())["scored"] == 12
+    # Records written by the stages name the final dir, never the temporary one they ran in.
+    for record in [*out.rglob("*.json"), *out.rglob("*.jsonl")]:
+        assert ".demo.tmp-" not in record.read_text(), record
+    assert json.loads((out / "best_of_2" / "judge.json").read_text())["source"] == str(
+        (out / "samples_finetuned_n2").resolve()
+    )
+
 
 def test_demo_prints_the_output_dir_and_replaces_it_with_force(cli, tiny_pipeline, tiny_settings, tmp_path):
     out = tmp_path / "demo"

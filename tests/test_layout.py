@@ -11,7 +11,13 @@ ROOT = Path(sanatool.__file__).parent
 
 # What each layer may import from sanatool (besides itself and the package root's __version__).
 # A module is in the first layer whose prefix it has.
-FOUNDATION = ("sanatool.errors", "sanatool.progress", "sanatool.formatting", "sanatool.arch")
+FOUNDATION = (
+    "sanatool.errors",
+    "sanatool.progress",
+    "sanatool.formatting",
+    "sanatool.arch",
+    "sanatool.quiet",
+)
 LAYERS = {
     "sanatool.cli": None,  # the top: anything
     "sanatool.__main__": None,
@@ -21,6 +27,7 @@ LAYERS = {
     "sanatool.formatting": (),
     "sanatool.errors": (),
     "sanatool.progress": (),
+    "sanatool.quiet": (),
     "sanatool.optim": ("sanatool.errors", "sanatool.optim"),
     "sanatool.shapes": (*FOUNDATION, "sanatool.io", "sanatool.shapes"),
     "sanatool.distributed": ("sanatool.errors",),

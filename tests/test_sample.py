@@ -175,7 +175,8 @@ def test_cli_sample_writes_samples_dir_with_spec_and_grid(cli, tiny_pipeline, tm
 
     assert records[0]["model"] == open_model_dir(tiny_pipeline).fingerprint()
     grid = Image.open(out / "grid.png")
-    assert grid.size == (3 * 34 + 2, 2 * 34 + 2)  # 3 candidates × 2 prompts of 32 px, 2 px gaps
+    # 2 prompts of 3 candidates side by side, 32 px images drawn at 96 px (2 px gaps, 8 px between prompts)
+    assert grid.size == (8 + 2 * (3 * 96 + 2 * 2 + 8), 8 + 96 + 8)
     assert not any(p.name.startswith(".") for p in out.rglob("*"))
     assert not list(tmp_path.glob(".samples*"))
 
@@ -198,7 +199,17 @@ def test_resume_keeps_matching_images_and_finishes_an_interrupted_run(
     assert res.code == 0, res.stderr
     assert first.stat().st_ino == inode and first.read_bytes() == data  # reused, not redrawn
     assert "sample: 1/1" in res.stderr  # only the new candidate was sampled
+    assert "keeping 1 of 2 images" in res.stderr
     assert len(read_manifest(out)[0]) == 2
+
+    # Other settings would redraw every image: refused, naming what differs; nothing touched.
+    manifest = (out / MANIFEST_NAME).read_bytes()
+    res = cli(
+        "sample", tiny_pipeline, "--prompt", "a red circle", "-n", "2", "--steps", "3", "-o", out, "--resume"
+    )
+    assert res.code == 2 and "steps 2 → 3 (2 images)" in res.stderr, res.stderr
+    assert "--force" in res.stderr and (out / MANIFEST_NAME).read_bytes() == manifest
+    assert first.stat().st_ino == inode
 
     # A run that dies midway keeps its finished images in .t.partial: refused without a flag,
     # continued with --resume (a torn last journal line is ignored).

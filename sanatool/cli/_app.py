@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -162,8 +163,13 @@ def setup_logging(debug: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        for noisy in ("bitsandbytes", "diffusers", "transformers", "torch.distributed"):
+        for noisy in ("diffusers", "transformers", "torch.distributed"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    else:
+        from sanatool.quiet import FOREIGN_LOGGERS
+
+        for name in FOREIGN_LOGGERS:  # quiet since `import sanatool`; --debug shows everything
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
     logger = logging.getLogger("sanatool")
     logger.handlers.clear()
@@ -174,7 +180,11 @@ def setup_logging(debug: bool) -> None:
 
 
 def emit(result: Any, as_json: bool = False) -> None:
-    """Write the command's result to stdout: JSON when asked, else the value itself (a path)."""
+    """Write the command's result to stdout: JSON when asked, else the value itself (a path, absolute)."""
+    from pathlib import PurePath
+
+    if isinstance(result, PurePath):  # one rule for every command: `OUT=$(...)` works from anywhere
+        result = Path(result).expanduser().resolve()
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str, ensure_ascii=False) + "\n")
     elif result is not None:
@@ -185,18 +195,16 @@ def emit(result: Any, as_json: bool = False) -> None:
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[Any]:
     """A rich progress bar on stderr, yielded as a library ``ProgressFn`` callback."""
-    if quiet or not console.is_terminal:
-        tasks_seen: dict[str, int] = {}
+    if quiet:
+        from sanatool.progress import no_progress
 
-        def plain(task: str, done: int, total: int | None = None, **info: object) -> None:
-            # Without a terminal, a short line per finished stage keeps logs readable.
-            if total is not None and done >= total and tasks_seen.get(task) != done:
-                tasks_seen[task] = done
-                if not quiet:
-                    extra = " ".join(f"{k}={v}" for k, v in info.items())
-                    console.print(f"{task}: {done}/{total} {extra}".rstrip())
+        yield no_progress
+        return
+    if not console.is_terminal:
+        # Logs and pipes get no bar; a line per stage every few seconds says it is alive, and how long.
+        from sanatool.progress import PeriodicLines
 
-        yield plain
+        yield PeriodicLines(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
         return
 
     from rich.progress import (

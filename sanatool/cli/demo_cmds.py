@@ -8,17 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, bold, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, seed_option
-
-# Row titles for the shapes world's six categories (the evaluator's names are identifiers).
-_CATEGORY_TITLES = {
-    "single_object": "single object",
-    "two_object": "two objects",
-    "counting": "counting",
-    "colors": "colours",
-    "position": "position",
-    "color_attr": "colour attribution",
-}
+from sanatool.cli.options import DEVICE, FORCE, refuse_existing_output, seed_option
 
 
 def _print_report(report: Any) -> None:
@@ -26,6 +16,7 @@ def _print_report(report: Any) -> None:
     from rich.table import Table
 
     from sanatool.formatting import human_count
+    from sanatool.shapes.world import CATEGORY_TITLES
 
     settings = report.settings
     rows = report.rows
@@ -40,7 +31,7 @@ def _print_report(report: Any) -> None:
     for row in rows:
         table.add_column(row.name, justify="right")
     for name in rows[0].categories:
-        table.add_row(_CATEGORY_TITLES.get(name, name), *(f"{row.categories[name]:.2f}" for row in rows))
+        table.add_row(CATEGORY_TITLES.get(name, name), *(f"{row.categories[name]:.2f}" for row in rows))
     table.add_row(bold("overall"), *(bold(f"{row.overall:.3f}") for row in rows), end_section=True)
     table.add_row("blocks", *(str(row.blocks) for row in rows))
     table.add_row("params", *(human_count(row.params) for row in rows))
@@ -83,10 +74,11 @@ def demo(
     with the oracle judge → eval on 30 prompts of each of the six GenEval-style categories. Prints
     a table of full / pruned / pruned + fine-tuned / best-of-N (accuracy per category, overall,
     blocks, params, seconds) and the paths of what it wrote: report.json, the importance heatmap,
-    sample grids, the models and the loss curve. About 3 minutes on 2 CPU cores.
+    sample grids, the models and the loss curve. About 2 minutes on 2 idle CPU cores.
 
     Example: sanatool demo --quick -o demo
     """
+    refuse_existing_output(out, force)
     from sanatool.demo import run_demo
 
     with progress_bar() as progress:

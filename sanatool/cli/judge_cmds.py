@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, seed_option
+from sanatool.cli.options import DEVICE, FORCE, JSON, refuse_existing_output, seed_option
 
 _JUDGE_HELP = (
     "shapes (the rule-based evaluator: an oracle), clip:PATH (a transformers CLIPModel dir), "
@@ -48,7 +48,7 @@ def judge(
 
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """
-    from sanatool.distributed import resolve_device
+    refuse_existing_output(out, force)
     from sanatool.judges.picking import ORACLE_NOTE, judge_samples_dir
 
     with progress_bar() as progress:
@@ -59,7 +59,7 @@ def judge(
             pick=pick,
             mode=mode,
             batch_size=batch_size,
-            device=str(resolve_device(device)),
+            device=device,
             template=template,
             force=force,
             progress=progress,
@@ -105,6 +105,7 @@ def train_verifier_cmd(
 
     Example: sanatool train-verifier -o verifier --samples samples/
     """
+    refuse_existing_output(out, force)
     from rich.table import Table
 
     from sanatool.distributed import resolve_device

@@ -14,6 +14,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -94,3 +95,24 @@ def with_options(*options: Opt) -> Callable[[F], F]:
         return run  # type: ignore[return-value]
 
     return decorate
+
+
+def check_dtype_option(value: str | None) -> str | None:
+    """Typer callback of ``--dtype``: an unknown name is refused while parsing, before anything loads."""
+    if value is None or value == "auto":
+        return value
+    from sanatool.arch import check_dtype
+
+    return check_dtype(value)
+
+
+def refuse_existing_output(out: Path | None, force: bool) -> None:
+    """Refuse an existing OUT (or a missing parent) before the command imports torch or loads a model.
+
+    The library checks again when it starts writing (with its inputs, and for an output that
+    appeared meanwhile); this check only makes the common mistake cost a fraction of a second.
+    """
+    if out is not None:
+        from sanatool.io.outputs import check_output_path
+
+        check_output_path(out, force)

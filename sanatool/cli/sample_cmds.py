@@ -8,7 +8,17 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, VARIANT, Opt, seed_option, with_options
+from sanatool.cli.options import (
+    DEVICE,
+    FORCE,
+    JSON,
+    PIPELINE_HELP,
+    VARIANT,
+    Opt,
+    check_dtype_option,
+    seed_option,
+    with_options,
+)
 from sanatool.distributed import is_main_process
 
 # ``sample`` and ``importance``: how the sampler runs.
@@ -50,7 +60,12 @@ SAMPLER_OPTIONS = (
     Opt(
         "dtype",
         str,
-        typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+        typer.Option(
+            "auto",
+            "--dtype",
+            help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.",
+            callback=check_dtype_option,
+        ),
     ),
     Opt(
         "offload",
@@ -96,7 +111,10 @@ def sample(
     *,
     shared: dict[str, Any],
     resume: bool = typer.Option(
-        False, "--resume", help="Keep images of an earlier or interrupted run whose manifest lines match."
+        False,
+        "--resume",
+        help="Keep the images of an earlier or interrupted run, make the rest; refuses a run made with "
+        "other settings (steps, prompts, model …).",
     ),
     force: bool = FORCE,
     as_json: bool = JSON,

@@ -13,8 +13,11 @@ from sanatool.cli.options import FORCE, JSON, seed_option
 if TYPE_CHECKING:
     from sanatool.samples.evaluate import EvalReport
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets.")
-app.add_typer(data_app, name="data", help="Make data sets: `data shapes` renders the shapes world.")
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Make data sets: `data shapes` renders the shapes world.\n\nExample: sanatool data shapes -o shapes --n 4000",
+)
+app.add_typer(data_app, name="data")
 
 
 @data_app.command("shapes")
@@ -83,6 +86,8 @@ def _export(target: Path, which: str, force: bool) -> Path:
 def _print_table(report: EvalReport) -> None:
     from rich.table import Table
 
+    from sanatool.shapes.world import CATEGORY_TITLES
+
     table = Table(title=f"shapes eval: {report.samples_dir}", title_justify="left")
     for column, justify in (
         ("category", "left"),
@@ -94,7 +99,10 @@ def _print_table(report: EvalReport) -> None:
     summary = report.to_json()
     for name, row in summary["categories"].items():
         table.add_row(
-            name, f"{row['accuracy']:.3f}", f"{row['correct']}/{row['total']}", f"{row['mean_score']:.3f}"
+            CATEGORY_TITLES.get(name, name),
+            f"{row['accuracy']:.3f}",
+            f"{row['correct']}/{row['total']}",
+            f"{row['mean_score']:.3f}",
         )
     table.add_section()
     table.add_row(

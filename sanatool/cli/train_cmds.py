@@ -8,7 +8,18 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, bold, emit, make_console, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, MAX_SHARD_SIZE, VARIANT, Opt, seed_option, with_options
+from sanatool.cli.options import (
+    DEVICE,
+    FORCE,
+    JSON,
+    MAX_SHARD_SIZE,
+    VARIANT,
+    Opt,
+    check_dtype_option,
+    refuse_existing_output,
+    seed_option,
+    with_options,
+)
 
 # ``train`` and ``finetune``: every TrainOptions field both commands take (names are its fields).
 TRAINING_OPTIONS = (
@@ -134,7 +145,10 @@ TRAINING_OPTIONS = (
         "dtype",
         str | None,
         typer.Option(
-            None, "--dtype", help="Output weights: fp32, bf16, fp16 (default: the input's; fp32 for train)."
+            None,
+            "--dtype",
+            help="Output weights: fp32, bf16, fp16 (default: the input's; fp32 for train).",
+            callback=check_dtype_option,
         ),
     ),
     Opt("max_shard_size", str, MAX_SHARD_SIZE),
@@ -158,6 +172,8 @@ def _run(shared: dict[str, Any], **command_options: Any) -> None:
     from sanatool.training.options import TrainOptions
 
     dry_run, as_json = shared.pop("dry_run"), shared.pop("as_json")
+    if not dry_run:
+        refuse_existing_output(shared["out"], shared["force"])
     opts = TrainOptions(**shared, **command_options)
     if dry_run:
         _dry_run(opts, as_json)
@@ -266,7 +282,9 @@ def train_vae_cmd(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, cosine decay)."),
     seed: int = seed_option("Seed of the VAE init, text encoder init and data order."),
-    dtype: str = typer.Option("fp16", "--dtype", help="Stored dtype of the VAE and text encoder."),
+    dtype: str = typer.Option(
+        "fp16", "--dtype", help="Stored dtype of the VAE and text encoder.", callback=check_dtype_option
+    ),
     force: bool = FORCE,
     as_json: bool = JSON,
 ) -> None:
@@ -278,6 +296,7 @@ def train_vae_cmd(
 
     Example: sanatool train-vae --data shapes/ -o tiny-vae --steps 3000
     """
+    refuse_existing_output(out, force)
     from sanatool.training.vae import train_vae
 
     with progress_bar() as progress:

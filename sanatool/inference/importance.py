@@ -183,8 +183,6 @@ def compute_importance(
     ``sampler``/``steps`` ``None``: the pipeline's own scheduler and its default steps (SANA-Sprint:
     SCM, 2 steps, guidance embedded so one branch); ``variant``: the weight files of a path; ``offload``: models visit the GPU only while they run.
     """
-    import torch
-
     from sanatool.distributed import resolve_device, setup_distributed
     from sanatool.inference.pipeline import (
         check_offload,
@@ -216,6 +214,8 @@ def compute_importance(
     steps = default_steps(sampler) if steps is None else steps
     items, source_name = _prompt_set(model, prompts, num_prompts, prompts_source)
     height, width = check_size(model, size)
+    import torch  # after every check that needs no model: a bad option is refused at once
+
     target = resolve_device(device)
     check_offload(offload, target)
     cfg = uses_cfg(sampler, guidance)

@@ -11,8 +11,7 @@ calibration prompts. World detection reads only the transformer config, so surge
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from sanatool.distributed import resolve_device
 from sanatool.errors import InputError, ModelDirError
 from sanatool.io.modeldir import ModelDir, as_model_dir
 from sanatool.io.prompts import PromptItem
+from sanatool.quiet import quiet_loading
 
 GENERAL_CALIBRATION_FILE = "general_calibration_v1.txt"
 
@@ -89,24 +89,6 @@ def resolve_dtype(dtype: str | Any, device: Any) -> Any:
     if isinstance(dtype, torch.dtype):
         return dtype
     return torch_dtype(resolve_precision(dtype, torch.device(device).type))
-
-
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silence diffusers' and transformers' loading progress bars: the library draws none of its own."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = []
-    for module in (diffusers_logging, transformers_logging):
-        if module.is_progress_bar_enabled():
-            module.disable_progress_bar()
-            restore.append(module)
-    try:
-        yield
-    finally:
-        for module in restore:
-            module.enable_progress_bar()
 
 
 def dtype_keyword() -> str:

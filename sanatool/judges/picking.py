@@ -22,6 +22,7 @@ from sanatool.judges.base import Judge, Judgement
 from sanatool.judges.registry import JudgeSpec, load_judge, parse_judge_spec
 from sanatool.judges.tournament import MODES, Selection, select
 from sanatool.progress import ProgressFn, no_progress
+from sanatool.samples.sheet import GRID_NAME, write_contact_sheet
 
 SCORES_NAME = "scores.jsonl"
 SUMMARY_NAME = "judge.json"
@@ -196,7 +197,8 @@ def judge_samples_dir(
 
     ``judge`` is a ``--judge`` spec (``shapes``, ``clip:PATH``, ``vlm:PATH``, ``verifier:PATH``)
     or a loaded :class:`Judge`. Validates everything (mode, K, batch size, the judge spec, the
-    manifest, every image, the output path) before loading the judge.
+    manifest, every image, the output path) before loading the judge (or torch: ``device`` may be
+    ``auto``, resolved only then).
     """
     from sanatool.judges.vlm import check_template
 
@@ -219,6 +221,10 @@ def judge_samples_dir(
         )
     check_output_path(out, force, inputs=[root])
 
+    if not isinstance(spec, Judge):
+        from sanatool.distributed import resolve_device
+
+        device = str(resolve_device(device))  # `auto` is resolved only now: it imports torch
     loaded = spec if isinstance(spec, Judge) else load_judge(spec, device=device, template=template)
     label = loaded.label
     records = [record for group in groups for record in group.records]
@@ -255,6 +261,7 @@ def judge_samples_dir(
         for record in picked_records:
             link_or_copy(root / record["path"], tmp / record["path"])
         write_manifest(tmp / MANIFEST_NAME, picked_records)
+        write_contact_sheet(tmp, picked_records, tmp / GRID_NAME)
         with open(tmp / SCORES_NAME, "w", encoding="utf-8") as handle:
             for row in score_rows:
                 handle.write(json.dumps(row) + "\n")

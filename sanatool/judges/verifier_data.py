@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sanatool.errors import InputError
+from sanatool.progress import ProgressFn, no_progress
 
 PERTURBATIONS = ("color", "shape", "count", "relation", "swap")
 #: Perturbations tried first when they apply: they are the hardest to learn and the rarest.
@@ -212,10 +213,12 @@ def render_pool(
     seed: int,
     degrade_share: float = 0.85,
     labels: bool = True,
+    progress: ProgressFn = no_progress,
 ) -> RenderPool:
     """``count`` renders of training captions, most blurred and noised like a decoder output.
 
-    With ``labels``, each render's cell labels too (else they are all background).
+    With ``labels``, each render's cell labels too (else they are all background). ``progress``
+    hears ("renders", done, count) every 100 renders (8000 take tens of seconds).
     """
     from sanatool.shapes import degrade, render_spec, training_captions
 
@@ -233,6 +236,8 @@ def render_pool(
                 image, blur=float(rng.uniform(0.0, 1.0)), noise=float(rng.uniform(0.0, 10.0)), seed=index
             )
         pixels[index] = np.asarray(image, dtype=np.uint8)
+        if (index + 1) % 100 == 0 or index + 1 == count:
+            progress("renders", index + 1, count)
     return RenderPool(pixels, items, cover, centre)
 
 

@@ -190,8 +190,11 @@ def train_verifier(
     codec = VerifierCodec(vocabulary, arch["image_size"], arch["max_words"])
     model = build_model(arch, len(vocabulary), len(classes)).to(device)
     progress("renders", 0, opts.renders)
-    pool = render_pool(opts.renders, arch["image_size"], grid, classes, opts.seed) if opts.renders else None
-    progress("renders", opts.renders, opts.renders)
+    pool = (
+        render_pool(opts.renders, arch["image_size"], grid, classes, opts.seed, progress=progress)
+        if opts.renders
+        else None
+    )
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.01)
     warmup = max(1, round(0.05 * opts.steps))

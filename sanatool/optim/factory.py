@@ -13,9 +13,9 @@ from sanatool.optim.blockwise import num_blocks
 from sanatool.optim.came import CAME
 from sanatool.optim.came8bit import DEFAULT_MIN_8BIT_SIZE, CAME8bit
 from sanatool.optim.layout import layout_bytes, state_layout
+from sanatool.optim.names import OPTIMIZER_NAMES
 
 #: The names ``build_optimizer`` accepts, the recommended one first.
-OPTIMIZER_NAMES: tuple[str, ...] = ("came8bit", "came", "adamw", "adamw8bit")
 
 # bitsandbytes' AdamW8bit keeps fp32 state for tensors below this size and blocks of 256 values
 # (one fp32 absmax per block and state) above it, plus two 256-entry fp32 maps shared by all.

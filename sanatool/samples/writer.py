@@ -135,10 +135,13 @@ def find_reusable(
     """Images of an earlier run (``out`` itself or its unfinished ``.partial``) that match this run exactly.
 
     Returns job key → (manifest record, image file). The unfinished run wins over ``out``
-    because it is newer.
+    because it is newer. An earlier image of the same prompt and candidate made with other
+    settings (steps, guidance, model, prompt text, ...) is refused with the settings that
+    differ: resuming would silently redraw it.
     """
     wanted = {job.key: settings.record(job) for job in jobs}
     found: dict[tuple[int, int], tuple[dict[str, Any], Path]] = {}
+    changed: dict[str, tuple[Any, Any, set[tuple[int, int]]]] = {}  # setting → (earlier, now, images)
     sources: list[tuple[Path, list[dict[str, Any]]]] = []
     partial = partial_dir(out)
     if partial.is_dir():
@@ -155,11 +158,21 @@ def find_reusable(
             expected = wanted.get(key)
             if key in found or expected is None:
                 continue
-            if any(row.get(name) != expected[name] for name in RESUME_KEYS):
-                continue
+            differing = [name for name in RESUME_KEYS if row.get(name) != expected[name]]
+            for name in differing:
+                changed.setdefault(name, (row.get(name), expected[name], set()))[2].add(key)
             image = root / expected["path"]
-            if image.is_file():
+            if not differing and image.is_file():
                 found[key] = (expected, image)
+    if changed:
+        what = "; ".join(
+            f"{name} {earlier!r} → {now!r} ({len(keys)} image{'s' if len(keys) != 1 else ''})"
+            for name, (earlier, now, keys) in changed.items()
+        )
+        raise InputError(
+            f"--resume keeps images made with this run's settings, but the earlier run of {out} differs: "
+            f"{what}; rerun with the earlier settings, or pass --force instead of --resume to start over"
+        )
     return found
 
 
@@ -298,7 +311,8 @@ def sample_to_dir(
 
     ``model_spec`` is a pipeline dir, ``builtin:NAME`` or an opened ``ModelDir``. Seeds follow
     :func:`image_seed`. ``resume`` keeps images of an earlier (finished or interrupted) run of
-    ``out`` whose manifest lines match this run and makes only the rest; ``force`` replaces
+    ``out`` and makes only the rest; an earlier image made with other settings is refused
+    (:class:`InputError` naming them; see :func:`find_reusable`); ``force`` replaces
     ``out``. ``instruction``: ``None`` = the world's default, ``True``/``False`` = on/off. Under
     ``torchrun`` every rank calls this; rank 0 writes the manifest and the grid. ``sampler=None``
     runs the pipeline's own scheduler and ``steps=None`` its default steps (2 for SANA-Sprint, else
@@ -349,6 +363,10 @@ def sample_to_dir(
         )
         jobs = sample_jobs(items, candidates, seed)
         reused = find_reusable(out_path, jobs, settings) if resume else {}
+        if resume and dist.is_main:
+            log.info(
+                "resume: keeping %d of %d images, making %d", len(reused), len(jobs), len(jobs) - len(reused)
+            )
         dist.barrier()  # every rank has read the earlier run before rank 0 rearranges it
         if dist.is_main:
             prepare_partial(out_path, reused, resume)

@@ -30,6 +30,15 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 #: GenEval's six categories, in its reporting order.
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+#: How tables name the categories for people (``eval`` and ``demo`` alike); files keep the identifiers.
+CATEGORY_TITLES: dict[str, str] = {
+    "single_object": "single object",
+    "two_object": "two objects",
+    "counting": "counting",
+    "colors": "colours",
+    "position": "position",
+    "color_attr": "colour attribution",
+}
 RELATIONS: tuple[str, ...] = ("left_of", "right_of", "above", "below")
 #: The most objects one render holds.
 MAX_OBJECTS = 4

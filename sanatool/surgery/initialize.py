@@ -2,8 +2,8 @@
 
 The model is built on the meta device (no memory), then each group of modules (the
 non-block layers, then one block at a time) is materialised, initialised with PyTorch's own
-``reset_parameters``, serialised and released. Peak memory is one block, not the model, so a
-4.8B checkpoint is written on a laptop.
+``reset_parameters``, serialised and released. Peak memory is one block (in fp32, and its
+converted bytes) plus torch, not the model, so a 4.8B checkpoint is written on a laptop.
 """
 
 from __future__ import annotations

@@ -55,9 +55,6 @@ def train_vae(
     ``dtype`` is what the VAE and text encoder are stored in (the transformer stays fp32 until
     ``train`` replaces it).
     """
-    import torch
-    from diffusers import AutoencoderDC
-
     from sanatool.arch import check_dtype, preset_config, torch_dtype
     from sanatool.io.modeldir import open_transformer_dir, write_transformer_dir
     from sanatool.io.provenance import write_provenance
@@ -80,6 +77,9 @@ def train_vae(
     if len(dataset) < 2:
         raise InputError(f"{data_dir} has {len(dataset)} image; VAE training needs at least 2")
     check_output_path(out, force, [dataset.root])
+    # After every check that needs no model: bad input is refused before seconds of imports.
+    import torch
+    from diffusers import AutoencoderDC
 
     pixels = _pixels(dataset, progress)
     holdout = max(1, int(len(pixels) * HOLDOUT_FRACTION))
