@@ -333,6 +333,8 @@ def test_stale_temps_of_dead_runs_are_removed_and_said_live_ones_kept(cli, tiny_
     assert live.exists() and elsewhere.exists() and other_output.exists()
     said = [line for line in _lines(result.stderr) if "died" in line]
     assert len(said) == 2 and all(f"(pid {dead})" in line for line in said)
+    # Off a terminal a log record is one whole line (not wrapped at 80 columns), naming the temp.
+    assert all(line.startswith("WARNING: ") and str(tmp_path) in line for line in said)
 
 
 def test_a_full_disk_is_one_line_naming_the_output_and_the_size(cli, tiny_transformer, tmp_path, monkeypatch):

@@ -133,6 +133,11 @@ class _RichLogHandler(logging.Handler):
         self._rich: logging.Handler | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not _lazy_console.get().is_terminal:
+            # In a log file or pipe a record is one line, whatever its length: logs are grepped.
+            sys.stderr.write(f"{record.levelname}: {record.getMessage()}\n")
+            sys.stderr.flush()
+            return
         if self._rich is None:
             from rich.logging import RichHandler
 
