@@ -46,6 +46,8 @@ _API = {
     "read_importance_file": ("sanatool.io.importance_file", "read_importance_file"),
     "load_pipeline": ("sanatool.inference.pipeline", "load_pipeline"),
     "generate": ("sanatool.inference.sampler", "generate"),
+    "make_skip_plan": ("sanatool.inference.skipping", "make_skip_plan"),
+    "apply_skip_plan": ("sanatool.inference.skipping", "apply_skip_plan"),
     "sample": ("sanatool.samples.writer", "sample_to_dir"),
     "judge": ("sanatool.judges.picking", "judge_samples_dir"),
     "evaluate": ("sanatool.samples.evaluate", "evaluate_samples_dir"),
@@ -68,6 +70,7 @@ __all__ = [
     "RunFailure",
     "SanatoolError",
     "__version__",
+    "apply_skip_plan",
     "evaluate",
     "finetune",
     "generate",
@@ -77,6 +80,7 @@ __all__ = [
     "init",
     "judge",
     "load_pipeline",
+    "make_skip_plan",
     "open_model_dir",
     "prune",
     "read_importance_file",
@@ -90,6 +94,7 @@ if TYPE_CHECKING:
     from sanatool.inference.importance import compute_importance as importance
     from sanatool.inference.pipeline import load_pipeline
     from sanatool.inference.sampler import generate
+    from sanatool.inference.skipping import apply_skip_plan, make_skip_plan
     from sanatool.io.importance_file import read_importance_file, write_importance_file
     from sanatool.io.modeldir import open_model_dir
     from sanatool.judges.picking import judge_samples_dir as judge

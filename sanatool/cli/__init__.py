@@ -29,6 +29,7 @@ _COMMAND_MODULES = {
     "eval": "shapes_cmds",
     "sample": "sample_cmds",
     "importance": "sample_cmds",
+    "plan-skips": "skip_cmds",
     "demo": "demo_cmds",
 }
 # Registration order, which is the order of ``sanatool --help``.
@@ -39,6 +40,7 @@ _MODULES = (
     "surgery_cmds",
     "shapes_cmds",
     "sample_cmds",
+    "skip_cmds",
     "demo_cmds",
 )
 

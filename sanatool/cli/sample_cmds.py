@@ -108,6 +108,11 @@ def sample(
     ),
     prompt: list[str] | None = typer.Option(None, "--prompt", help="A prompt (repeat for several)."),
     candidates: int = typer.Option(4, "--candidates", "-n", help="Images per prompt."),
+    skip_plan: Path | None = typer.Option(
+        None,
+        "--skip-plan",
+        help="Skip the blocks a plan from `plan-skips` names at each step (same model, steps, sampler).",
+    ),
     *,
     shared: dict[str, Any],
     resume: bool = typer.Option(
@@ -149,6 +154,7 @@ def sample(
             resume=resume,
             force=force,
             progress=progress,
+            skip_plan=skip_plan,
             **_sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result

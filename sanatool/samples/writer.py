@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from sanatool.inference.sampler import (
     iter_batches,
     resolve_sampler,
 )
+from sanatool.inference.skipping import SkipPlan, apply_skip_plan, read_skip_plan
 from sanatool.io.jsonl import read_jsonl
 from sanatool.io.manifest import IMAGES_DIR, MANIFEST_NAME, image_relpath, write_manifest
 from sanatool.io.outputs import check_output_path, link_or_copy, partial_dir, replace_dir
@@ -51,6 +53,7 @@ RESUME_KEYS = (
     "dtype",
     "dtypes",
     "instruction",
+    "skip_plan",
 )
 log = logging.getLogger("sanatool.samples")
 _JOURNAL_GLOB = ".journal-*.jsonl"
@@ -85,6 +88,8 @@ class SampleSettings:
     instruction: bool
     dtypes: dict[str, str] = field(default_factory=dict)
     vae_tiling: bool = False
+    #: The :meth:`~sanatool.inference.skipping.SkipPlan.plan_id` of the skip plan followed, if any.
+    skip_plan: str | None = None
 
     def record(self, job: SampleJob) -> dict[str, Any]:
         """The manifest line of a job."""
@@ -106,6 +111,8 @@ class SampleSettings:
         }
         if self.vae_tiling:
             row["vae_tiling"] = True
+        if self.skip_plan is not None:
+            row["skip_plan"] = self.skip_plan
         if job.item.category is not None:
             row["category"] = job.item.category
         if job.item.spec is not None:
@@ -158,9 +165,9 @@ def find_reusable(
             expected = wanted.get(key)
             if key in found or expected is None:
                 continue
-            differing = [name for name in RESUME_KEYS if row.get(name) != expected[name]]
+            differing = [name for name in RESUME_KEYS if row.get(name) != expected.get(name)]
             for name in differing:
-                changed.setdefault(name, (row.get(name), expected[name], set()))[2].add(key)
+                changed.setdefault(name, (row.get(name), expected.get(name), set()))[2].add(key)
             image = root / expected["path"]
             if not differing and image.is_file():
                 found[key] = (expected, image)
@@ -306,6 +313,7 @@ def sample_to_dir(
     instruction: bool | None = None,
     offload: bool = False,
     variant: str | None = None,
+    skip_plan: Any = None,
 ) -> Path:
     """Sample ``candidates`` images per prompt into a samples dir; return its path.
 
@@ -318,7 +326,9 @@ def sample_to_dir(
     runs the pipeline's own scheduler and ``steps=None`` its default steps (2 for SANA-Sprint, else
     20); ``variant`` picks the weight files of a path (``bf16`` …); ``offload`` keeps models on the CPU between uses (CUDA only). Each manifest line records
     the dtype of every model (``dtypes``), which :func:`~sanatool.inference.sampler.diffusers_load_kwargs`
-    turns into diffusers' loading arguments.
+    turns into diffusers' loading arguments. ``skip_plan`` (a
+    :class:`~sanatool.inference.skipping.SkipPlan` or its file) skips blocks at the steps it names;
+    each manifest line then records the plan's id (``skip_plan``), which ``resume`` treats as a setting.
     """
     from sanatool.arch import dtype_name
     from sanatool.distributed import resolve_device, setup_distributed
@@ -343,6 +353,10 @@ def sample_to_dir(
     sampler = resolve_sampler(model, sampler)
     steps = default_steps(sampler) if steps is None else steps
     height, width = check_size(model, size)
+    if skip_plan is not None:
+        if not isinstance(skip_plan, SkipPlan):
+            skip_plan = read_skip_plan(skip_plan)
+        skip_plan.check(model.fingerprint(), steps, sampler)
     out_path = check_samples_output(Path(out).expanduser(), force, resume, [model.path])
     target = resolve_device(device)
     check_offload(offload, target)
@@ -360,6 +374,7 @@ def sample_to_dir(
             instruction=bool(chosen),
             dtypes=component_dtypes(pipe),
             vae_tiling=configure_vae(pipe, height, width),
+            skip_plan=None if skip_plan is None else skip_plan.plan_id(),
         )
         jobs = sample_jobs(items, candidates, seed)
         reused = find_reusable(out_path, jobs, settings) if resume else {}
@@ -375,16 +390,17 @@ def sample_to_dir(
         todo = [job for job in jobs if job.prompt_index in mine and job.key not in reused]
         partial = partial_dir(out_path)
         try:
-            sample_share(
-                pipe,
-                todo,
-                partial,
-                settings,
-                chosen,
-                batch_size,
-                dist.rank,
-                progress if dist.is_main else no_progress,
-            )
+            with apply_skip_plan(pipe, skip_plan) if skip_plan is not None else nullcontext():
+                sample_share(
+                    pipe,
+                    todo,
+                    partial,
+                    settings,
+                    chosen,
+                    batch_size,
+                    dist.rank,
+                    progress if dist.is_main else no_progress,
+                )
         except (KeyboardInterrupt, Interrupted) as err:
             raise Interrupted.keeping(
                 err, f"the finished images are kept in {partial}; rerun with --resume to continue"
