@@ -1,0 +1,389 @@
+"""Timestep-aware block skipping against pruning and fewer steps at the same compute (issue 20).
+
+On a trained pipeline (default ``builtin:tiny-shapes``): score the blocks (``importance``, cosine,
+on the calibration prompts), then sample the evaluation suite (``--per-category`` prompts per
+category × ``--candidates`` images, the same seeds everywhere) and score it with the shapes
+evaluator, for each fraction F of block-calls kept (1.0, 0.8, 0.6, 0.5, 0.4):
+
+- **plan**: ``plan-skips --budget F`` followed by ``sample --skip-plan``;
+- **prune**: ``prune --keep round(F × depth) --importance`` (no fine-tuning);
+- **steps**: ``round(F × steps)`` sampler steps.
+
+Intervals are 95% bootstrap intervals over prompts (resampled within each category, every
+image of a prompt together; 2000 resamples), and every comparison is paired (the same resample
+for both sides), so verdicts come from the interval of the difference. Then the wall time of the
+denoising loop (the transformer part) with each plan against without, alternated ``--reps``
+times in the same run (median ratio and its order-statistic interval, ideal = F); ``--big``
+also times one transformer call of a random SANA 1.5 1.6B at ``--big-size`` px with a
+random-importance plan at each F.
+
+    flock /tmp/bench.lock env OMP_NUM_THREADS=2 python benchmarks/skipping.py --work /tmp/skipbench
+
+Writes ``WORK/results.json`` and the speed/quality plot (``--plot``, default beside this script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from startup import median_interval  # noqa: E402
+
+FRACTIONS = (0.8, 0.6, 0.5, 0.4)
+METHODS = ("plan", "prune", "steps")
+RESAMPLES = 2000
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def suite_subset(per_category: int) -> list[Any]:
+    """The first ``per_category`` evaluation prompts of each category."""
+    from sanatool.shapes import CATEGORIES, evaluation_suite
+
+    suite = evaluation_suite()
+    return [item for c in CATEGORIES for item in [i for i in suite if i.category == c][:per_category]]
+
+
+def correct_matrix(samples: Path, prompts: int, candidates: int) -> np.ndarray:
+    """``prompts × candidates`` of 0/1: which images the shapes evaluator passes."""
+    from sanatool.samples.evaluate import evaluate_samples_dir
+
+    report = evaluate_samples_dir(samples)
+    if report.problems or report.scored != prompts * candidates:
+        raise SystemExit(f"{samples}: {report.scored} images scored, problems {report.problems[:3]}")
+    out = np.zeros((prompts, candidates))
+    for image in report.images:
+        name = Path(image.path).stem  # p00012_c003
+        out[int(name[1:6]), int(name.split("_c")[1])] = image.correct
+    return out
+
+
+def bootstrap_overall(
+    results: dict[str, np.ndarray], categories: list[str], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Per configuration, ``RESAMPLES`` overall scores on the same stratified resamples of prompts."""
+    rng = np.random.default_rng(seed)
+    groups = [
+        np.array([i for i, c in enumerate(categories) if c == name]) for name in dict.fromkeys(categories)
+    ]
+    picks = [rng.choice(g, size=(RESAMPLES, len(g))) for g in groups]
+    per_prompt = {key: m.mean(axis=1) for key, m in results.items()}
+    return {
+        key: np.mean([v[p].mean(axis=1) for p in picks], axis=0)  # mean over categories of category means
+        for key, v in per_prompt.items()
+    }
+
+
+def overall(m: np.ndarray, categories: list[str]) -> float:
+    per_prompt = m.mean(axis=1)
+    names = list(dict.fromkeys(categories))
+    return float(np.mean([per_prompt[[c == n for c in categories]].mean() for n in names]))
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def beats(low: float, high: float, what: str) -> str:
+    """What the interval of a difference (this − other) says."""
+    if low > 0:
+        return f"beats {what}"
+    if high < 0:
+        return f"loses to {what}"
+    return f"no difference measured vs {what}"
+
+
+def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Importance, plans, pruned models, and every samples dir with its per-image scores and wall time."""
+    import sanatool
+    from sanatool.inference.skipping import make_skip_plan
+    from sanatool.io.importance_file import read_importance_file
+    from sanatool.io.modeldir import as_model_dir
+
+    model = as_model_dir(args.model)
+    depth = int(model.transformer.config["num_layers"])
+    prompts = suite_subset(args.per_category)
+    categories = [p.category for p in prompts]
+    importance_path = work / "importance.json"
+    if not importance_path.exists():
+        log(f"importance: {args.calibration_prompts} calibration prompts × {args.steps} steps")
+        result = sanatool.importance(
+            model, steps=args.steps, num_prompts=args.calibration_prompts, device="cpu", dtype="fp32"
+        )
+        sanatool.write_importance_file(importance_path, result)
+    importance = read_importance_file(importance_path)
+    common = {
+        "candidates": args.candidates,
+        "seed": args.seed,
+        "device": "cpu",
+        "dtype": "fp32",
+        "batch_size": 16,
+    }
+    configs: list[tuple[str, float, float, dict[str, Any]]] = [
+        ("full", 1.0, 1.0, {"model": model, "steps": args.steps})
+    ]
+    for fraction in FRACTIONS:
+        plan = make_skip_plan(importance, fraction)
+        configs.append(
+            (
+                "plan",
+                fraction,
+                plan.kept / plan.total,
+                {"model": model, "steps": args.steps, "skip_plan": plan},
+            )
+        )
+        keep = round(fraction * depth)
+        pruned = work / f"pruned-{keep}"
+        if not pruned.exists():
+            sanatool.prune(model, pruned, keep=keep, importance=importance_path)
+        configs.append(("prune", fraction, keep / depth, {"model": pruned, "steps": args.steps}))
+        steps = round(fraction * args.steps)
+        configs.append(("steps", fraction, steps / args.steps, {"model": model, "steps": steps}))
+    rows = []
+    (work / "samples").mkdir(exist_ok=True)
+    for method, fraction, kept, kwargs in configs:
+        out = work / "samples" / f"{method}-{fraction:g}"
+        started = time.perf_counter()
+        if not (out / "manifest.jsonl").exists():
+            sanatool.sample(kwargs.pop("model"), prompts, out, **common, **kwargs)
+        seconds = time.perf_counter() - started
+        correct = correct_matrix(out, len(prompts), args.candidates)
+        rows.append(
+            {"method": method, "fraction": fraction, "kept": kept, "seconds": seconds, "correct": correct}
+        )
+        log(f"  {method} F={fraction:g}: overall {overall(correct, categories):.3f} ({seconds:.0f} s)")
+    return {"rows": rows, "categories": categories, "importance": importance, "depth": depth}
+
+
+def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
+    """Wall time of the denoising loop with each fraction's plan / without, alternated in the same run."""
+    from sanatool.inference.pipeline import load_pipeline
+    from sanatool.inference.sampler import PromptEncoder, check_size, denoise, start_noise
+    from sanatool.inference.skipping import apply_skip_plan, make_skip_plan
+
+    pipe = load_pipeline(args.model, "cpu", "fp32")
+    prompts = [p.prompt for p in suite_subset(2)][: args.timing_batch]
+    encoder = PromptEncoder(pipe, None, "cpu")
+    embeds, mask = encoder.conditional(prompts)
+    negative = encoder.unconditional(len(prompts))
+    height, width = check_size(pipe, None)
+    noise, _ = start_noise(pipe, list(range(len(prompts))), height, width, "cpu")
+
+    def run() -> float:
+        started = time.perf_counter()
+        denoise(pipe, noise, embeds, mask, negative, args.steps, 4.5)
+        return time.perf_counter() - started
+
+    run()  # warm-up
+    out = []
+    for fraction in FRACTIONS:
+        plan = make_skip_plan(importance, fraction)
+        ratios = []
+        for _ in range(args.reps):
+            full = run()
+            with apply_skip_plan(pipe, plan):
+                skipped = run()
+            ratios.append(skipped / full)
+        median, low, high = median_interval(ratios)
+        out.append({"fraction": plan.kept / plan.total, "ratio": median, "low": low, "high": high})
+        log(f"  timing F={fraction:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+    return out
+
+
+def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One transformer call of a random SANA 1.5 1.6B with a random-importance plan at each F, against none."""
+    import torch
+    from diffusers import SanaTransformer2DModel
+
+    from sanatool.arch import preset_config
+    from sanatool.inference.skipping import apply_skip_plan, make_skip_plan
+    from sanatool.io.importance_file import Calibration, ImportanceResult
+
+    config = preset_config(args.big_preset)
+    transformer = SanaTransformer2DModel(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+    depth = len(transformer.transformer_blocks)
+    side = args.big_size // 32
+    latents = torch.randn(2, config["in_channels"], side, side)
+    text = torch.randn(2, 32, config["caption_channels"])
+    matrix = np.random.default_rng(0).random((1, depth))
+    importance = ImportanceResult(
+        "random", "cosine", Calibration("random", 1, 1, 4.5, 0), tuple(matrix[0]), (999.0,),
+        (tuple(matrix[0]),), extra={"sampler": "flow-dpm"},
+    )  # fmt: skip
+
+    def run() -> float:
+        started = time.perf_counter()
+        with torch.no_grad():
+            transformer(latents, encoder_hidden_states=text, timestep=torch.tensor([999.0, 999.0]))
+        return time.perf_counter() - started
+
+    run()
+    out = []
+    for fraction in FRACTIONS:
+        plan = make_skip_plan(importance, fraction)
+        ratios = []
+        for _ in range(args.big_reps):
+            full = run()
+            with apply_skip_plan(transformer, plan):
+                skipped = run()
+            ratios.append(skipped / full)
+        median, low, high = median_interval(ratios)
+        out.append({"fraction": plan.kept / plan.total, "ratio": median, "low": low, "high": high})
+        log(f"  1.6B F={fraction:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+    return out
+
+
+def plot(
+    path: Path, rows: list[dict[str, Any]], boot: dict[str, np.ndarray], times: list[dict[str, Any]]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (quality, speed) = plt.subplots(1, 2, figsize=(11, 4))
+    full = next(r for r in rows if r["method"] == "full")
+    for method, marker in zip(METHODS, "osD", strict=True):
+        chosen = [full] + [r for r in rows if r["method"] == method]
+        xs = [r["kept"] for r in chosen]
+        ys = [float(np.median(boot[key(r)])) for r in chosen]
+        errors = np.array(
+            [
+                [y - interval(boot[key(r)])[0], interval(boot[key(r)])[1] - y]
+                for r, y in zip(chosen, ys, strict=True)
+            ]
+        ).T
+        quality.errorbar(xs, ys, yerr=errors, marker=marker, capsize=3, label=method)
+    quality.set_xlabel("fraction of block-calls kept")
+    quality.set_ylabel("eval overall (95% bootstrap interval)")
+    quality.invert_xaxis()
+    quality.legend()
+    if times:
+        speed.errorbar(
+            [t["fraction"] for t in times], [t["ratio"] for t in times],
+            yerr=np.array([[t["ratio"] - t["low"], t["high"] - t["ratio"]] for t in times]).T,
+            marker="o", capsize=3, label="measured (denoising loop)",
+        )  # fmt: skip
+        speed.plot([0.4, 1.0], [0.4, 1.0], "k--", label="ideal (= fraction kept)")
+        speed.set_xlabel("fraction of block-calls kept (plan)")
+        speed.set_ylabel("wall time, plan / full")
+        speed.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def key(row: dict[str, Any]) -> str:
+    return f"{row['method']}-{row['fraction']:g}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="builtin:tiny-shapes")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="Work dir (reused: finished parts are kept)."
+    )
+    parser.add_argument("--per-category", type=int, default=50, help="Evaluation prompts per category (6).")
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibration-prompts", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=7, help="Timing repetitions (alternated).")
+    parser.add_argument("--timing-batch", type=int, default=8, help="Images per timed denoising loop.")
+    parser.add_argument(
+        "--big", action="store_true", help="Also time a random SANA 1.5 1.6B transformer call."
+    )
+    parser.add_argument("--big-preset", default="sana1.5-1.6b")
+    parser.add_argument("--big-size", type=int, default=1024)
+    parser.add_argument("--big-reps", type=int, default=3)
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("skipping.png"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    sampled = sample_all(args, args.work)
+    rows, categories = sampled["rows"], sampled["categories"]
+    boot = bootstrap_overall({key(r): r["correct"] for r in rows}, categories)
+    log("timing the denoising loop")
+    times = timing(args, sampled["importance"])
+    big = big_timing(args) if args.big else []
+    base = boot["full-1"]
+    table = []
+    for r in rows:
+        k = key(r)
+        low, high = interval(boot[k])
+        loss_low, loss_high = interval(base - boot[k])
+        line = {
+            "method": r["method"], "target": r["fraction"], "kept": round(r["kept"], 4),
+            "overall": round(overall(r["correct"], categories), 4), "low": round(low, 4), "high": round(high, 4),
+            "loss_vs_full": [round(loss_low, 4), round(loss_high, 4)], "sample_seconds": round(r["seconds"], 1),
+        }  # fmt: skip
+        if r["method"] == "plan":
+            for other in ("prune", "steps"):
+                d_low, d_high = interval(boot[k] - boot[f"{other}-{r['fraction']:g}"])
+                line[f"vs_{other}"] = [round(d_low, 4), round(d_high, 4)]
+                line[f"verdict_{other}"] = beats(
+                    d_low, d_high, "pruning" if other == "prune" else "fewer steps"
+                )
+            line["verdict_loss"] = (
+                "loses <= 0.03"
+                if loss_high <= 0.03
+                else "loses > 0.03"
+                if loss_low > 0.03
+                else "undecided (interval spans 0.03)"
+            )
+        table.append(line)
+    print(
+        "| method | F target | block-calls kept | overall [95% CI] | loss vs full [95% CI] | sample wall / full | verdicts |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for line, r in zip(table, rows, strict=True):
+        verdicts = "; ".join(line[v] for v in ("verdict_loss", "verdict_prune", "verdict_steps") if v in line)
+        print(
+            f"| {line['method']} | {line['target']:g} | {line['kept']:.3f} | {line['overall']:.3f} "
+            f"[{line['low']:.3f}, {line['high']:.3f}] | {line['loss_vs_full'][0]:+.3f} … {line['loss_vs_full'][1]:+.3f} "
+            f"| {r['seconds']:.0f} | {verdicts} |"
+        )
+    print(
+        "\n| plan keeps | denoising-loop wall, plan / full [95% CI] | ideal | within 10% of ideal speed-up |"
+    )
+    print("|---|---|---|---|")
+    for t in times:
+        speedup, ideal = 1 / t["ratio"], 1 / t["fraction"]
+        print(f"| {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] | {t['fraction']:.3f} | "
+              f"{'yes' if speedup >= 0.9 * ideal else 'no'} ({speedup:.2f}× of {ideal:.2f}×) |")  # fmt: skip
+    if big:
+        print(
+            f"\n| 1.6B plan keeps | one transformer call at {args.big_size} px, plan / full [95% CI] | ideal |"
+        )
+        print("|---|---|---|")
+        for t in big:
+            print(
+                f"| {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] | {t['fraction']:.3f} |"
+            )
+    n = len(categories)
+    print(
+        f"\n{n} prompts ({args.per_category} per category) × {args.candidates} images, {args.steps} steps, "
+        f"importance on {args.calibration_prompts} calibration prompts; bootstrap {RESAMPLES} resamples; "
+        f"timing {args.reps} alternated reps of {args.timing_batch} images; {time.perf_counter() - started:.0f} s"
+    )
+    plot(args.plot, rows, boot, times)
+    (args.work / "results.json").write_text(
+        json.dumps(
+            {"table": table, "timing": times, "big": big, "args": {k: str(v) for k, v in vars(args).items()}},
+            indent=2,
+        )
+    )
+    log(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
