@@ -19,7 +19,7 @@ random-importance plan at each F.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 python benchmarks/skipping.py --work /tmp/skipbench
 
-Writes ``WORK/results.json`` and the speed/quality plot (``--plot``, default beside this script).
+Writes ``WORK/results-METRIC.json`` and the speed/quality plot (``--plot``, default beside this script).
 """
 
 from __future__ import annotations
@@ -114,11 +114,20 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     depth = int(model.transformer.config["num_layers"])
     prompts = suite_subset(args.per_category)
     categories = [p.category for p in prompts]
-    importance_path = work / "importance.json"
+    # plan and prune runs of another metric get their own names; full and fewer-steps runs are shared
+    tag = "" if args.metric == "cosine" else f"-{args.metric}"
+    importance_path = work / f"importance{tag}.json"
     if not importance_path.exists():
-        log(f"importance: {args.calibration_prompts} calibration prompts × {args.steps} steps")
+        log(
+            f"importance ({args.metric}): {args.calibration_prompts} calibration prompts × {args.steps} steps"
+        )
         result = sanatool.importance(
-            model, steps=args.steps, num_prompts=args.calibration_prompts, device="cpu", dtype="fp32"
+            model,
+            steps=args.steps,
+            num_prompts=args.calibration_prompts,
+            device="cpu",
+            dtype="fp32",
+            metric=args.metric,
         )
         sanatool.write_importance_file(importance_path, result)
     importance = read_importance_file(importance_path)
@@ -143,7 +152,7 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             )
         )
         keep = round(fraction * depth)
-        pruned = work / f"pruned-{keep}"
+        pruned = work / f"pruned{tag}-{keep}"
         if not pruned.exists():
             sanatool.prune(model, pruned, keep=keep, importance=importance_path)
         configs.append(("prune", fraction, keep / depth, {"model": pruned, "steps": args.steps}))
@@ -152,7 +161,7 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows = []
     (work / "samples").mkdir(exist_ok=True)
     for method, fraction, kept, kwargs in configs:
-        out = work / "samples" / f"{method}-{fraction:g}"
+        out = work / "samples" / f"{method}{tag if method in ('plan', 'prune') else ''}-{fraction:g}"
         started = time.perf_counter()
         if not (out / "manifest.jsonl").exists():
             sanatool.sample(kwargs.pop("model"), prompts, out, **common, **kwargs)
@@ -297,6 +306,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration-prompts", type=int, default=100)
+    parser.add_argument(
+        "--metric", default="cosine", help="Importance metric for plans and pruning: cosine or ablation."
+    )
     parser.add_argument("--reps", type=int, default=7, help="Timing repetitions (alternated).")
     parser.add_argument("--timing-batch", type=int, default=8, help="Images per timed denoising loop.")
     parser.add_argument(
@@ -313,7 +325,7 @@ def main() -> None:
     rows, categories = sampled["rows"], sampled["categories"]
     boot = bootstrap_overall({key(r): r["correct"] for r in rows}, categories)
     log("timing the denoising loop")
-    times = timing(args, sampled["importance"])
+    times = timing(args, sampled["importance"]) if args.reps else []
     big = big_timing(args) if args.big else []
     base = boot["full-1"]
     table = []
@@ -372,11 +384,11 @@ def main() -> None:
     n = len(categories)
     print(
         f"\n{n} prompts ({args.per_category} per category) × {args.candidates} images, {args.steps} steps, "
-        f"importance on {args.calibration_prompts} calibration prompts; bootstrap {RESAMPLES} resamples; "
+        f"{args.metric} importance on {args.calibration_prompts} calibration prompts; bootstrap {RESAMPLES} resamples; "
         f"timing {args.reps} alternated reps of {args.timing_batch} images; {time.perf_counter() - started:.0f} s"
     )
     plot(args.plot, rows, boot, times)
-    (args.work / "results.json").write_text(
+    (args.work / f"results-{args.metric}.json").write_text(
         json.dumps(
             {"table": table, "timing": times, "big": big, "args": {k: str(v) for k, v in vars(args).items()}},
             indent=2,
