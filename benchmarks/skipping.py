@@ -106,6 +106,7 @@ def beats(low: float, high: float, what: str) -> str:
 def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Importance, plans, pruned models, and every samples dir with its per-image scores and wall time."""
     import sanatool
+    from sanatool.errors import InputError
     from sanatool.inference.skipping import make_skip_plan
     from sanatool.io.importance_file import read_importance_file
     from sanatool.io.modeldir import as_model_dir
@@ -141,16 +142,22 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     configs: list[tuple[str, float, float, dict[str, Any]]] = [
         ("full", 1.0, 1.0, {"model": model, "steps": args.steps})
     ]
+    refused = []
     for fraction in FRACTIONS:
-        plan = make_skip_plan(importance, fraction)
-        configs.append(
-            (
-                "plan",
-                fraction,
-                plan.kept / plan.total,
-                {"model": model, "steps": args.steps, "skip_plan": plan},
+        try:
+            plan = make_skip_plan(importance, fraction)
+        except InputError as err:  # e.g. every block at a step: recorded, not sampled
+            refused.append({"fraction": fraction, "why": str(err)})
+            log(f"  plan F={fraction:g} refused: {err}")
+        else:
+            configs.append(
+                (
+                    "plan",
+                    fraction,
+                    plan.kept / plan.total,
+                    {"model": model, "steps": args.steps, "skip_plan": plan},
+                )
             )
-        )
         keep = round(fraction * depth)
         pruned = work / f"pruned{tag}-{keep}"
         if not pruned.exists():
@@ -171,11 +178,18 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             {"method": method, "fraction": fraction, "kept": kept, "seconds": seconds, "correct": correct}
         )
         log(f"  {method} F={fraction:g}: overall {overall(correct, categories):.3f} ({seconds:.0f} s)")
-    return {"rows": rows, "categories": categories, "importance": importance, "depth": depth}
+    return {
+        "rows": rows,
+        "categories": categories,
+        "importance": importance,
+        "depth": depth,
+        "refused": refused,
+    }
 
 
 def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
     """Wall time of the denoising loop with each fraction's plan / without, alternated in the same run."""
+    from sanatool.errors import InputError
     from sanatool.inference.pipeline import load_pipeline
     from sanatool.inference.sampler import PromptEncoder, check_size, denoise, start_noise
     from sanatool.inference.skipping import apply_skip_plan, make_skip_plan
@@ -196,7 +210,10 @@ def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
     run()  # warm-up
     out = []
     for fraction in FRACTIONS:
-        plan = make_skip_plan(importance, fraction)
+        try:
+            plan = make_skip_plan(importance, fraction)
+        except InputError:
+            continue  # refused plans are reported with the quality table
         ratios = []
         for _ in range(args.reps):
             full = run()
@@ -354,7 +371,7 @@ def main() -> None:
             )
         table.append(line)
     print(
-        "| method | F target | block-calls kept | overall [95% CI] | loss vs full [95% CI] | sample wall / full | verdicts |"
+        "| method | F target | block-calls kept | overall [95% CI] | loss vs full [95% CI] | sample s (one run, 0 = reused) | verdicts |"
     )
     print("|---|---|---|---|---|---|---|")
     for line, r in zip(table, rows, strict=True):
@@ -364,6 +381,8 @@ def main() -> None:
             f"[{line['low']:.3f}, {line['high']:.3f}] | {line['loss_vs_full'][0]:+.3f} … {line['loss_vs_full'][1]:+.3f} "
             f"| {r['seconds']:.0f} | {verdicts} |"
         )
+    for plan in sampled["refused"]:
+        print(f"| plan | {plan['fraction']:g} | refused: {plan['why']} | | | | |")
     print(
         "\n| plan keeps | denoising-loop wall, plan / full [95% CI] | ideal | within 10% of ideal speed-up |"
     )
@@ -393,7 +412,13 @@ def main() -> None:
     plot(args.plot, rows, boot, times)
     (args.work / f"results-{args.metric}.json").write_text(
         json.dumps(
-            {"table": table, "timing": times, "big": big, "args": {k: str(v) for k, v in vars(args).items()}},
+            {
+                "table": table,
+                "refused": sampled["refused"],
+                "timing": times,
+                "big": big,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
             indent=2,
         )
     )
