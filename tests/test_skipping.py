@@ -52,6 +52,8 @@ def test_an_ablation_plan_ranks_a_call_by_the_divergence_it_adds_at_its_step():
     assert [sorted(s) for s in plan.skip] == [[], [0], [0]]
     with pytest.raises(InputError, match="holds the ablation matrix, not cosine"):
         make_skip_plan(_importance(matrix, metric="ablation"), 0.5, metric="cosine")
+    with pytest.raises(InputError, match="unknown --metric 'l2'"):
+        make_skip_plan(_importance(matrix, metric="ablation"), 0.5, metric="l2")
 
 
 def test_plan_skips_refuses_bad_budgets_and_a_step_with_every_block_skipped(cli, tmp_path):

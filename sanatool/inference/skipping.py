@@ -38,6 +38,7 @@ from typing import Any
 
 from sanatool import __version__
 from sanatool.errors import InputError
+from sanatool.inference.importance import METRICS
 from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_file
 
@@ -172,6 +173,8 @@ def make_skip_plan(importance: Any, budget: float, metric: str | None = None) ->
         raise InputError(f"--budget must be a number in (0, 1], got {budget!r}")
     if not 0 < budget <= 1:
         raise InputError(f"--budget is the fraction of block-calls kept: it must be in (0, 1], got {budget}")
+    if metric is not None and metric not in METRICS:
+        raise InputError(f"unknown --metric {metric!r}; choose one of: {', '.join(METRICS)}")
     if metric is not None and metric != importance.metric:
         raise InputError(
             f"the importance file holds the {importance.metric} matrix, not {metric}; make one with "
