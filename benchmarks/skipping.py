@@ -265,7 +265,7 @@ def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
             ratios.append(skipped / full)
         median, low, high = median_interval(ratios)
         out.append({"fraction": plan.kept / plan.total, "ratio": median, "low": low, "high": high})
-        log(f"  1.6B F={fraction:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+        log(f"  {args.big_preset} F={fraction:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
     return out
 
 
@@ -396,7 +396,7 @@ def main() -> None:
               f"{within} ({speedup:.2f}× of {ideal:.2f}×) |")  # fmt: skip
     if big:
         print(
-            f"\n| 1.6B plan keeps | one transformer call at {args.big_size} px, plan / full [95% CI] | ideal |"
+            f"\n| {args.big_preset} plan keeps | one transformer call at {args.big_size} px, plan / full [95% CI] | ideal |"
         )
         print("|---|---|---|")
         for t in big:
