@@ -60,10 +60,13 @@ def test_finetune_writes_a_pipeline_with_loss_log(cli, tiny_pipeline, shapes_dat
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["loss"] > 0 and r["lr"] == 1e-3 for r in records)
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    # No --save-every: the run dir (live log) is gone; the latent cache stays for the next run.
+    # No --save-every: the run dir (live log) is gone; the latent cache stays for the next run, in the
+    # user cache dir (the tests' XDG_CACHE_HOME), never in the data set.
     assert not (tmp_path / "ft.checkpoints").exists()
-    caches = [p for p in (shapes_data / ".sanatool-cache").iterdir() if not p.name.startswith(".")]
-    assert len(caches) == 1 and json.loads((caches[0] / "cache.json").read_text())["count"] == 12
+    assert not (shapes_data / ".sanatool-cache").exists()
+    cache_root = Path(os.environ["XDG_CACHE_HOME"]) / "sanatool"
+    caches = [p for p in cache_root.iterdir() if (p / "cache.json").is_file()]
+    assert any(json.loads((c / "cache.json").read_text())["count"] == 12 for c in caches)
     # The result loads with diffusers and the tiny world's dtype is kept when asked for fp16.
     from diffusers import SanaPipeline
 

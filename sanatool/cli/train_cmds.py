@@ -66,7 +66,10 @@ TRAINING_OPTIONS = (
         "cache_dir",
         Path | None,
         typer.Option(
-            None, "--cache-dir", help="Latent/text-embedding cache (default: DATA/.sanatool-cache)."
+            None,
+            "--cache-dir",
+            help="Latent/text-embedding cache (default: $XDG_CACHE_HOME/sanatool or ~/.cache/sanatool); "
+            "not inside an input.",
         ),
     ),
     Opt(
