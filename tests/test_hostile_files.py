@@ -1,9 +1,10 @@
-"""Hostile and broken input files (issue 17: F7, F8, F9, F15): one line, exit 2, nothing written, inputs untouched."""
+"""Hostile and broken input files (issue 17: F7-F10, F14, F15): one line, exit 2, nothing written, inputs untouched."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -279,3 +280,139 @@ def test_finetune_refuses_a_bomb_in_the_data(cli, tiny_pipeline, small_data, tmp
     out = tmp_path / "ft"
     one_line_error(cli("finetune", tiny_pipeline, "--data", data, "-o", out, "--steps", "1"), message=first)
     assert not out.exists() and tree_digest(data) == before
+
+
+# --- F10 / F14: the VAE, text encoder and tokenizer are checked before anything is built ------------
+
+
+def _pipeline_copy(source: Path, root: Path) -> Path:
+    model = root / "model"
+    shutil.copytree(source, model)
+    return model
+
+
+def _edit_config(path: Path, **changes) -> None:
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def _to_pickle(component: Path, name: str) -> None:
+    """Replace a component's safetensors weights by the same tensors in a torch.save pickle."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = next(component.glob("*.safetensors"))
+    torch.save(load_file(weights), component / name)
+    weights.unlink()
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER``: a weights file that attacks whoever loads it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _sample(cli, model: Path, out: Path, *extra: str):
+    return cli("sample", model, "--prompt", "a red circle", "-n", "1", "--steps", "1", "-o", out, *extra)
+
+
+def _hostile_vae_wide(vae: Path) -> None:
+    _edit_config(
+        vae / "config.json", encoder_block_out_channels=[200000] * 3, decoder_block_out_channels=[200000] * 3
+    )
+
+
+def _hostile_vae_deep(vae: Path) -> None:
+    _edit_config(
+        vae / "config.json",
+        **{
+            f"{side}_{key}": [value] * 3000
+            for side in ("encoder", "decoder")
+            for key, value in (
+                ("block_out_channels", 16),
+                ("block_types", "ResBlock"),
+                ("layers_per_block", 1),
+                ("qkv_multiscales", []),
+            )
+        },
+    )
+
+
+def _hostile_vocab(model: Path) -> None:
+    _edit_config(model / "text_encoder" / "config.json", vocab_size=10**9)
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        ("200000 channels", lambda m: _hostile_vae_wide(m / "vae"), "implies"),
+        ("3000 stages", lambda m: _hostile_vae_deep(m / "vae"), "3000 entries"),
+        ("vocab 1e9", _hostile_vocab, "embed_tokens.weight has shape"),
+        (
+            "layers 1e6",
+            lambda m: _edit_config(m / "text_encoder" / "config.json", num_hidden_layers=10**6),
+            "at most",
+        ),
+        (
+            "a string for channels",
+            lambda m: _edit_config(m / "vae" / "config.json", latent_channels="x"),
+            "config.json",
+        ),
+        ("no tokenizer", lambda m: [p.unlink() for p in (m / "tokenizer").iterdir()], "no tokenizer files"),
+        (
+            "truncated VAE",
+            lambda m: (m / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 9),
+            "vae",
+        ),
+        ("pickle VAE", lambda m: _to_pickle(m / "vae", "diffusion_pytorch_model.bin"), "--allow-pickle"),
+    ],
+)
+def test_sample_refuses_bad_components_before_building(name, edit, message, cli, tiny_pipeline, tmp_path):
+    model = _pipeline_copy(tiny_pipeline, tmp_path)
+    edit(model)
+    before = tree_digest(model)
+    out = tmp_path / "samples"
+    one_line_error(_sample(cli, model, out), message=message)
+    assert not out.exists() and tree_digest(model) == before
+
+
+def test_allow_pickle_loads_benign_pickle_weights(cli, tiny_pipeline, tmp_path):
+    model = _pipeline_copy(tiny_pipeline, tmp_path)
+    reference = _sample(cli, tiny_pipeline, tmp_path / "reference")
+    assert reference.code == 0, reference.stderr
+    _to_pickle(model / "vae", "diffusion_pytorch_model.bin")
+    _to_pickle(model / "text_encoder", "pytorch_model.bin")
+    res = _sample(cli, model, tmp_path / "samples", "--allow-pickle")
+    assert res.code == 0, res.stderr
+    image = "images/p00000_c000.png"
+    assert (tmp_path / "samples" / image).read_bytes() == (tmp_path / "reference" / image).read_bytes()
+
+
+@pytest.mark.parametrize("component", ["vae", "text_encoder"])
+def test_a_malicious_pickle_never_runs(component, cli, tiny_pipeline, small_data, tmp_path):
+    import torch
+
+    model = _pipeline_copy(tiny_pipeline, tmp_path)
+    marker = tmp_path / "pwned"
+    (next((model / component).glob("*.safetensors"))).unlink()
+    torch.save({"weight": _Payload(marker)}, model / component / "pytorch_model.bin")
+    before = tree_digest(model)
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "sanatool"
+    caches_before = sorted(cache.iterdir()) if cache.exists() else []
+    for extra in ((), ("--allow-pickle",)):
+        one_line_error(_sample(cli, model, tmp_path / "samples", *extra), message=component)
+        res = cli("finetune", model, "--data", small_data, "-o", tmp_path / "ft", "--steps", "1", *extra)
+        one_line_error(res, message=component)
+        res = cli(
+            "importance", model, "-o", tmp_path / "imp.json", "--num-prompts", "1", "--steps", "1", *extra
+        )
+        one_line_error(res, message=component)
+    assert not marker.exists()
+    assert not (tmp_path / "samples").exists() and not (tmp_path / "ft").exists()
+    assert not (tmp_path / "imp.json").exists() and tree_digest(model) == before
+    assert (sorted(cache.iterdir()) if cache.exists() else []) == caches_before

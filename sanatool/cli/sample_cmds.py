@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, with_options
+from sanatool.cli.options import ALLOW_PICKLE, DEVICE, FORCE, JSON, PIPELINE_HELP, Opt, with_options
 from sanatool.distributed import is_main_process
 
 # ``sample`` and ``importance``: how the sampler runs.
@@ -49,6 +49,7 @@ SAMPLER_OPTIONS = (
             "off for the shapes world).",
         ),
     ),
+    Opt("allow_pickle", bool, ALLOW_PICKLE),
 )
 
 

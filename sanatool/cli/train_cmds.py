@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sanatool.cli._app import app, emit, progress_bar
-from sanatool.cli.options import DEVICE, FORCE, JSON, MAX_SHARD_SIZE, Opt, with_options
+from sanatool.cli.options import ALLOW_PICKLE, DEVICE, FORCE, JSON, MAX_SHARD_SIZE, Opt, with_options
 
 # ``train`` and ``finetune``: every TrainOptions field both commands take (names are its fields).
 TRAINING_OPTIONS = (
@@ -133,6 +133,7 @@ TRAINING_OPTIONS = (
         ),
     ),
     Opt("device", str, DEVICE),
+    Opt("allow_pickle", bool, ALLOW_PICKLE),
     Opt(
         "dtype",
         str | None,

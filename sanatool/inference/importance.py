@@ -172,12 +172,14 @@ def compute_importance(
     sampler: str = "flow-dpm",
     instruction: bool | None = None,
     prompts_source: str | None = None,
+    allow_pickle: bool = False,
 ) -> ImportanceResult:
     """Score every block of a pipeline's transformer over calibration prompts (see the module docstring).
 
     ``prompts=None`` uses the model world's 100 calibration prompts; the first ``num_prompts``
     are used. Prompt ``p`` starts from the noise of :func:`~sanatool.inference.sampler.image_seed`
     ``(seed, p, 0)``, so a calibration run is the sampling of candidate 0 of each prompt.
+    ``allow_pickle`` lets pickle component weights load (torch's weights_only loader).
     """
     import torch
 
@@ -203,7 +205,7 @@ def compute_importance(
     height, width = check_size(model, size)
     target = resolve_device(device)
     with setup_distributed(target) as dist:
-        pipe = load_pipeline(model, target, dtype, command="importance")
+        pipe = load_pipeline(model, target, dtype, command="importance", allow_pickle=allow_pickle)
         chosen = resolve_instruction(model, instruction)
         transformer = pipe.transformer
         depth = len(transformer.transformer_blocks)

@@ -19,6 +19,7 @@ from typing import Any
 from sanatool.arch import SHAPES_WORLD, detect_world, resolve_precision, torch_dtype, vae_scale_factor
 from sanatool.distributed import resolve_device
 from sanatool.errors import ModelDirError
+from sanatool.inference.components import check_components
 from sanatool.io.modeldir import ModelDir, as_model_dir
 from sanatool.io.prompts import PromptItem
 
@@ -120,10 +121,13 @@ def load_pipeline(
     device: str | Any = "cpu",
     dtype: str | Any = "fp32",
     command: str = "sample",
+    allow_pickle: bool = False,
 ) -> Any:
     """Load a pipeline dir's transformer, VAE, text encoder, tokenizer and scheduler as a ``SanaPipeline``.
 
-    Refuses a bare transformer dir (``command`` names who needs the pipeline, for the message).
+    Refuses a bare transformer dir (``command`` names who needs the pipeline, for the message),
+    and components that fail :func:`~sanatool.inference.components.check_components` (pickle
+    weights unless ``allow_pickle``).
     The pipeline is in eval mode on ``device`` (``auto`` allowed) with weights in ``dtype``,
     its own progress bar off.
     """
@@ -131,12 +135,16 @@ def load_pipeline(
 
     model = as_model_dir(model_dir)
     model.require_pipeline(command)
+    check_components(model, allow_pickle)
     target = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, target)
     try:
         with _quiet_loading():
             pipe = SanaPipeline.from_pretrained(
-                str(model.path), local_files_only=True, **{_dtype_keyword(): weights_dtype}
+                str(model.path),
+                local_files_only=True,
+                use_safetensors=None if allow_pickle else True,
+                **{_dtype_keyword(): weights_dtype},
             )
     except (OSError, ValueError, KeyError) as err:
         raise ModelDirError(

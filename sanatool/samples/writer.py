@@ -281,13 +281,15 @@ def sample_to_dir(
     force: bool = False,
     progress: ProgressFn = no_progress,
     instruction: bool | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Sample ``candidates`` images per prompt into a samples dir; return its path.
 
     ``model_spec`` is a pipeline dir, ``builtin:NAME`` or an opened ``ModelDir``. Seeds follow
     :func:`image_seed`. ``resume`` keeps images of an earlier (finished or interrupted) run of
     ``out`` whose manifest lines match this run and makes only the rest; ``force`` replaces
-    ``out``. ``instruction``: ``None`` = the world's default, ``True``/``False`` = on/off. Under
+    ``out``. ``instruction``: ``None`` = the world's default, ``True``/``False`` = on/off.
+    ``allow_pickle`` lets pickle component weights load (torch's weights_only loader). Under
     ``torchrun`` every rank calls this; rank 0 writes the manifest and the grid.
     """
     from sanatool.arch import dtype_name
@@ -308,7 +310,7 @@ def sample_to_dir(
     out_path = check_samples_output(Path(out).expanduser(), force, resume, [model.path])
     target = resolve_device(device)
     with setup_distributed(target) as dist:
-        pipe = load_pipeline(model, target, dtype, command="sample")
+        pipe = load_pipeline(model, target, dtype, command="sample", allow_pickle=allow_pickle)
         make_scheduler(pipe, sampler, steps)  # refuses a sampler this pipeline cannot run, before any output
         chosen = resolve_instruction(model, instruction)
         settings = SampleSettings(

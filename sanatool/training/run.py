@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sanatool.arch import flow_shift, resolve_precision, train_timesteps, vae_scale_factor
 from sanatool.distributed import DistContext, setup_distributed
 from sanatool.errors import InputError, RunFailure
+from sanatool.inference.components import check_components as check_component_files
 from sanatool.io.modeldir import ModelDir, open_model_dir
 from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
@@ -187,6 +188,7 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
                 "--train-text-encoder is for small text encoders trained from scratch (the shapes world); this "
                 "model encodes prompts with the complex human instruction of a pretrained Gemma, keep it frozen"
             )
+    check_component_files(sources.components, opts.allow_pickle)
     vae_config = check_components(sources.config, sources.components)
     assert opts.data is not None and opts.out is not None
     dataset = load_dataset(opts.data, opts.resolution)
