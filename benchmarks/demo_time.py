@@ -43,7 +43,9 @@ def _run(quick: bool, state: str, choice: str, out: Path) -> float:
     try:
         command = [sys.executable, "-m", "sanatool", "demo", *(["--quick"] if quick else []), "-o", str(out)]
         start = time.perf_counter()
-        subprocess.run(command, env=env, cwd=HERE, check=True, capture_output=True)
+        done = subprocess.run(command, env=env, cwd=HERE, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]}")
         return time.perf_counter() - start
     finally:
         if busy is not None:

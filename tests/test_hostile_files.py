@@ -153,9 +153,13 @@ def test_info_on_a_hostile_weights_file_is_one_line(case, cli, tiny_transformer,
 
 def test_parse_json_refuses_what_json_does_not_allow():
     assert parse_json(b'{"a": [1, 2.5, "\\u00e9"]}') == {"a": [1, 2.5, "é"]}
-    for text in ("[" * 200_000, '{"a": NaN}', "[Infinity]", "[-Infinity]", b"\xff{}", "{} x"):
+    assert parse_json('{"a": -Infinity}')["a"] == float("-inf")  # diffusers' scheduler configs hold it
+    for text in ("[" * 200_000, b"\xff{}", "{} x"):
         with pytest.raises(ValueError):
             parse_json(text)
+    for text in ('{"a": NaN}', "[Infinity]", "[-Infinity]"):
+        with pytest.raises(ValueError):
+            parse_json(text, nonfinite=False)
 
 
 def test_deep_json_files_are_input_errors(tmp_path):

@@ -275,6 +275,13 @@ def test_resume_refuses_a_checkpoint_of_another_model(cli, tiny_pipeline, shapes
     )
     assert res.code == 2
     assert "belongs to a run of another model" in res.stderr
+    # Settings that shape the rest of the run must not change on resume (the seed was silently ignored).
+    resume = [*run, "--steps", "6", "--resume", "--checkpoint-dir", tmp_path / "ckpt", "--force"]
+    for extra, change in ((["--seed", "1"], "--seed 0 → 1"), (["--lr", "0.01"], "--lr 0.0001 → 0.01")):
+        res = cli("finetune", tiny_pipeline, *resume, *extra)
+        assert res.code == 2 and change in res.stderr and len(res.stderr.strip().splitlines()) == 1, (
+            res.stderr
+        )
     # A torn checkpoint record is one line, not a traceback.
     newest = max((tmp_path / "ckpt").glob("step-*"))
     (newest / "checkpoint.json").write_text("{torn")

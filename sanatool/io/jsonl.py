@@ -19,9 +19,10 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(text: str | bytes) -> Any:
-    """Parse JSON text strictly: bytes must be UTF-8, and ``NaN``/``Infinity`` (which Python's
-    ``json`` accepts but JSON does not) are refused.
+def parse_json(text: str | bytes, nonfinite: bool = True) -> Any:
+    """Parse JSON text; bytes must be UTF-8. ``nonfinite=False`` also refuses ``NaN`` and
+    ``Infinity``, which Python's ``json`` accepts (diffusers writes ``-Infinity`` into scheduler
+    configs) but JSON and the safetensors library do not.
 
     Every failure, including nesting too deep to parse (200 000 ``[`` raise ``RecursionError``
     in ``json``), raises ``ValueError`` with a short reason.
@@ -29,7 +30,7 @@ def parse_json(text: str | bytes) -> Any:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, **({} if nonfinite else {"parse_constant": _refuse_constant}))
     except RecursionError as err:
         raise ValueError("nested too deeply") from err
     except json.JSONDecodeError as err:

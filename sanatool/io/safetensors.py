@@ -111,7 +111,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     except OSError as err:
         raise ModelDirError(f"cannot read {path}: {err.strerror or err}") from err
     try:
-        header = parse_json(header_bytes)
+        header = parse_json(header_bytes, nonfinite=False)
     except ValueError as err:
         raise ModelDirError(f"{path} has a corrupt safetensors header ({err})") from err
     if not isinstance(header, dict):
