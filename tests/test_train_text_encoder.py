@@ -93,7 +93,9 @@ def test_train_text_encoder_resumes_bit_exact(tiny_pipeline, shapes_data, tmp_pa
 
     with pytest.raises(KeyboardInterrupt):
         run_training(TrainOptions(out=tmp_path / "split", **common), progress=ctrl_c_at_3)
-    with pytest.raises(Exception, match="was trained with --train-text-encoder"):
+    from sanatool.errors import InputError
+
+    with pytest.raises(InputError, match="was trained with --train-text-encoder"):
         run_training(
             TrainOptions(out=tmp_path / "split", resume=True, **{**common, "train_text_encoder": False})
         )
