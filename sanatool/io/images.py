@@ -18,7 +18,14 @@ MAX_SIDE = 8192
 
 
 class UnreadableImage(InputError):
-    """A file that is not a readable image, or one larger than :data:`MAX_SIDE` (exit code 2)."""
+    """A file that is not a readable image, or one larger than :data:`MAX_SIDE` (exit code 2).
+
+    ``reason`` is the message without the path, for callers that name the file their own way.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path} {reason}")
+        self.reason = reason
 
 
 _DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError)
@@ -35,11 +42,11 @@ def open_image(path: str | os.PathLike) -> Image:
     try:
         image = PILImage.open(Path(path))
     except (PILImage.DecompressionBombError, *_DECODE_ERRORS) as err:
-        raise UnreadableImage(f"{path} is not a readable image ({err})") from err
+        raise UnreadableImage(path, f"is unreadable ({err})") from err
     if max(image.size) > MAX_SIDE:
         size = image.size
         image.close()
-        raise UnreadableImage(f"{path} is {size[0]}x{size[1]}; images larger than {MAX_SIDE} px are refused")
+        raise UnreadableImage(path, f"is {size[0]}x{size[1]}; images larger than {MAX_SIDE} px are refused")
     return image
 
 
@@ -50,4 +57,4 @@ def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image:
         try:
             return image.convert(mode)
         except _DECODE_ERRORS as err:
-            raise UnreadableImage(f"{path} is not a readable image ({err})") from err
+            raise UnreadableImage(path, f"is unreadable ({err})") from err

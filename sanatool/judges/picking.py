@@ -100,7 +100,7 @@ def _check_images(root: Path, records: Sequence[dict[str, Any]]) -> None:
             with open_image(path) as image:
                 image.verify()
         except UnreadableImage as err:
-            bad.append(f"{MANIFEST_NAME}:{record['_line']}: {err}")
+            bad.append(f"{MANIFEST_NAME}:{record['_line']}: {record['path']} {err.reason}")
         except (OSError, SyntaxError) as err:
             bad.append(f"{MANIFEST_NAME}:{record['_line']}: {record['path']} is not a readable image ({err})")
     if bad:

@@ -132,7 +132,7 @@ def _load_image(root: Path, relpath: str) -> Image.Image:
     try:
         return load_image(path)
     except UnreadableImage as err:
-        raise _Unusable(f"image {relpath}: {err}") from err
+        raise _Unusable(f"image {relpath} {err.reason}") from err
 
 
 def evaluate_samples_dir(samples_dir: str | os.PathLike, progress: ProgressFn = no_progress) -> EvalReport:
