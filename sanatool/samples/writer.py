@@ -306,6 +306,7 @@ def sample_to_dir(
     instruction: bool | None = None,
     offload: bool = False,
     variant: str | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Sample ``candidates`` images per prompt into a samples dir; return its path.
 
@@ -319,6 +320,7 @@ def sample_to_dir(
     20); ``variant`` picks the weight files of a path (``bf16`` …); ``offload`` keeps models on the CPU between uses (CUDA only). Each manifest line records
     the dtype of every model (``dtypes``), which :func:`~sanatool.inference.sampler.diffusers_load_kwargs`
     turns into diffusers' loading arguments.
+    ``allow_pickle`` lets pickle component weights load (torch's weights_only loader).
     """
     from sanatool.arch import dtype_name
     from sanatool.distributed import resolve_device, setup_distributed
@@ -347,7 +349,9 @@ def sample_to_dir(
     target = resolve_device(device)
     check_offload(offload, target)
     with setup_distributed(target) as dist:
-        pipe = load_pipeline(model, target, dtype, command="sample", offload=offload)
+        pipe = load_pipeline(
+            model, target, dtype, command="sample", offload=offload, allow_pickle=allow_pickle
+        )
         chosen = resolve_instruction(model, instruction)
         settings = SampleSettings(
             steps=steps,
