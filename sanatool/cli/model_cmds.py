@@ -8,6 +8,7 @@ import typer
 
 from sanatool.cli._app import app, emit, progress_bar
 from sanatool.cli.options import FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, VARIANT
+from sanatool.cli.original import accepts_original_checkpoint
 
 
 @app.command()
@@ -37,6 +38,7 @@ def init(
 
 
 @app.command()
+@accepts_original_checkpoint
 def info(
     model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     variant: str | None = VARIANT,

@@ -9,6 +9,7 @@ import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
 from sanatool.cli.options import DRY_RUN, FORCE, MAX_SHARD_SIZE, MODEL_DIR_HELP, OUT_MODEL_DIR, VARIANT
+from sanatool.cli.original import accepts_original_checkpoint
 
 _PLAN_JSON = typer.Option(False, "--json", help="Print JSON instead of the path (or plan).")
 _DROP_CONTROLNET = typer.Option(
@@ -54,6 +55,7 @@ def _finish(plan: Any, dry_run: bool, force: bool, max_shard_size: str, as_json:
 
 
 @app.command()
+@accepts_original_checkpoint
 def grow(
     model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     to: int = typer.Option(..., "--to", help="Depth of the grown model, in blocks (more than now)."),
@@ -114,6 +116,7 @@ def grow(
 
 
 @app.command()
+@accepts_original_checkpoint
 def prune(
     model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     out: Path = OUT_MODEL_DIR,
