@@ -283,7 +283,6 @@ def made_extras(config: dict[str, Any], dtype: str, seed: int) -> tuple[dict[str
     leaves the buffer without ``use_pe``.
     """
     import torch
-    from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
     caption = int(config["caption_channels"])
     generator = torch.Generator().manual_seed(seed)
@@ -295,6 +294,8 @@ def made_extras(config: dict[str, Any], dtype: str, seed: int) -> tuple[dict[str
         table = torch.zeros(1, grid * grid, width)
         table_note = "zeros (the model uses no positional embedding, as the official code leaves it)"
     else:
+        from diffusers.models.embeddings import get_2d_sincos_pos_embed  # seconds to import: only when needed
+
         table = get_2d_sincos_pos_embed(width, grid, base_size=grid, interpolation_scale=scale).unsqueeze(0)
         table_note = f"the fixed 2-D sin-cos table ({grid}x{grid}, interpolation scale {scale})"
     target = torch_dtype(dtype)
@@ -464,11 +465,12 @@ def _interpolation_scale(pos: _Input, config: dict[str, Any]) -> float | None:
     """diffusers' ``interpolation_scale`` of an original ``pos_embed``: ``None`` for zeros (no PE), else
     the scale whose sin-cos table it is."""
     import torch
-    from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
     table = torch.frombuffer(bytearray(_piece_bytes((pos, 0, 1))), dtype=torch_dtype(pos.dtype)).float()
     if not table.any():
         return None
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
     grid = int(config["sample_size"]) // int(config["patch_size"])
     for scale in (1.0, 2.0, 0.5, 4.0, 3.0, 1.5):
         made = get_2d_sincos_pos_embed(inner_dim(config), grid, base_size=grid, interpolation_scale=scale)
