@@ -196,6 +196,11 @@ def test_prune_accepts_an_original_file(cli, tmp_path):
     )
     chain = json.loads((tmp_path / "small" / "sanatool.json").read_text())["chain"]
     assert [step["command"] for step in chain] == ["convert", "prune"]
+    # The learned null caption survives the surgery and goes back into the original file.
+    assert cli("convert", tmp_path / "small", "-o", tmp_path / "small.safetensors").code == 0
+    small = tensors_of(tmp_path / "small.safetensors")
+    assert torch.equal(small["y_embedder.y_embedding"], state["y_embedder.y_embedding"])
+    assert torch.equal(small["blocks.1.attn.qkv.weight"], state["blocks.3.attn.qkv.weight"])
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:

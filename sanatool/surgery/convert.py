@@ -63,6 +63,7 @@ from sanatool.progress import ProgressFn, no_progress
 from sanatool.surgery.convert_keys import (
     EXTRAS,
     POS_EMBED,
+    SIDE_FILE,
     Y_EMBEDDING,
     check_diffusers_names,
     describe_original,
@@ -70,8 +71,6 @@ from sanatool.surgery.convert_keys import (
 )
 from sanatool.surgery.plan import shard_size
 
-#: Beside the diffusers weights: the original tensors diffusers has no slot for.
-SIDE_FILE = "sana_original_extras.safetensors"
 #: The header field (safetensors ``__metadata__``, or a top-level key of a ``.pth``) with sanatool's record.
 METADATA_KEY = "sanatool"
 METADATA_FORMAT = "sanatool-original/1"

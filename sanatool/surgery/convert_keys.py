@@ -71,6 +71,9 @@ Y_EMBEDDING = "y_embedder.y_embedding"
 POS_EMBED = "pos_embed"
 EXTRAS = (Y_EMBEDDING, POS_EMBED, "logvar_linear.weight", "logvar_linear.bias")
 
+#: The file beside a diffusers transformer's weights that keeps :data:`EXTRAS` (grow and prune carry it).
+SIDE_FILE = "sana_original_extras.safetensors"
+
 #: Probes: what makes a file an original SANA checkpoint, and a Sprint one.
 ORIGINAL_PROBES = (
     "x_embedder.proj.weight",
