@@ -123,38 +123,40 @@ class _Input:
         return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
 
-def _pread(file: Path, start: int, length: int) -> bytes:
-    fd = os.open(file, os.O_RDONLY)
+def _read_piece(piece: tuple[_Input, int, int], into: memoryview) -> None:
+    """Read part ``index`` of ``parts`` equal parts (along dim 0) of an input tensor into ``into``."""
+    inp, index, parts = piece
+    if inp.slice is None:
+        import torch
+
+        part = inp.tensor.reshape(parts, -1)[index].contiguous()
+        into[:] = part.view(torch.uint8).numpy().data.cast("B")
+        return
+    offset = inp.slice.start + index * len(into)
+    fd = os.open(inp.slice.file, os.O_RDONLY)
     try:
-        chunks = []
-        while length:
-            chunk = os.pread(fd, length, start)
-            if not chunk:
-                raise InputError(f"{file} ended early while reading tensor bytes; the file is truncated")
-            chunks.append(chunk)
-            start += len(chunk)
-            length -= len(chunk)
-        return b"".join(chunks)
+        while into:
+            count = os.preadv(fd, [into], offset)
+            if not count:
+                raise InputError(
+                    f"{inp.slice.file} ended early while reading tensor bytes; the file is truncated"
+                )
+            into, offset = into[count:], offset + count
     finally:
         os.close(fd)
 
 
-def _piece_bytes(piece: tuple[_Input, int, int]) -> bytes:
-    """The bytes of part ``index`` of ``parts`` equal parts (along dim 0) of an input tensor."""
-    inp, index, parts = piece
-    if inp.slice is not None:
-        size = inp.slice.length // parts
-        return _pread(inp.slice.file, inp.slice.start + index * size, size)
+def _piece_bytes(piece: tuple[_Input, int, int]) -> bytearray:
+    """The bytes of one piece (see :func:`_read_piece`)."""
+    data = bytearray(piece[0].nbytes // piece[2])
+    _read_piece(piece, memoryview(data))
+    return data
+
+
+def _cast(data: bytearray, source: str, target: str) -> bytes:
     import torch
 
-    part = inp.tensor.reshape(parts, -1)[index].contiguous()
-    return part.view(torch.uint8).numpy().tobytes()
-
-
-def _cast(data: bytes, source: str, target: str) -> bytes:
-    import torch
-
-    tensor = torch.frombuffer(bytearray(data), dtype=torch_dtype(source)).to(torch_dtype(target))
+    tensor = torch.frombuffer(data, dtype=torch_dtype(source)).to(torch_dtype(target))
     return tensor.view(torch.uint8).numpy().tobytes()
 
 
@@ -185,8 +187,14 @@ def _entry(name: str, pieces: list[tuple[_Input, int, int]], dtype: str | None, 
             name, target, shape, FileSlice(inp.slice.file, inp.slice.start + index * size, size)
         )
 
-    def produce() -> bytes:
-        data = b"".join(_piece_bytes(piece) for piece in pieces)
+    def produce() -> bytes | bytearray:
+        # One buffer, each piece read straight into its place: no joining copy.
+        data = bytearray(sum(inp.nbytes // parts for inp, _, parts in pieces))
+        view, position = memoryview(data), 0
+        for piece in pieces:
+            size = piece[0].nbytes // piece[2]
+            _read_piece(piece, view[position : position + size])
+            position += size
         return data if target == first.dtype else _cast(data, first.dtype, target)
 
     return TensorEntry(name, target, shape, produce)
@@ -465,7 +473,7 @@ def _interpolation_scale(pos: _Input, config: dict[str, Any]) -> float | None:
     the scale whose sin-cos table it is."""
     import torch
 
-    table = torch.frombuffer(bytearray(_piece_bytes((pos, 0, 1))), dtype=torch_dtype(pos.dtype)).float()
+    table = torch.frombuffer(_piece_bytes((pos, 0, 1)), dtype=torch_dtype(pos.dtype)).float()
     if not table.any():
         return None
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
