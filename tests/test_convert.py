@@ -216,12 +216,17 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         del mixed_state[name]
     mixed = tmp_path / "mixed.safetensors"
     save_file(mixed_state, mixed)
+    bad_shape = original_state(2)
+    bad_shape["x_embedder.proj.weight"] = torch.zeros(WIDTH, 8)
+    shapes = tmp_path / "shapes.safetensors"
+    save_file(bad_shape, shapes)
     pickle = tmp_path / "orig.pth"
     torch.save({"state_dict": original_state(2)}, pickle)
     return {
         "neither": (neither, "neither an original SANA checkpoint"),
         "missing": (missing, "blocks 3 are missing"),
         "mixed": (mixed, "mixed QK-norm"),
+        "shapes": (shapes, "do not form a SANA transformer"),
         "pickle": (pickle, "--allow-pickle"),
     }
 

@@ -569,7 +569,10 @@ def convert_to_diffusers(
             f"{src_path} is {kind} checkpoint but --components {pipeline.path} is built for the other kind; "
             "use a pipeline of the same kind"
         )
-    config, notes = _original_config(inputs, record, pipeline, depth, qk_norm, sprint, src_path)
+    try:
+        config, notes = _original_config(inputs, record, pipeline, depth, qk_norm, sprint, src_path)
+    except (ValueError, IndexError, ZeroDivisionError) as err:  # shapes of the wrong rank or size
+        raise InputError(f"{src_path}: its tensor shapes do not form a SANA transformer ({err})") from err
     entries = []
     for pair in key_pairs(depth, qk_norm, sprint):
         parts = len(pair.diffusers)
