@@ -96,6 +96,9 @@ def test_original_round_trip_is_bit_exact(cli, tmp_path, depth, qk_norm, sprint,
     assert_same(tensors_of(tmp_path / "back.safetensors"), state)
     assert cli("convert", tmp_path / "dir", "-o", tmp_path / "back.pth", "--format", "pth").code == 0
     assert_same(tensors_of(tmp_path / "back.pth"), state)
+    # The .pth carries sanatool's record too: back to diffusers with the same config.
+    assert cli("convert", tmp_path / "back.pth", "--allow-pickle", "-o", tmp_path / "dir2").code == 0
+    assert json.loads((tmp_path / "dir2" / "config.json").read_text()) == config
 
 
 def test_pth_input_needs_allow_pickle_and_round_trips(cli, tmp_path):
