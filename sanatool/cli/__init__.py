@@ -31,6 +31,7 @@ _COMMAND_MODULES = {
     "sample": "sample_cmds",
     "importance": "sample_cmds",
     "demo": "demo_cmds",
+    "convert": "convert_cmds",
 }
 # Registration order, which is the order of ``sanatool --help``.
 _MODULES = (
@@ -41,6 +42,7 @@ _MODULES = (
     "shapes_cmds",
     "sample_cmds",
     "demo_cmds",
+    "convert_cmds",
 )
 
 

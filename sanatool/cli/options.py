@@ -49,8 +49,8 @@ OUT_MODEL_DIR = typer.Option(..., "--out", "-o", help="Output model dir (must no
 ALLOW_PICKLE = typer.Option(
     False,
     "--allow-pickle",
-    help="Load pickle weights (.bin, .pt, .ckpt) of the VAE and text encoder, with torch's weights_only "
-    "loader (never their code). Without it they are refused: convert them to safetensors.",
+    help="Load pickle weights (an original .pth checkpoint; .bin, .pt, .ckpt of the VAE and text encoder) "
+    "with torch's weights_only loader (never their code). Without it they are refused: use safetensors.",
 )
 MODEL_DIR_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
 PIPELINE_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."

@@ -625,3 +625,29 @@ def write_sharded(
         index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
         (out_dir / index_file_name(basename, variant)).write_text(json.dumps(index, indent=2) + "\n")
     return paths
+
+
+def write_file(
+    path: Path,
+    entries: Sequence[TensorEntry],
+    metadata: dict[str, str] | None = None,
+    progress: ProgressFn = no_progress,
+    task: str = "write",
+) -> None:
+    """Write entries as one safetensors file at ``path`` (no sharding), with ``metadata`` in its header.
+
+    Streams like :func:`write_sharded`; for single-file formats such as the original SANA checkpoints.
+    """
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names in output")
+    total_bytes = sum(entry.nbytes for entry in entries)
+    written = 0
+    progress(task, 0, total_bytes)
+
+    def on_bytes(count: int) -> None:
+        nonlocal written
+        written += count
+        progress(task, written, total_bytes)
+
+    _write_shard(path, entries, {"format": "pt", **(metadata or {})}, on_bytes)
