@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import sanatool as sanatool_pkg
@@ -39,6 +38,7 @@ from sanatool.formatting import human_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import median_interval  # noqa: E402 - the benchmarks' one interval rule
+from surgery import _timed as timed_command  # noqa: E402 - the benchmarks' one timed subprocess
 
 GOAL_RATIO = 1.5
 GOAL_RSS = 600 * 10**6
@@ -67,19 +67,8 @@ with open(dst, "wb") as out:
 
 def _timed(cmd: list[str], rss_file: Path) -> tuple[float, int]:
     """Wall seconds (sync to sync) and peak RSS bytes of one command."""
-    os.sync()
-    start = time.perf_counter()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    os.sync()
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    return elapsed, int(rss_file.read_text().split()[-1]) * 1024
+    seconds, _, peak = timed_command(cmd, rss_file)
+    return seconds, peak
 
 
 def _bytes(path: Path) -> int:
