@@ -10,6 +10,7 @@ everything here is a no-op.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,24 +147,29 @@ def setup_distributed(device: str | Any = "auto") -> DistContext:
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _other_load() -> float:
-    """How many CPUs other processes keep busy: the larger of the 1-minute load average and the
-    runnable tasks right now (``/proc/loadavg``'s 4th field counts this process too)."""
-    try:
-        one_minute = os.getloadavg()[0]
-    except OSError:
-        one_minute = 0.0
-    try:
-        with open("/proc/loadavg", encoding="ascii") as handle:
-            runnable = int(handle.read().split()[3].split("/")[0]) - 1
-    except (OSError, ValueError, IndexError):
-        runnable = 0
-    return max(one_minute, float(runnable))
+def _busy_elsewhere() -> int:
+    """How many CPUs other processes keep busy now: the runnable tasks of ``/proc/loadavg`` less this one.
+
+    Instantaneous on purpose: the load average remembers the last minute, so in a shell chain of
+    sanatool commands it would count the command that just ended as a competitor and halve the
+    next one's threads. Two readings a few milliseconds apart, the smaller kept, so a passing blip
+    does not count; a process that computes is runnable in both.
+    """
+    readings = []
+    for attempt in range(2):
+        if attempt:
+            time.sleep(0.003)
+        try:
+            with open("/proc/loadavg", encoding="ascii") as handle:
+                readings.append(int(handle.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return 0
+    return max(0, min(readings))
 
 
 def choose_cpu_threads() -> int:
     """The CPU thread count for this process's torch work: ``OMP_NUM_THREADS`` when set, else the
-    CPUs this process may use minus those other processes keep busy (at least 1).
+    CPUs this process may use minus those other processes keep busy now (at least 1).
 
     torch's default, one thread per CPU, oversubscribes a busy machine: its OpenMP threads spin
     waiting for each other while the kernel runs another process on their core; on 2 CPUs with one
@@ -178,7 +184,7 @@ def choose_cpu_threads() -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, cpus - round(_other_load())))
+    return max(1, min(cpus, cpus - _busy_elsewhere()))
 
 
 def apply_cpu_threads() -> int:
