@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib import import_module
@@ -282,21 +283,24 @@ def run_demo(
             tmp / "data", chosen.data_size, seed=seed, progress=_staged(progress, tuned_name)
         )
         finetuned = tmp / "finetuned"
-        run_training(
-            TrainOptions(
-                data=data,
-                out=finetuned,
-                steps=chosen.finetune_steps,
-                source=str(pruned),
-                optimizer="came8bit",
-                lr=chosen.lr,
-                warmup_steps=min(chosen.warmup_steps, chosen.finetune_steps - 1),
-                batch_size=chosen.finetune_batch,
-                seed=seed,
-                device=device,
-            ),
-            _staged(progress, tuned_name),
-        )
+        # The demo's data is new each run: its latent cache is thrown away, not kept in the user's.
+        with tempfile.TemporaryDirectory(prefix="sanatool-demo-cache-") as cache_dir:
+            run_training(
+                TrainOptions(
+                    data=data,
+                    out=finetuned,
+                    cache_dir=Path(cache_dir),
+                    steps=chosen.finetune_steps,
+                    source=str(pruned),
+                    optimizer="came8bit",
+                    lr=chosen.lr,
+                    warmup_steps=min(chosen.warmup_steps, chosen.finetune_steps - 1),
+                    batch_size=chosen.finetune_batch,
+                    seed=seed,
+                    device=device,
+                ),
+                _staged(progress, tuned_name),
+            )
         build = time.perf_counter() - clock
         clock = time.perf_counter()
         tuned_samples = sample(finetuned, "samples_finetuned", 1, tuned_name)

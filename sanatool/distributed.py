@@ -10,6 +10,7 @@ everything here is a no-op.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,3 +141,64 @@ def setup_distributed(device: str | Any = "auto") -> DistContext:
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
         created = True
     return DistContext(dist.get_rank(), dist.get_world_size(), target, created)
+
+
+#: Environment variables that already fix the CPU thread count; when one is set it is obeyed.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _busy_elsewhere() -> int:
+    """How many CPUs other processes keep busy now: the runnable tasks of ``/proc/loadavg`` less this one.
+
+    Instantaneous on purpose: the load average remembers the last minute, so in a shell chain of
+    sanatool commands it would count the command that just ended as a competitor and halve the
+    next one's threads. Two readings a few milliseconds apart, the smaller kept, so a passing blip
+    does not count; a process that computes is runnable in both.
+    """
+    readings = []
+    for attempt in range(2):
+        if attempt:
+            time.sleep(0.003)
+        try:
+            with open("/proc/loadavg", encoding="ascii") as handle:
+                readings.append(int(handle.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return 0
+    return max(0, min(readings))
+
+
+def choose_cpu_threads() -> int:
+    """The CPU thread count for this process's torch work: ``OMP_NUM_THREADS`` when set, else the
+    CPUs this process may use minus those other processes keep busy now (at least 1).
+
+    torch's default, one thread per CPU, oversubscribes a busy machine: its OpenMP threads spin
+    waiting for each other while the kernel runs another process on their core; on 2 CPUs with one
+    other busy process `sanatool demo --quick` ran 3-4x slower with 2 threads than with 1
+    (benchmarks/demo_time.py).
+    """
+    for name in THREAD_ENV_VARS:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, cpus - _busy_elsewhere()))
+
+
+def apply_cpu_threads() -> int:
+    """Give torch :func:`choose_cpu_threads` threads, by setting ``OMP_NUM_THREADS`` before torch is
+    imported (commands import it lazily); return the count.
+
+    Where torch is already imported (a notebook, the tests) its thread count was chosen there and
+    is left as it is.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    threads = choose_cpu_threads()
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads

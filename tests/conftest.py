@@ -18,6 +18,12 @@ class CliResult:
     stderr: str
 
 
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path_factory, monkeypatch):
+    """Point the user cache dir (fine-tuning's latent cache) at a temporary dir: tests never write to ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run ``sanatool ARGS...`` in-process through the real entry point; returns a CliResult."""

@@ -49,8 +49,16 @@ def test_demo_writes_models_samples_and_report(cli, tiny_pipeline, tiny_settings
     assert [row["name"] for row in rows] == ROWS
     assert [row["blocks"] for row in rows] == [8, 4, 4, 4]
     assert rows[0]["params"] > rows[1]["params"] == rows[2]["params"] == rows[3]["params"]
+    from sanatool.samples.evaluate import evaluate_samples_dir
+
     for row in rows:
-        assert len(row["categories"]) == 6 and 0.0 <= row["overall"] <= 1.0
+        # Each row's numbers are its own samples' scores, as `sanatool eval` computes them.
+        scored = evaluate_samples_dir(row["samples"])
+        assert row["overall"] == pytest.approx(scored.overall, abs=1e-4)
+        assert row["categories"] == pytest.approx(
+            {k: c.accuracy for k, c in scored.categories.items()}, abs=1e-4
+        )
+        assert len(row["categories"]) == 6 and scored.scored == 6
         assert row["overall"] == pytest.approx(sum(row["categories"].values()) / 6, abs=1e-3)
         assert (Path(row["samples"]) / "eval.json").is_file()
     # The oracle picks among candidates that include the single sample's seed: never worse.

@@ -149,3 +149,19 @@ def test_importance_bad_inputs(cli, tiny_pipeline, tiny_transformer, tmp_path):
     res = cli("importance", tiny_pipeline, "-o", out)
     assert res.code == 2 and "imp.png already exists" in res.stderr
     assert (tmp_path / "imp.png").read_bytes() == b"mine" and not out.exists()
+
+
+def test_scores_over_several_batches_are_the_mean_over_every_prompt(tiny_pipeline):
+    """Per-timestep scores are means over all prompts: the divisor counts every batch, not the last."""
+    from sanatool.inference.importance import compute_importance
+
+    def scores(batch_size):
+        prompts = ["a red circle", "two blue squares", "a green triangle"]
+        result = compute_importance(
+            tiny_pipeline, prompts, steps=2, seed=3, batch_size=batch_size, device="cpu"
+        )
+        return result.per_timestep
+
+    one_batch, three_batches = scores(3), scores(1)
+    for batched, split in zip(one_batch, three_batches, strict=True):
+        assert split == pytest.approx(batched, rel=1e-4)

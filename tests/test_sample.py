@@ -328,3 +328,34 @@ def test_sample_bad_inputs(cli, tiny_pipeline, tiny_transformer, tmp_path):
     res = cli("sample", tiny_pipeline, "--prompt", "a red circle", "-o", out, "--resume")
     assert res.code == 2 and "no manifest.jsonl" in res.stderr
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+def test_cli_seed_chooses_the_images(cli, tiny_pipeline, tmp_path):
+    from sanatool.inference.sampler import image_seed
+
+    def run(seed: str, name: str):
+        out = tmp_path / name
+        res = cli(
+            "sample",
+            tiny_pipeline,
+            "--prompt",
+            "a red circle",
+            "-n",
+            "2",
+            "--steps",
+            "2",
+            "--seed",
+            seed,
+            "-o",
+            out,
+        )
+        assert res.code == 0, res.stderr
+        records, _ = read_manifest(out)
+        return [r["seed"] for r in records], [(out / r["path"]).read_bytes() for r in records]
+
+    seeds, images = run("5", "five")
+    assert seeds == [image_seed(5, 0, 0), image_seed(5, 0, 1)]
+    assert run("5", "again") == (seeds, images)
+    other_seeds, other_images = run("6", "six")
+    assert other_seeds == [image_seed(6, 0, 0), image_seed(6, 0, 1)]
+    assert not set(other_images) & set(images)

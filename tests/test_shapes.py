@@ -196,3 +196,17 @@ def test_mismatched_spec_changes_what_the_category_tests():
     assert counted["objects"][0]["count"] == 3
     with pytest.raises(InputError, match="unknown category"):
         mismatched_spec(pair, "style", rng)
+
+
+def test_a_relation_needs_its_direction_to_dominate_beyond_the_margin():
+    """Mostly above and only a little left is not "left of": the margin keeps diagonal pairs out."""
+    from sanatool.shapes.evaluator import Detection, _relation_holds
+
+    def at(x: float, y: float) -> Detection:
+        return Detection("red", "circle", 16, (x, y), (int(x) - 2, int(y) - 2, int(x) + 2, int(y) + 2))
+
+    # Offset (−6, −10): 0.51 of its length points left without a margin, 0.43 with one.
+    assert not _relation_holds("left_of", at(10, 10), at(16, 20))
+    assert _relation_holds("above", at(10, 10), at(16, 20))
+    assert _relation_holds("left_of", at(10, 10), at(20, 12))
+    assert not _relation_holds("right_of", at(10, 10), at(20, 12))

@@ -61,10 +61,13 @@ def test_finetune_writes_a_pipeline_with_loss_log(cli, tiny_pipeline, shapes_dat
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["loss"] > 0 and r["lr"] == 1e-3 for r in records)
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    # No --save-every: the run dir (live log) is gone; the latent cache stays for the next run.
+    # No --save-every: the run dir (live log) is gone; the latent cache stays for the next run, in the
+    # user cache dir (the tests' XDG_CACHE_HOME), never in the data set.
     assert not (tmp_path / "ft.checkpoints").exists()
-    caches = [p for p in (shapes_data / ".sanatool-cache").iterdir() if not p.name.startswith(".")]
-    assert len(caches) == 1 and json.loads((caches[0] / "cache.json").read_text())["count"] == 12
+    assert not (shapes_data / ".sanatool-cache").exists()
+    cache_root = Path(os.environ["XDG_CACHE_HOME"]) / "sanatool"
+    caches = [p for p in cache_root.iterdir() if (p / "cache.json").is_file()]
+    assert any(json.loads((c / "cache.json").read_text())["count"] == 12 for c in caches)
     # The result loads with diffusers and the tiny world's dtype is kept when asked for fp16.
     from diffusers import SanaPipeline
 
@@ -274,6 +277,13 @@ def test_resume_refuses_a_checkpoint_of_another_model(cli, tiny_pipeline, shapes
     )
     assert res.code == 2
     assert "belongs to a run of another model" in res.stderr
+    # Settings that shape the rest of the run must not change on resume (the seed was silently ignored).
+    resume = [*run, "--steps", "6", "--resume", "--checkpoint-dir", tmp_path / "ckpt", "--force"]
+    for extra, change in ((["--seed", "1"], "--seed 0 → 1"), (["--lr", "0.01"], "--lr 0.0001 → 0.01")):
+        res = cli("finetune", tiny_pipeline, *resume, *extra)
+        assert res.code == 2 and change in res.stderr and len(res.stderr.strip().splitlines()) == 1, (
+            res.stderr
+        )
     # A torn checkpoint record is one line, not a traceback.
     newest = max((tmp_path / "ckpt").glob("step-*"))
     (newest / "checkpoint.json").write_text("{torn")

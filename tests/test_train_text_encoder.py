@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sanatool.errors import Interrupted
+from sanatool.errors import InputError, Interrupted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -96,7 +96,7 @@ def test_train_text_encoder_resumes_bit_exact(tiny_pipeline, shapes_data, tmp_pa
     with pytest.raises(Interrupted) as stopped:
         run_training(TrainOptions(out=tmp_path / "split", **common), progress=ctrl_c_at_3)
     assert stopped.value.exit_code == 130 and "step-00000003" in stopped.value.kept
-    with pytest.raises(Exception, match="was trained with --train-text-encoder"):
+    with pytest.raises(InputError, match="was trained with --train-text-encoder"):
         run_training(
             TrainOptions(out=tmp_path / "split", resume=True, **{**common, "train_text_encoder": False})
         )

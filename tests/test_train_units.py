@@ -126,3 +126,54 @@ def test_default_lr_follows_the_command_and_optimizer():
     assert filled(source="m", optimizer="came8bit", lr=3e-4) == 3e-4
     with pytest.raises(InputError, match="--lr must be positive"):
         filled(source="m", lr=0.0)
+
+
+def _lr(**options):
+    from types import SimpleNamespace
+
+    from sanatool.training.loop import Trainer
+
+    opts = SimpleNamespace(
+        **{"lr": 1.0, "warmup_steps": 0, "lr_schedule": "constant", "steps": 14, **options}
+    )
+    return [Trainer.lr_at(SimpleNamespace(opts=opts), step) for step in range(opts.steps)]
+
+
+def test_warmup_reaches_the_peak_on_its_last_step():
+    assert _lr(warmup_steps=4)[:6] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert _lr()[:2] == [1.0, 1.0]
+
+
+def test_cosine_decays_from_the_peak_to_a_tenth():
+    import math
+
+    rates = _lr(warmup_steps=4, lr_schedule="cosine")
+    assert rates[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert rates[9] == pytest.approx(0.55)  # halfway through the decay
+    expected_last = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9 / 10))
+    assert rates[-1] == pytest.approx(expected_last)
+    assert all(a > b for a, b in zip(rates[4:], rates[5:], strict=False))
+
+
+def test_accumulated_gradient_is_the_mean_over_micro_steps():
+    """Three micro-steps of the same loss give that loss's gradient, not three times it."""
+    from types import SimpleNamespace
+
+    from sanatool.training.loop import Trainer
+
+    weight = torch.nn.Parameter(torch.zeros(()))
+    model = torch.nn.Module()
+    model.weight = weight
+    trainer = Trainer.__new__(Trainer)
+    trainer.opts = SimpleNamespace(
+        lr=0.5, warmup_steps=0, lr_schedule="constant", steps=1, grad_accum=3, batch_size=1, max_grad_norm=0
+    )
+    trainer.ctx = SimpleNamespace(world_size=1, mean=lambda value: value)
+    trainer.model = trainer.wrapped = model
+    trainer.optimizer = torch.optim.SGD([weight], lr=0.5)
+    trainer.ema, trainer.step_count = None, 0
+    trainer._draw = lambda batch: None
+    trainer._micro_loss = lambda draw: (weight - 1.0) ** 2  # gradient −2 at 0
+    result = trainer.step()
+    assert result.loss == pytest.approx(1.0) and result.grad_norm == pytest.approx(2.0)
+    assert float(weight.detach()) == pytest.approx(1.0)  # 0 − 0.5 × (−2)

@@ -143,9 +143,13 @@ def test_train_verifier_writes_a_measured_verifier(trained, generated):
     heldout = training["heldout"]["generated"]
     assert training["sample_images"]["heldout"] == heldout["images"] > 0
     assert training["sample_images"]["train"] + heldout["images"] == 24
-    assert 0.0 <= heldout["agreement"] <= 1.0 and heldout["evaluator_yes_rate"] == pytest.approx(
-        0.5, abs=0.25
+    # Agreement counts images: a whole number of them, and no more than the two yes-rates allow.
+    agreed = heldout["agreement"] * heldout["images"]
+    assert agreed == pytest.approx(round(agreed), abs=1e-2)
+    assert (
+        heldout["agreement"] <= 1 - abs(heldout["verifier_yes_rate"] - heldout["evaluator_yes_rate"]) + 1e-3
     )
+    assert heldout["evaluator_yes_rate"] == pytest.approx(0.5, abs=0.25)
     assert training["samples"] == [str(generated.resolve())]
 
 
@@ -196,3 +200,18 @@ def test_train_verifier_bad_input(cli, generated, tmp_path):
     assert res.code == 2 and "already exists" in res.stderr
     res = cli("train-verifier", "-o", generated / "v", "--samples", generated)
     assert res.code == 2 and "overlaps the input" in res.stderr
+
+
+def test_agreement_against_the_evaluator():
+    from sanatool.judges.verifier_train import _agreement
+
+    verifier = [True, True, False, False, True]
+    evaluator = [True, False, False, True, True]
+    assert _agreement(verifier, evaluator) == {
+        "images": 5,
+        "agreement": 0.6,
+        "balanced_accuracy": round((2 / 3 + 1 / 2) / 2, 4),
+        "evaluator_yes_rate": 0.6,
+        "verifier_yes_rate": 0.6,
+    }
+    assert _agreement([], [])["agreement"] is None

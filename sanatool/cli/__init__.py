@@ -12,6 +12,7 @@ import typer
 from sanatool import __version__
 from sanatool.cli._app import app as _typer_app
 from sanatool.cli._app import click_module, console, setup_logging, state
+from sanatool.distributed import apply_cpu_threads
 
 # Where each command is defined. Importing a module registers its commands on the app, so a run
 # of one command imports only its module (``main``); ``app`` (tests, docs) has them all.
@@ -31,6 +32,7 @@ _COMMAND_MODULES = {
     "importance": "sample_cmds",
     "plan-skips": "skip_cmds",
     "demo": "demo_cmds",
+    "convert": "convert_cmds",
 }
 # Registration order, which is the order of ``sanatool --help``.
 _MODULES = (
@@ -42,6 +44,7 @@ _MODULES = (
     "sample_cmds",
     "skip_cmds",
     "demo_cmds",
+    "convert_cmds",
 )
 
 
@@ -90,6 +93,7 @@ def _root(
     """Model surgery for SANA diffusion transformers: grow, score, prune, fine-tune, sample, judge."""
     state.debug = debug
     setup_logging(debug)
+    apply_cpu_threads()  # before any command imports torch
 
 
 def _error(message: str) -> None:

@@ -78,7 +78,9 @@ class _Group(TyperGroup):
 app = typer.Typer(
     name="sanatool",
     cls=_Group,
-    help="Model surgery for SANA diffusion transformers: grow, score, prune, fine-tune, sample, judge.",
+    help="Model surgery for SANA diffusion transformers: grow, score, prune, fine-tune, sample, judge.\n\n"
+    "On CPU, torch uses one thread per CPU that other processes leave idle (at least one); "
+    "set OMP_NUM_THREADS to choose.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,

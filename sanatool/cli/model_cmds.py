@@ -16,6 +16,7 @@ from sanatool.cli.options import (
     check_dtype_option,
     seed_option,
 )
+from sanatool.cli.original import accepts_original_checkpoint
 
 
 @app.command()
@@ -46,6 +47,7 @@ def init(
 
 
 @app.command()
+@accepts_original_checkpoint
 def info(
     model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     variant: str | None = VARIANT,

@@ -46,6 +46,12 @@ def seed_option(help: str, default: int = 0) -> Any:
 
 
 OUT_MODEL_DIR = typer.Option(..., "--out", "-o", help="Output model dir (must not exist unless --force).")
+ALLOW_PICKLE = typer.Option(
+    False,
+    "--allow-pickle",
+    help="Load pickle weights (an original .pth checkpoint; .bin, .pt, .ckpt of the VAE and text encoder) "
+    "with torch's weights_only loader (never their code). Without it they are refused: use safetensors.",
+)
 MODEL_DIR_HELP = "Model dir (pipeline or bare transformer) or builtin:tiny-shapes."
 PIPELINE_HELP = "Pipeline dir (with text encoder and VAE) or builtin:tiny-shapes."
 

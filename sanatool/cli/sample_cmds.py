@@ -9,6 +9,7 @@ import typer
 
 from sanatool.cli._app import app, console, emit, progress_bar
 from sanatool.cli.options import (
+    ALLOW_PICKLE,
     DEVICE,
     FORCE,
     JSON,
@@ -87,6 +88,7 @@ SAMPLER_OPTIONS = (
             "off for the shapes world).",
         ),
     ),
+    Opt("allow_pickle", bool, ALLOW_PICKLE),
 )
 
 

@@ -17,6 +17,7 @@ from sanatool.cli.options import (
     VARIANT,
     seed_option,
 )
+from sanatool.cli.original import accepts_original_checkpoint
 
 _PLAN_JSON = typer.Option(False, "--json", help="Print JSON instead of the path (or plan).")
 _DROP_CONTROLNET = typer.Option(
@@ -62,6 +63,7 @@ def _finish(plan: Any, dry_run: bool, force: bool, max_shard_size: str, as_json:
 
 
 @app.command()
+@accepts_original_checkpoint
 def grow(
     model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     to: int = typer.Option(..., "--to", help="Depth of the grown model, in blocks (more than now)."),
@@ -120,6 +122,7 @@ def grow(
 
 
 @app.command()
+@accepts_original_checkpoint
 def prune(
     model: str = typer.Argument(..., help=MODEL_DIR_HELP),
     out: Path = OUT_MODEL_DIR,

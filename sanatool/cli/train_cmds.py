@@ -9,6 +9,7 @@ import typer
 
 from sanatool.cli._app import app, bold, emit, make_console, progress_bar
 from sanatool.cli.options import (
+    ALLOW_PICKLE,
     DEVICE,
     FORCE,
     JSON,
@@ -77,7 +78,10 @@ TRAINING_OPTIONS = (
         "cache_dir",
         Path | None,
         typer.Option(
-            None, "--cache-dir", help="Latent/text-embedding cache (default: DATA/.sanatool-cache)."
+            None,
+            "--cache-dir",
+            help="Latent/text-embedding cache (default: $XDG_CACHE_HOME/sanatool or ~/.cache/sanatool); "
+            "not inside an input.",
         ),
     ),
     Opt(
@@ -141,6 +145,7 @@ TRAINING_OPTIONS = (
         ),
     ),
     Opt("device", str, DEVICE),
+    Opt("allow_pickle", bool, ALLOW_PICKLE),
     Opt(
         "dtype",
         str | None,

@@ -174,6 +174,7 @@ def compute_importance(
     prompts_source: str | None = None,
     offload: bool = False,
     variant: str | None = None,
+    allow_pickle: bool = False,
 ) -> ImportanceResult:
     """Score every block of a pipeline's transformer over calibration prompts (see the module docstring).
 
@@ -182,6 +183,7 @@ def compute_importance(
     ``(seed, p, 0)``, so a calibration run is the sampling of candidate 0 of each prompt.
     ``sampler``/``steps`` ``None``: the pipeline's own scheduler and its default steps (SANA-Sprint:
     SCM, 2 steps, guidance embedded so one branch); ``variant``: the weight files of a path; ``offload``: models visit the GPU only while they run.
+    ``allow_pickle`` lets pickle component weights load (torch's weights_only loader).
     """
     from sanatool.distributed import resolve_device, setup_distributed
     from sanatool.inference.pipeline import (
@@ -220,7 +222,9 @@ def compute_importance(
     check_offload(offload, target)
     cfg = uses_cfg(sampler, guidance)
     with setup_distributed(target) as dist:
-        pipe = load_pipeline(model, target, dtype, command="importance", offload=offload)
+        pipe = load_pipeline(
+            model, target, dtype, command="importance", offload=offload, allow_pickle=allow_pickle
+        )
         chosen = resolve_instruction(model, instruction)
         transformer = pipe.transformer
         depth = len(transformer.transformer_blocks)

@@ -19,6 +19,7 @@ from typing import Any
 from sanatool.arch import SHAPES_WORLD, detect_world, resolve_precision, torch_dtype, vae_scale_factor
 from sanatool.distributed import resolve_device
 from sanatool.errors import InputError, ModelDirError
+from sanatool.inference.components import check_components
 from sanatool.io.modeldir import ModelDir, as_model_dir
 from sanatool.io.prompts import PromptItem
 from sanatool.quiet import quiet_loading
@@ -196,6 +197,7 @@ def load_pipeline(
     dtype: str | Any = "fp32",
     command: str = "sample",
     offload: bool = False,
+    allow_pickle: bool = False,
 ) -> Any:
     """Load a pipeline dir as its diffusers pipeline (``SanaPipeline``, or ``SanaSprintPipeline`` for Sprint).
 
@@ -203,9 +205,12 @@ def load_pipeline(
     The pipeline is in eval mode on ``device`` (``auto`` allowed) with every model's weights in
     ``dtype``, its own progress bar off. ``offload`` keeps the models on the CPU and moves each
     to the CUDA ``device`` only while it runs (diffusers' ``enable_model_cpu_offload``).
+    Components that fail :func:`~sanatool.inference.components.check_components` are refused
+    (pickle weights unless ``allow_pickle``).
     """
     model = as_model_dir(model_dir)
     model.require_pipeline(command)
+    check_components(model, allow_pickle)
     target = resolve_device(device)
     check_offload(offload, target)
     weights_dtype = resolve_dtype(dtype, target)
@@ -213,7 +218,10 @@ def load_pipeline(
     try:
         with quiet_loading():
             pipe = cls.from_pretrained(
-                str(model.path), **loading_kwargs(model), **{dtype_keyword(): weights_dtype}
+                str(model.path),
+                **loading_kwargs(model),
+                use_safetensors=None if allow_pickle else True,
+                **{dtype_keyword(): weights_dtype},
             )
     except (OSError, ValueError, KeyError) as err:
         raise ModelDirError(

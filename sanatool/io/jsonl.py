@@ -15,6 +15,30 @@ from sanatool.errors import InputError, SanatoolError
 METADATA_NAME = "metadata.jsonl"
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str | bytes, nonfinite: bool = True) -> Any:
+    """Parse JSON text; bytes must be UTF-8. ``nonfinite=False`` also refuses ``NaN`` and
+    ``Infinity``, which Python's ``json`` accepts (diffusers writes ``-Infinity`` into scheduler
+    configs) but JSON and the safetensors library do not.
+
+    Every failure, including nesting too deep to parse (200 000 ``[`` raise ``RecursionError``
+    in ``json``), raises ``ValueError`` with a short reason.
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, **({} if nonfinite else {"parse_constant": _refuse_constant}))
+    except RecursionError as err:
+        raise ValueError("nested too deeply") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{err.msg} at line {err.lineno} column {err.colno}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 (byte {err.start})") from err
+
+
 @dataclass
 class JsonlProblem:
     """A line that is not a JSON object, with its 1-based line number."""
@@ -35,18 +59,20 @@ def read_jsonl(
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
     rows: list[tuple[int, dict[str, Any]]] = []
     # Not splitlines(): U+2028 and friends may stand unescaped inside a JSON string.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
             message = None if isinstance(row, dict) else "not a JSON object"
-        except json.JSONDecodeError as err:
-            message = f"not valid JSON ({err.msg})"
+        except ValueError as err:
+            message = f"not valid JSON ({err})"
         if message is None:
             rows.append((number, row))
         elif problems is None:
@@ -66,10 +92,10 @@ def read_json_object(
     """
     suffix = f"; {hint}" if hint else ""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = parse_json(Path(path).read_bytes())
     except OSError as err:
         raise error(f"cannot read {what} {path}: {err.strerror or err}{suffix}") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except ValueError as err:
         raise error(f"{what} {path} is not valid JSON ({err}){suffix}") from err
     if not isinstance(data, dict):
         raise error(f"{what} {path} is not a JSON object{suffix}")

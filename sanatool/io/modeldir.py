@@ -293,7 +293,10 @@ def open_model_dir(spec: str | os.PathLike, variant: str | None = None) -> Model
     if not path.exists():
         raise ModelDirError(f"model dir {spec} does not exist")
     if not path.is_dir():
-        raise ModelDirError(f"{spec} is a file, not a model dir (expected a diffusers directory)")
+        raise ModelDirError(
+            f"{spec} is a file, not a model dir (expected a diffusers directory); an original SANA checkpoint "
+            "becomes one with `sanatool convert FILE --components PIPELINE_DIR -o DIR`"
+        )
     check_model_files(path)
     provenance: dict[str, Any] = {}
     if (path / PROVENANCE_NAME).is_file():

@@ -17,8 +17,10 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sanatool.errors import ModelDirError
+from sanatool.io.jsonl import parse_json
 from sanatool.progress import ProgressFn, no_progress
 
 DTYPE_BYTES: dict[str, int] = {
@@ -29,6 +31,9 @@ DTYPE_BYTES: dict[str, int] = {
     "I64": 8,
     "I32": 4,
     "I16": 2,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
     "I8": 1,
     "U8": 1,
     "BOOL": 1,
@@ -37,7 +42,7 @@ DTYPE_BYTES: dict[str, int] = {
 }
 
 #: A header larger than this is not a weight file (real SANA shards have headers of ~100 KB).
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
 #: The largest shard diffusers' save_pretrained writes by default, and ours.
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _COPY_CHUNK = 64 * 1024 * 1024
@@ -63,12 +68,33 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+def _natural(value: Any) -> int:
+    """A JSON unsigned integer as safetensors reads one (``usize``): not a float, bool or negative."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ValueError(value)
+    return value
+
+
+def _tensor_entry(entry: Any) -> tuple[str, tuple[int, ...], int, int]:
+    if not isinstance(entry, dict):
+        raise ValueError(entry)
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list):
+        raise ValueError(entry)
+    if len(offsets) != 2:
+        raise ValueError(offsets)
+    return dtype, tuple(_natural(d) for d in shape), _natural(offsets[0]), _natural(offsets[1])
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Read and validate one safetensors file's header.
+    """Read and validate one safetensors file's header, by the rules of the safetensors library.
 
     Returns the tensors (with absolute offsets) and the ``__metadata__`` dict. Raises
-    :class:`ModelDirError` for a truncated or corrupt file: a header that does not fit, bad
-    JSON, unknown dtypes, offsets that disagree with shapes, overlap, or run past the end.
+    :class:`ModelDirError` for any file the library refuses: a header that does not fit or is
+    not a UTF-8 JSON object, ``__metadata__`` that is not a string-to-string object, an entry
+    without a known dtype, an unsigned-integer shape and two unsigned-integer offsets, offsets
+    that disagree with a shape, and tensors that do not tile the data section exactly (from byte
+    0, no gap, no overlap, no trailing byte).
     """
     try:
         size = path.stat().st_size
@@ -85,28 +111,27 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     except OSError as err:
         raise ModelDirError(f"cannot read {path}: {err.strerror or err}") from err
     try:
-        header = json.loads(header_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        header = parse_json(header_bytes, nonfinite=False)
+    except ValueError as err:
         raise ModelDirError(f"{path} has a corrupt safetensors header ({err})") from err
     if not isinstance(header, dict):
         raise ModelDirError(f"{path} has a corrupt safetensors header (not an object)")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelDirError(f"{path} has a corrupt safetensors header (__metadata__ is not a map of strings)")
     data_start = 8 + header_len
     data_len = size - data_start
     tensors: dict[str, TensorInfo] = {}
-    spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
         try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
+            dtype, shape, begin, end = _tensor_entry(entry)
+        except (KeyError, ValueError) as err:
             raise ModelDirError(f"{path}: tensor {name} has a malformed header entry") from err
         if dtype not in DTYPE_BYTES:
-            raise ModelDirError(f"{path}: tensor {name} has unknown dtype {dtype}")
-        if any(d < 0 for d in shape) or end < begin:
-            raise ModelDirError(f"{path}: tensor {name} has a negative shape or offsets")
-        if math.prod(shape) * DTYPE_BYTES[dtype] != end - begin:
+            raise ModelDirError(f"{path}: tensor {name} has dtype {dtype}, which sanatool does not read")
+        if end < begin or math.prod(shape) * DTYPE_BYTES[dtype] != end - begin:
             raise ModelDirError(
                 f"{path}: tensor {name} has offsets that disagree with its shape {list(shape)}"
             )
@@ -114,13 +139,21 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             raise ModelDirError(
                 f"{path} is truncated: tensor {name} ends at byte {data_start + end} of {size}; re-download or re-export it"
             )
-        spans.append((begin, end, name))
         tensors[name] = TensorInfo(name, dtype, shape, path, data_start + begin, data_start + end)
-    spans.sort()
-    for (_, prev_end, prev_name), (begin, _, name) in zip(spans, spans[1:], strict=False):
-        if begin < prev_end:
-            raise ModelDirError(f"{path} is corrupt: tensors {prev_name} and {name} overlap")
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    # The tensors tile the data section: each starts where the one before ends, the last ends the file.
+    covered = 0
+    for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if info.start - data_start != covered:
+            problem = "overlaps another tensor" if info.start - data_start < covered else "starts after a gap"
+            raise ModelDirError(
+                f"{path} is corrupt: tensor {info.name} {problem}; re-download or re-export it"
+            )
+        covered = info.end - data_start
+    if covered != data_len:
+        raise ModelDirError(
+            f"{path} is corrupt: {data_len - covered} bytes after the last tensor; re-download or re-export it"
+        )
+    return tensors, metadata
 
 
 def parse_size(text: str | int) -> int:
@@ -592,3 +625,29 @@ def write_sharded(
         index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
         (out_dir / index_file_name(basename, variant)).write_text(json.dumps(index, indent=2) + "\n")
     return paths
+
+
+def write_file(
+    path: Path,
+    entries: Sequence[TensorEntry],
+    metadata: dict[str, str] | None = None,
+    progress: ProgressFn = no_progress,
+    task: str = "write",
+) -> None:
+    """Write entries as one safetensors file at ``path`` (no sharding), with ``metadata`` in its header.
+
+    Streams like :func:`write_sharded`; for single-file formats such as the original SANA checkpoints.
+    """
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names in output")
+    total_bytes = sum(entry.nbytes for entry in entries)
+    written = 0
+    progress(task, 0, total_bytes)
+
+    def on_bytes(count: int) -> None:
+        nonlocal written
+        written += count
+        progress(task, written, total_bytes)
+
+    _write_shard(path, entries, {"format": "pt", **(metadata or {})}, on_bytes)

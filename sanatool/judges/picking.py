@@ -89,7 +89,7 @@ def group_by_prompt(records: Sequence[dict[str, Any]]) -> list[PromptGroup]:
 
 
 def _check_images(root: Path, records: Sequence[dict[str, Any]]) -> None:
-    from PIL import Image, UnidentifiedImageError
+    from sanatool.io.images import UnreadableImage, open_image
 
     bad: list[str] = []
     for record in records:
@@ -98,9 +98,11 @@ def _check_images(root: Path, records: Sequence[dict[str, Any]]) -> None:
             bad.append(f"{MANIFEST_NAME}:{record['_line']}: {record['path']} is missing")
             continue
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        except UnreadableImage as err:
+            bad.append(f"{MANIFEST_NAME}:{record['_line']}: {record['path']} {err.reason}")
+        except (OSError, SyntaxError) as err:
             bad.append(f"{MANIFEST_NAME}:{record['_line']}: {record['path']} is not a readable image ({err})")
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -142,7 +144,7 @@ def judge_records(
     progress: ProgressFn = no_progress,
 ) -> list[Judgement]:
     """Judge each record's image against its prompt (and spec), in batches."""
-    from PIL import Image
+    from sanatool.io.images import load_image
 
     out: list[Judgement] = []
     progress("judge", 0, len(records))
@@ -150,8 +152,7 @@ def judge_records(
         batch = records[start : start + batch_size]
         images = []
         for record in batch:
-            with Image.open(Path(root) / record["path"]) as image:
-                images.append(image.convert("RGB"))
+            images.append(load_image(Path(root) / record["path"]))
         out += judge.judge(images, [r["prompt"] for r in batch], [r.get("spec") for r in batch])
         progress("judge", len(out), len(records))
     return out

@@ -92,8 +92,7 @@ def load_sample_images(
     Lines without a ``spec`` are skipped (the evaluator cannot label them). Raises
     :class:`InputError` for a dir without usable lines or with missing images.
     """
-    from PIL import Image
-
+    from sanatool.io.images import open_image
     from sanatool.judges.picking import load_samples
     from sanatool.judges.verifier import image_array
     from sanatool.shapes import evaluate_image
@@ -109,7 +108,7 @@ def load_sample_images(
                 f"--samples {root}: no manifest line has a spec, so the evaluator cannot label them"
             )
         for record in usable:
-            with Image.open(root / record["path"]) as image:
+            with open_image(root / record["path"]) as image:
                 pixels = image_array(image, image_size)
             captions = [
                 Caption(record["prompt"], record["spec"], evaluate_image(pixels, record["spec"]).correct)

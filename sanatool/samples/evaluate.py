@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sanatool.errors import InputError
+from sanatool.io.images import UnreadableImage, load_image
 from sanatool.io.manifest import MANIFEST_NAME, read_manifest
 from sanatool.io.outputs import atomic_output_file
 from sanatool.progress import ProgressFn, no_progress
@@ -129,10 +130,9 @@ def _load_image(root: Path, relpath: str) -> Image.Image:
     if not path.is_file():
         raise _Unusable(f"image {relpath} does not exist")
     try:
-        with Image.open(path) as handle:
-            return handle.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise _Unusable(f"image {relpath} is unreadable ({err})") from err
+        return load_image(path)
+    except UnreadableImage as err:
+        raise _Unusable(f"image {relpath} {err.reason}") from err
 
 
 def evaluate_samples_dir(samples_dir: str | os.PathLike, progress: ProgressFn = no_progress) -> EvalReport:

@@ -313,6 +313,7 @@ def sample_to_dir(
     instruction: bool | None = None,
     offload: bool = False,
     variant: str | None = None,
+    allow_pickle: bool = False,
     skip_plan: Any = None,
 ) -> Path:
     """Sample ``candidates`` images per prompt into a samples dir; return its path.
@@ -326,9 +327,11 @@ def sample_to_dir(
     runs the pipeline's own scheduler and ``steps=None`` its default steps (2 for SANA-Sprint, else
     20); ``variant`` picks the weight files of a path (``bf16`` …); ``offload`` keeps models on the CPU between uses (CUDA only). Each manifest line records
     the dtype of every model (``dtypes``), which :func:`~sanatool.inference.sampler.diffusers_load_kwargs`
-    turns into diffusers' loading arguments. ``skip_plan`` (a
-    :class:`~sanatool.inference.skipping.SkipPlan` or its file) skips blocks at the steps it names;
-    each manifest line then records the plan's id (``skip_plan``), which ``resume`` treats as a setting.
+    turns into diffusers' loading arguments.
+    ``allow_pickle`` lets pickle component weights load (torch's weights_only loader).
+    ``skip_plan`` (a :class:`~sanatool.inference.skipping.SkipPlan` or its file) skips blocks at the
+    steps it names; each manifest line then records the plan's id (``skip_plan``), which ``resume``
+    treats as a setting.
     """
     from sanatool.arch import dtype_name
     from sanatool.distributed import resolve_device, setup_distributed
@@ -361,7 +364,9 @@ def sample_to_dir(
     target = resolve_device(device)
     check_offload(offload, target)
     with setup_distributed(target) as dist:
-        pipe = load_pipeline(model, target, dtype, command="sample", offload=offload)
+        pipe = load_pipeline(
+            model, target, dtype, command="sample", offload=offload, allow_pickle=allow_pickle
+        )
         chosen = resolve_instruction(model, instruction)
         settings = SampleSettings(
             steps=steps,

@@ -26,11 +26,12 @@ from sanatool.io.modeldir import (
     open_transformer_dir,
     write_transformer_dir,
 )
-from sanatool.io.outputs import atomic_output_dir, check_output_path
+from sanatool.io.outputs import atomic_output_dir, check_output_path, link_or_copy
 from sanatool.io.provenance import write_provenance
 from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE, FileSlice, TensorEntry, parse_size, plan_shards
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.surgery.controlnet import write_plain_model_index
+from sanatool.surgery.convert_keys import SIDE_FILE as ORIGINAL_EXTRAS_FILE
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,11 @@ def run_plan(
             write_transformer_dir(
                 transformer_out, plan.config, entries, shard_bytes, report, model.transformer.variant
             )
+        # What an original checkpoint held beyond diffusers' tensors (convert) outlives the surgery:
+        # the null caption and positional table do not depend on the depth.
+        extras = model.transformer.path / ORIGINAL_EXTRAS_FILE
+        if extras.is_file():
+            link_or_copy(extras, transformer_out / ORIGINAL_EXTRAS_FILE)
         # Re-open what was written: validates it end to end from the headers, and fingerprints it.
         fingerprint = open_transformer_dir(transformer_out, model.transformer.variant).fingerprint()
         write_provenance(tmp, model, plan.command, plan.args, plan.summary, fingerprint)

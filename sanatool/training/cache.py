@@ -34,7 +34,8 @@ from sanatool.training.data import ImageDataset, load_pixels
 
 CACHE_FORMAT = "sanatool-latent-cache/2"
 CACHE_META = "cache.json"
-DEFAULT_CACHE_NAME = ".sanatool-cache"
+#: The cache's folder under the user cache dir (``$XDG_CACHE_HOME``, else ``~/.cache``).
+CACHE_DIR_NAME = "sanatool"
 #: Items per safetensors shard of the cache.
 SHARD_ITEMS = 1024
 #: Files above this size are hashed by header plus sampled chunks (a 5 GB text encoder in ~0.1 s).
@@ -42,6 +43,28 @@ _FULL_HASH_LIMIT = 256 * 1024 * 1024
 _SAMPLE_CHUNKS = 32
 _CHUNK = 1024 * 1024
 ENCODER_COMPONENTS = ("text_encoder", "tokenizer", "vae")
+
+
+def default_cache_root() -> Path:
+    """The user's cache dir for sanatool: ``$XDG_CACHE_HOME/sanatool``, else ``~/.cache/sanatool``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec: a relative path is invalid and ignored.
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / CACHE_DIR_NAME
+
+
+def resolve_cache_root(cache_dir: str | os.PathLike | None, inputs: list[Path]) -> Path:
+    """``--cache-dir`` (else :func:`default_cache_root`), refused when it lies in an input: inputs are never modified."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+    resolved = root.resolve()
+    for item in inputs:
+        other = Path(item).expanduser().resolve()
+        if resolved == other or other in resolved.parents:
+            raise InputError(
+                f"the cache dir {root} is inside the input {item}, which sanatool never modifies; "
+                "pass a --cache-dir outside the inputs"
+            )
+    return root
 
 
 def _hash_file(path: Path, digest: Any) -> None:

@@ -91,6 +91,30 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+#: Options that shape the run after the checkpoint (its random stream, batches, schedule, loss): a
+#: resumed run must keep them, or it silently continues as another run would not. ``--steps`` may grow.
+RESUME_SETTINGS = (
+    "seed",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "lr_schedule",
+    "warmup_steps",
+    "weight_decay",
+    "caption_dropout",
+    "weighting_scheme",
+    "logit_mean",
+    "logit_std",
+    "mode_scale",
+    "ema_decay",
+    "max_grad_norm",
+)
+
+
+def _settings(opts: TrainOptions) -> dict[str, Any]:
+    return {name: getattr(opts, name) for name in RESUME_SETTINGS}
+
+
 def check_resume(opts: TrainOptions, identity: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     """Refuse a checkpoint of another model, optimizer or an already-reached step (before any work).
 
@@ -111,6 +135,18 @@ def check_resume(opts: TrainOptions, identity: dict[str, Any], checkpoint: Path)
         raise InputError(
             f"the checkpoint {checkpoint} was trained with --optimizer {meta.get('optimizer')}; resume with the same one"
         )
+    recorded = meta.get("settings")
+    if isinstance(recorded, dict):  # checkpoints of earlier versions lack it
+        changed = [
+            f"--{name.replace('_', '-')} {recorded.get(name)} → {value}"
+            for name, value in _settings(opts).items()
+            if name in recorded and recorded[name] != value
+        ]
+        if changed:
+            raise InputError(
+                f"the checkpoint {checkpoint} was trained with other settings ({'; '.join(changed)}); resume with "
+                "the same ones, or start afresh with --force"
+            )
     if int(meta["step"]) >= opts.steps:
         raise InputError(
             f"the checkpoint {checkpoint} is at step {meta['step']} already; pass --steps larger than that to continue"
@@ -197,6 +233,7 @@ def _record(plan: CheckpointPlan, step: int, world_size: int) -> dict[str, Any]:
         "optimizer": opts.optimizer,
         "train_text_encoder": opts.train_text_encoder,
         "cache_key": plan.cache_key,
+        "settings": _settings(opts),
         "global_batch": opts.batch_size * opts.grad_accum * world_size,
     }
 

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
+from sanatool.io.images import MAX_SIDE, UnreadableImage, load_image, open_image
 from sanatool.io.jsonl import METADATA_NAME, read_jsonl
-
-#: Pixel decoding of a hostile file is bounded: nothing larger than 8192² is accepted.
-MAX_SIDE = 8192
 
 
 @dataclass(frozen=True)
@@ -90,8 +88,6 @@ def load_dataset(data_dir: str | os.PathLike, resolution: int | None = None) -> 
     one square-able size (or resizes to ``resolution``). Raises :class:`InputError` naming the
     offending file and line.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise InputError(f"data dir {data_dir} does not exist")
@@ -109,13 +105,8 @@ def load_dataset(data_dir: str | os.PathLike, resolution: int | None = None) -> 
             raise InputError(f"{root / METADATA_NAME}:{number}: file_name {name!r} points outside {root}")
         if not path.is_file():
             raise InputError(f"{root / METADATA_NAME}:{number}: image {name} does not exist in {root}")
-        try:
-            with Image.open(path) as image:
-                size = image.size
-        except (UnidentifiedImageError, OSError) as err:
-            raise InputError(f"{path} is not a readable image ({err})") from err
-        if max(size) > MAX_SIDE:
-            raise InputError(f"{path} is {size[0]}x{size[1]}; images larger than {MAX_SIDE} px are refused")
+        with open_image(path) as image:
+            size = image.size
         sizes.setdefault(size, name)
         items.append(DataItem(path, text))
     if resolution is None:
@@ -145,9 +136,8 @@ def load_pixels(item: DataItem, resolution: int) -> Any:
     from PIL import Image
 
     try:
-        with Image.open(item.path) as opened:
-            image = opened.convert("RGB")
-    except OSError as err:
+        image = load_image(item.path)
+    except UnreadableImage as err:
         from sanatool.errors import RunFailure
 
         raise RunFailure(f"cannot decode image {item.path} ({err}); fix or remove it and rerun") from err

@@ -61,6 +61,7 @@ class TrainOptions:
     max_shard_size: str = DEFAULT_MAX_SHARD_SIZE
     variant: str | None = None  # the weight files to read (--variant), see ``open_model_dir``
     force: bool = False
+    allow_pickle: bool = False
 
     @property
     def command(self) -> str:
@@ -77,7 +78,7 @@ class TrainOptions:
     def recorded(self) -> dict[str, Any]:
         """The options as provenance records them (paths as strings, bookkeeping dropped)."""
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        for key in ("force", "resume", "device"):
+        for key in ("force", "resume", "device", "allow_pickle"):
             record.pop(key, None)
         return record
 

@@ -22,10 +22,17 @@ from typing import TYPE_CHECKING, Any
 from sanatool.arch import flow_shift, resolve_precision, train_timesteps, vae_scale_factor
 from sanatool.distributed import DistContext, setup_distributed
 from sanatool.errors import InputError, Interrupted, RunFailure
+from sanatool.inference.components import check_components as check_component_files
 from sanatool.io.modeldir import ModelDir, open_model_dir
 from sanatool.io.outputs import atomic_output_dir, check_output_path
 from sanatool.progress import ProgressFn, no_progress
-from sanatool.training.cache import DEFAULT_CACHE_NAME, EncodeSettings, build_cache, content_hash, open_cache
+from sanatool.training.cache import (
+    EncodeSettings,
+    build_cache,
+    content_hash,
+    open_cache,
+    resolve_cache_root,
+)
 from sanatool.training.checkpoints import (
     CheckpointPlan,
     check_resume,
@@ -161,7 +168,7 @@ def prepare_cache(
     """Build the latent cache on rank 0 (the others wait), then open it everywhere."""
     from sanatool.inference.pipeline import default_instruction
 
-    cache_root = Path(opts.cache_dir).expanduser() if opts.cache_dir else dataset.root / DEFAULT_CACHE_NAME
+    cache_root = resolve_cache_root(opts.cache_dir, [*sources.inputs, dataset.root])
     settings = EncodeSettings(
         complex_human_instruction=default_instruction(sources.config),
         dtype=resolve_precision(opts.precision, ctx.device.type),
@@ -207,6 +214,9 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
             f"pass --resolution with a multiple of {factor}"
         )
     out = check_output_path(opts.out, opts.force, [*sources.inputs, dataset.root])
+    resolve_cache_root(opts.cache_dir, [*sources.inputs, dataset.root])  # refused before any work
+    # Builds each component's skeleton (imports torch): after the checks that need no model.
+    check_component_files(sources.components, opts.allow_pickle)
     run_dir = opts.run_dir()
     resume_from = prepare_run_dir(opts, run_dir, out, [*sources.inputs, dataset.root])
     meta = check_resume(opts, sources.identity, resume_from) if resume_from is not None else None
