@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="Parent of the scratch dir.")
     args = parser.parse_args()
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sanatool-convert-bench-", dir=args.workdir))
     src, original, rss = work / "src", work / "original.safetensors", work / "rss.txt"
     here = Path(sanatool_pkg.__file__).resolve().parent.parent
