@@ -169,3 +169,26 @@ def test_sample_refuses_a_plan_for_another_model_or_step_count_and_resume_with_a
         result = cli(*common, *other, "-o", tmp_path / "s", "--resume")
         assert result.code == 2 and "skip_plan" in result.stderr, result.stderr
     assert cli(*common, "--skip-plan", mine, "-o", tmp_path / "s", "--resume").code == 0
+
+
+def test_sample_takes_the_plans_steps_and_sampler_unless_told(cli, tiny_pipeline, plan, tmp_path):
+    mine = write_skip_plan(tmp_path / "plan.json", plan)
+    result = cli(
+        "sample",
+        tiny_pipeline,
+        "--prompt",
+        "a red circle",
+        "-n",
+        "1",
+        "--skip-plan",
+        mine,
+        "-o",
+        tmp_path / "s",
+    )
+    assert result.code == 0, result.stderr
+    (record,), _ = read_manifest(tmp_path / "s")
+    assert (record["steps"], record["sampler"], record["skip_plan"]) == (
+        plan.steps,
+        plan.sampler,
+        plan.plan_id(),
+    )

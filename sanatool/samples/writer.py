@@ -353,12 +353,16 @@ def sample_to_dir(
     check_settings(steps, guidance, sampler, batch_size, candidates)
     model = as_model_dir(model_spec, variant)
     model.require_pipeline("sample")
+    if skip_plan is not None and not isinstance(skip_plan, SkipPlan):
+        skip_plan = read_skip_plan(skip_plan)
+    # A plan is made for one sampler and step count: unless told otherwise, sample with those.
+    if skip_plan is not None and sampler is None:
+        sampler = skip_plan.sampler
     sampler = resolve_sampler(model, sampler)
-    steps = default_steps(sampler) if steps is None else steps
+    if steps is None:
+        steps = skip_plan.steps if skip_plan is not None else default_steps(sampler)
     height, width = check_size(model, size)
     if skip_plan is not None:
-        if not isinstance(skip_plan, SkipPlan):
-            skip_plan = read_skip_plan(skip_plan)
         skip_plan.check(model.fingerprint(), steps, sampler)
     out_path = check_samples_output(Path(out).expanduser(), force, resume, [model.path])
     target = resolve_device(device)
