@@ -584,6 +584,25 @@ def _write_shard(
             os.close(fd)
 
 
+def _byte_reporter(
+    entries: Sequence[TensorEntry], progress: ProgressFn, task: str
+) -> tuple[Callable[[int], None], int]:
+    """Refuse duplicate names; return a callback that reports the bytes written so far, and the total."""
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names in output")
+    total_bytes = sum(entry.nbytes for entry in entries)
+    written = 0
+    progress(task, 0, total_bytes)
+
+    def on_bytes(count: int) -> None:
+        nonlocal written
+        written += count
+        progress(task, written, total_bytes)
+
+    return on_bytes, total_bytes
+
+
 def write_sharded(
     out_dir: Path,
     entries: Sequence[TensorEntry],
@@ -600,20 +619,9 @@ def write_sharded(
     Tensor bytes are streamed: file slices are copied with ``copy_file_range``, generated
     tensors are written as they are produced (in :func:`write_order`). Returns the shard paths.
     """
-    names = [entry.name for entry in entries]
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate tensor names in output")
+    on_bytes, total_bytes = _byte_reporter(entries, progress, task)
     shards = plan_shards(entries, max_shard_size)
     files = shard_file_names(basename, len(shards), variant)
-    total_bytes = sum(entry.nbytes for entry in entries)
-    written = 0
-    progress(task, 0, total_bytes)
-
-    def on_bytes(count: int) -> None:
-        nonlocal written
-        written += count
-        progress(task, written, total_bytes)
-
     paths = []
     for shard, file_name in zip(shards, files, strict=True):
         _write_shard(out_dir / file_name, shard, {"format": "pt"}, on_bytes)
@@ -638,16 +646,5 @@ def write_file(
 
     Streams like :func:`write_sharded`; for single-file formats such as the original SANA checkpoints.
     """
-    names = [entry.name for entry in entries]
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate tensor names in output")
-    total_bytes = sum(entry.nbytes for entry in entries)
-    written = 0
-    progress(task, 0, total_bytes)
-
-    def on_bytes(count: int) -> None:
-        nonlocal written
-        written += count
-        progress(task, written, total_bytes)
-
+    on_bytes, _ = _byte_reporter(entries, progress, task)
     _write_shard(path, entries, {"format": "pt", **(metadata or {})}, on_bytes)
