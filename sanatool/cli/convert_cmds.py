@@ -72,6 +72,6 @@ def convert(
             progress=progress,
         )
     for note in result.notes:
-        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"convert: {describe_bytes(result)}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"note: {note}")
+    console.print(f"convert: {describe_bytes(result)}")
     emit(result.to_json() if as_json else result.out, as_json=as_json)

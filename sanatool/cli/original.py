@@ -37,9 +37,6 @@ def original_as_model_dir(spec: str, allow_pickle: bool) -> Iterator[str]:
         console.print(
             f"{spec} is a single-file checkpoint: converting it to a temporary diffusers dir in {tmp} "
             f"({human_bytes(path.stat().st_size)}; `sanatool convert` makes a lasting one)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
         )
         with progress_bar() as progress:
             convert_to_diffusers(path, out, allow_pickle=allow_pickle, progress=progress)

@@ -42,7 +42,6 @@ def plan_skips(
     skipped = [len(blocks) for blocks in plan.skip]
     console.print(
         f"keeps {plan.kept} of {plan.total} block-calls ({plan.kept / plan.total:.1%}); "
-        f"blocks skipped per step: {' '.join(map(str, skipped))}",
-        markup=False,
+        f"blocks skipped per step: {' '.join(map(str, skipped))}"
     )
     emit({"path": str(path), **plan.to_json()} if as_json else path, as_json=as_json)
