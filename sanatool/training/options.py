@@ -11,6 +11,11 @@ from sanatool.errors import InputError
 from sanatool.io.safetensors import DEFAULT_MAX_SHARD_SIZE
 
 PRECISIONS = ("auto", "bf16", "fp32")
+#: The frozen base of a LoRA fine-tune (``--base-precision``); int8 and nf4 are bitsandbytes, CUDA only.
+BASE_PRECISIONS = ("bf16", "int8", "nf4")
+#: The linears adapted when ``--lora-targets`` is not given: the attention projections, as diffusers'
+#: SANA LoRA script (``train_dreambooth_lora_sana.py``) adapts by default.
+DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v")
 LR_SCHEDULES = ("constant", "cosine")
 #: diffusers' timestep densities (``compute_density_for_timestep_sampling``); ``none`` is uniform.
 WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
@@ -62,6 +67,16 @@ class TrainOptions:
     variant: str | None = None  # the weight files to read (--variant), see ``open_model_dir``
     force: bool = False
     allow_pickle: bool = False
+    # LoRA (``--lora-rank`` and friends): only the adapters train; ``merge`` writes a whole model dir.
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] | None = None
+    lora_dropout: float = 0.0
+    merge: bool = False
+    base_precision: str | None = None
+    # Distillation (``--teacher``): loss = (1 − w)·flow-matching loss + w·‖v_student − v_teacher‖².
+    teacher: Path | None = None
+    distill_weight: float | None = None
 
     @property
     def command(self) -> str:
@@ -161,6 +176,7 @@ def validate_options(opts: TrainOptions, dry_run: bool = False) -> None:
         raise InputError(
             f"unknown weighting scheme {opts.weighting_scheme!r}; choose one of: {', '.join(WEIGHTING_SCHEMES)}"
         )
+    _validate_lora_and_teacher(opts)
     if opts.dtype is not None:
         from sanatool.arch import check_dtype
 
@@ -170,3 +186,53 @@ def validate_options(opts: TrainOptions, dry_run: bool = False) -> None:
             raise InputError("--data is required: an image folder with metadata.jsonl")
         if opts.out is None:
             raise InputError("--out is required: where the trained model dir goes")
+
+
+def _validate_lora_and_teacher(opts: TrainOptions) -> None:
+    """LoRA, base-precision and distillation settings; fills their defaults (alpha = rank, w = 1)."""
+    lora_only = {
+        "--lora-alpha": opts.lora_alpha is not None,
+        "--lora-targets": opts.lora_targets is not None,
+        "--lora-dropout": opts.lora_dropout != 0.0,
+        "--merge": opts.merge,
+    }
+    if opts.lora_rank is None:
+        given = [name for name, set_ in lora_only.items() if set_]
+        if given:
+            raise InputError(f"{given[0]} needs --lora-rank R (it only applies to a LoRA fine-tune)")
+        if opts.base_precision in ("int8", "nf4"):
+            raise InputError(
+                f"--base-precision {opts.base_precision} needs --lora-rank R: a quantized base is frozen,"
+                " so only adapters can train"
+            )
+    else:
+        _positive_int("--lora-rank", opts.lora_rank)
+        if opts.command == "train":
+            raise InputError("--lora-rank needs a trained model to adapt: use `finetune MODEL_DIR`")
+        if opts.lora_alpha is None:
+            opts.lora_alpha = float(opts.lora_rank)
+        _finite("--lora-alpha", opts.lora_alpha)
+        if opts.lora_alpha <= 0:
+            raise InputError(f"--lora-alpha must be positive, got {opts.lora_alpha}")
+        _finite("--lora-dropout", opts.lora_dropout)
+        if not 0 <= opts.lora_dropout < 1:
+            raise InputError(f"--lora-dropout must be in [0, 1), got {opts.lora_dropout}")
+        if opts.lora_targets is None:
+            opts.lora_targets = DEFAULT_LORA_TARGETS
+        if not opts.lora_targets or any(not t.strip() for t in opts.lora_targets):
+            raise InputError("--lora-targets must name module names, comma-separated, e.g. to_q,to_k,to_v")
+    if opts.base_precision is not None and opts.base_precision not in BASE_PRECISIONS:
+        raise InputError(
+            f"unknown --base-precision {opts.base_precision!r}; choose one of: {', '.join(BASE_PRECISIONS)}"
+        )
+    if opts.teacher is None:
+        if opts.distill_weight is not None:
+            raise InputError("--distill-weight needs --teacher MODEL_DIR")
+    else:
+        if opts.command == "train":
+            raise InputError("--teacher distils into a model being fine-tuned: use `finetune MODEL_DIR`")
+        if opts.distill_weight is None:
+            opts.distill_weight = 1.0
+        _finite("--distill-weight", opts.distill_weight)
+        if not 0 < opts.distill_weight <= 1:
+            raise InputError(f"--distill-weight must be in (0, 1], got {opts.distill_weight}")
