@@ -115,6 +115,13 @@ def sample(
         "--skip-plan",
         help="Skip the blocks a plan from `plan-skips` names at each step (same model, steps, sampler).",
     ),
+    layout: str = typer.Option(
+        "sanatool",
+        "--layout",
+        help="sanatool: images/ + manifest.jsonl; geneval: GenEval's 00000/metadata.jsonl + "
+        "00000/samples/00000.png … from --prompts evaluation_metadata.jsonl (manifest.jsonl and grid.png "
+        "beside them), for the GenEval toolkit.",
+    ),
     *,
     shared: dict[str, Any],
     resume: bool = typer.Option(
@@ -132,21 +139,31 @@ def sample(
     SanaPipeline. Runs under torchrun: ranks split the prompts, rank 0 writes the manifest.
 
     Example: sanatool sample builtin:tiny-shapes --prompt "a red circle" -n 4 -o samples
+
+    GenEval: sanatool sample MODEL --layout geneval --prompts evaluation_metadata.jsonl -n 4 -o outputs
     """
     from sanatool.errors import InputError
     from sanatool.io.manifest import read_manifest
     from sanatool.io.prompts import PromptItem, read_prompts
+    from sanatool.samples.geneval import LAYOUTS, read_geneval_metadata
     from sanatool.samples.writer import sample_to_dir
 
     if prompts_file is not None and prompt:
         raise InputError("give --prompts FILE or --prompt TEXT, not both")
     if prompts_file is None and not prompt:
         raise InputError("no prompts given; pass --prompts FILE or --prompt TEXT")
-    items = (
-        read_prompts(prompts_file)
-        if prompts_file is not None
-        else [PromptItem(text) for text in prompt or []]
-    )
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown --layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "geneval":
+        if prompts_file is None:
+            raise InputError(
+                "--layout geneval writes each prompt's GenEval metadata; pass --prompts evaluation_metadata.jsonl"
+            )
+        items = read_geneval_metadata(prompts_file)
+    elif prompts_file is not None:
+        items = read_prompts(prompts_file)
+    else:
+        items = [PromptItem(text) for text in prompt or []]
     with progress_bar() as progress:
         path = sample_to_dir(
             model,
@@ -157,6 +174,7 @@ def sample(
             force=force,
             progress=progress,
             skip_plan=skip_plan,
+            layout=layout,
             **_sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result

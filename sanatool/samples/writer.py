@@ -36,6 +36,7 @@ from sanatool.io.manifest import IMAGES_DIR, MANIFEST_NAME, image_relpath, write
 from sanatool.io.outputs import check_output_path, link_or_copy, partial_dir, replace_dir
 from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
+from sanatool.samples.geneval import LAYOUTS, check_geneval_item, finish_geneval_dir, geneval_relpath
 from sanatool.samples.sheet import GRID_NAME, write_contact_sheet
 
 #: Manifest fields that must all match for ``resume`` to keep an existing image.
@@ -90,6 +91,14 @@ class SampleSettings:
     vae_tiling: bool = False
     #: The :meth:`~sanatool.inference.skipping.SkipPlan.plan_id` of the skip plan followed, if any.
     skip_plan: str | None = None
+    #: Where the images go: ``sanatool`` (``images/``) or ``geneval`` (see :mod:`sanatool.samples.geneval`).
+    layout: str = "sanatool"
+
+    def relpath(self, job: SampleJob) -> str:
+        """Where the image of a job goes, relative to the samples dir."""
+        if self.layout == "geneval":
+            return geneval_relpath(job.prompt_index, job.candidate)
+        return image_relpath(job.prompt_index, job.candidate)
 
     def record(self, job: SampleJob) -> dict[str, Any]:
         """The manifest line of a job."""
@@ -107,7 +116,7 @@ class SampleSettings:
             "dtype": self.dtype,
             "dtypes": dict(self.dtypes),
             "instruction": self.instruction,
-            "path": image_relpath(job.prompt_index, job.candidate),
+            "path": self.relpath(job),
         }
         if self.vae_tiling:
             row["vae_tiling"] = True
@@ -208,7 +217,7 @@ def prepare_partial(
     partial = partial_dir(out)
     if partial.exists() and not resume:
         shutil.rmtree(partial)
-    (partial / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    partial.mkdir(parents=True, exist_ok=True)
     tmp = partial / f"{_REUSED_JOURNAL}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         for record, source in reused.values():
@@ -253,6 +262,7 @@ def sample_share(
             for job, image in zip(batch, images or [], strict=True):
                 record = settings.record(job)
                 target = partial / record["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f".{target.name}.tmp")
                 image.save(tmp, format="PNG")
                 os.replace(tmp, target)
@@ -262,8 +272,12 @@ def sample_share(
     return len(jobs)
 
 
-def finalize_samples(out: Path, jobs: Sequence[SampleJob], replace: bool = True) -> Path:
+def finalize_samples(
+    out: Path, jobs: Sequence[SampleJob], replace: bool = True, layout: str = "sanatool"
+) -> Path:
     """Merge every rank's journal into ``manifest.jsonl``, draw ``grid.png``, and rename the run to ``out``.
+
+    The ``geneval`` layout also gets each prompt folder's ``metadata.jsonl``.
 
     Without ``replace`` (neither ``--force`` nor ``--resume``), an ``out`` that appeared meanwhile is
     refused, not replaced (see :func:`~sanatool.io.outputs.replace_dir`).
@@ -283,9 +297,16 @@ def finalize_samples(out: Path, jobs: Sequence[SampleJob], replace: bool = True)
             )
         records.append(row)
     keep = {row["path"] for row in records}
-    for image in (partial / IMAGES_DIR).iterdir():
-        if f"{IMAGES_DIR}/{image.name}" not in keep:
-            image.unlink()  # left over from an earlier run with other settings
+    images = partial / IMAGES_DIR
+    if images.is_dir():
+        for image in images.iterdir():
+            if f"{IMAGES_DIR}/{image.name}" not in keep:
+                image.unlink()  # left over from an earlier run with other settings
+        if not any(images.iterdir()):
+            images.rmdir()  # a resumed run that changed to the geneval layout
+    prompts = {job.prompt_index: job.item for job in jobs} if layout == "geneval" else {}
+    # Without prompts this only removes the GenEval folders of a resumed run of the other layout.
+    finish_geneval_dir(partial, [prompts[index] for index in sorted(prompts)], keep)
     write_manifest(partial / MANIFEST_NAME, records)
     write_contact_sheet(partial, records, partial / GRID_NAME)
     for journal in partial.glob(_JOURNAL_GLOB):
@@ -315,6 +336,7 @@ def sample_to_dir(
     variant: str | None = None,
     allow_pickle: bool = False,
     skip_plan: Any = None,
+    layout: str = "sanatool",
 ) -> Path:
     """Sample ``candidates`` images per prompt into a samples dir; return its path.
 
@@ -331,7 +353,9 @@ def sample_to_dir(
     ``allow_pickle`` lets pickle component weights load (torch's weights_only loader).
     ``skip_plan`` (a :class:`~sanatool.inference.skipping.SkipPlan` or its file) skips blocks at the
     steps it names; each manifest line then records the plan's id (``skip_plan``), which ``resume``
-    treats as a setting.
+    treats as a setting. ``layout="geneval"`` writes GenEval's folders (``00000/metadata.jsonl``,
+    ``00000/samples/00000.png`` …; see :mod:`sanatool.samples.geneval`) for prompts read with
+    :func:`~sanatool.samples.geneval.read_geneval_metadata`.
     """
     from sanatool.arch import dtype_name
     from sanatool.distributed import resolve_device, setup_distributed
@@ -350,6 +374,11 @@ def sample_to_dir(
     for index, item in enumerate(items):
         if not item.prompt.strip():
             raise InputError(f"prompt {index} is empty; every prompt needs some text")
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "geneval":
+        for index, item in enumerate(items):
+            check_geneval_item(item, f"prompt {index} ({item.prompt!r})")
     check_settings(steps, guidance, sampler, batch_size, candidates)
     model = as_model_dir(model_spec, variant)
     model.require_pipeline("sample")
@@ -384,6 +413,7 @@ def sample_to_dir(
             dtypes=component_dtypes(pipe),
             vae_tiling=configure_vae(pipe, height, width),
             skip_plan=None if skip_plan is None else skip_plan.plan_id(),
+            layout=layout,
         )
         jobs = sample_jobs(items, candidates, seed)
         reused = find_reusable(out_path, jobs, settings) if resume else {}
@@ -422,6 +452,6 @@ def sample_to_dir(
             raise
         dist.barrier()
         if dist.is_main:
-            finalize_samples(out_path, jobs, replace=force or resume)
+            finalize_samples(out_path, jobs, replace=force or resume, layout=layout)
         dist.barrier()
     return out_path
