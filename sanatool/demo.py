@@ -169,11 +169,13 @@ def _staged(progress: ProgressFn, stage: str) -> ProgressFn:
 
 
 def _evaluate(samples: Path) -> tuple[float, dict[str, float]]:
-    """Score a samples dir with the shapes evaluator; ``eval.json`` is written beside its images."""
-    from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json
+    """Score a samples dir with the shapes evaluator; ``eval.json`` is written beside its images, and
+    its ``grid.png`` is redrawn with the verdicts."""
+    from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json, write_verdict_sheet
 
     report = evaluate_samples_dir(samples)
     write_eval_json(report)
+    write_verdict_sheet(report)
     return report.overall, {name: result.accuracy for name, result in report.categories.items()}
 
 

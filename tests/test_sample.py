@@ -175,8 +175,9 @@ def test_cli_sample_writes_samples_dir_with_spec_and_grid(cli, tiny_pipeline, tm
 
     assert records[0]["model"] == open_model_dir(tiny_pipeline).fingerprint()
     grid = Image.open(out / "grid.png")
-    # 2 prompts of 3 candidates side by side, 32 px images drawn at 96 px (2 px gaps, 8 px between prompts)
-    assert grid.size == (8 + 2 * (3 * 96 + 2 * 2 + 8), 8 + 96 + 8)
+    # 2 prompts of 3 candidates side by side, 32 px images drawn at 96 px (8 px gaps, 12 px between
+    # prompts and around), under 2 lines of prompt text (30 px), above a caption line (16 px)
+    assert grid.size == (12 + 2 * (3 * 96 + 2 * 8 + 12), 12 + 30 + 3 + 96 + 3 + 16 + 12)
     assert not any(p.name.startswith(".") for p in out.rglob("*"))
     assert not list(tmp_path.glob(".samples*"))
 

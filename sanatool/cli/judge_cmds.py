@@ -43,8 +43,9 @@ def judge(
     Tournament mode plays a knockout in pairs until K remain (byes for odd counts): a yes beats
     a no, two yeses go to the higher yes-probability, two noes to the lower no-probability;
     ties go to the earlier candidate. OUT holds the picked images and their manifest lines
-    (with score and rank), scores.jsonl (every candidate's judgement) and judge.json (the
-    judge and the compute spent). Measure the picks with `sanatool eval OUT`.
+    (with score and rank), scores.jsonl (every candidate's judgement), judge.json (the
+    judge and the compute spent), grid.png (the picks) and candidates.png (every candidate with
+    its score, the picks framed in blue). Measure the picks with `sanatool eval OUT`.
 
     Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
     """

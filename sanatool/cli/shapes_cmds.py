@@ -138,7 +138,7 @@ def eval_cmd(
 ) -> None:
     """Score a samples dir on the shapes world, GenEval-style; or export the shipped prompt suites.
 
-    Every image whose manifest line has a spec is checked by the rule-based evaluator; the table (per-category accuracy, overall = mean of the six categories) goes to stderr and eval.json into the samples dir.
+    Every image whose manifest line has a spec is checked by the rule-based evaluator; the table (per-category accuracy, overall = mean of the six categories) goes to stderr and eval.json into the samples dir, whose grid.png is redrawn with each image's verdict.
 
     Unusable lines are reported by line number and the command exits 1 after scoring the rest.
 
@@ -146,7 +146,7 @@ def eval_cmd(
     """
     from sanatool.errors import InputError, RunFailure
     from sanatool.io.outputs import check_output_path
-    from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json
+    from sanatool.samples.evaluate import evaluate_samples_dir, write_eval_json, write_verdict_sheet
 
     exports = [
         (path, which)
@@ -168,6 +168,7 @@ def eval_cmd(
     with progress_bar(quiet=as_json) as progress:
         report = evaluate_samples_dir(samples_dir, progress=progress)
     path = write_eval_json(report)
+    write_verdict_sheet(report)
     if not as_json:
         _print_table(report)
     emit(report.to_json() if as_json else path, as_json)

@@ -1,8 +1,9 @@
 """``judge``: read a samples dir, judge every candidate, pick the best K per prompt, write the picks.
 
 The output is itself a samples dir (the picked images, their manifest lines with ``score``,
-``rank`` and ``judge`` added) plus ``scores.jsonl`` (every candidate's judgement and fate) and
-``judge.json`` (the judge, the mode, and the compute spent), so ``sanatool eval OUT`` measures
+``rank`` and ``judge`` added) plus ``scores.jsonl`` (every candidate's judgement and fate),
+``judge.json`` (the judge, the mode, and the compute spent) and ``candidates.png`` (every
+candidate with its score, the picks framed), so ``sanatool eval OUT`` measures
 the picks. Everything is validated before the judge is loaded; bad input writes nothing.
 """
 
@@ -26,6 +27,8 @@ from sanatool.samples.sheet import GRID_NAME, write_contact_sheet
 
 SCORES_NAME = "scores.jsonl"
 SUMMARY_NAME = "judge.json"
+#: Every candidate of the source with the judge's score, the picks framed (beside the picks' grid.png).
+CANDIDATES_SHEET_NAME = "candidates.png"
 ORACLE_NOTE = (
     "oracle: the shapes judge is the rule-based evaluator that `sanatool eval` measures with, "
     "so its picks are an upper bound for best-of-N, not a fair judge"
@@ -263,6 +266,9 @@ def judge_samples_dir(
             link_or_copy(root / record["path"], tmp / record["path"])
         write_manifest(tmp / MANIFEST_NAME, picked_records)
         write_contact_sheet(tmp, picked_records, tmp / GRID_NAME)
+        # score_rows follow `records`, one per candidate: what the judge chose among, drawn from the source.
+        judged = [{**record, **row} for record, row in zip(records, score_rows, strict=True)]
+        write_contact_sheet(root, judged, tmp / CANDIDATES_SHEET_NAME)
         with open(tmp / SCORES_NAME, "w", encoding="utf-8") as handle:
             for row in score_rows:
                 handle.write(json.dumps(row) + "\n")

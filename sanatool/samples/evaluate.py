@@ -23,6 +23,7 @@ from sanatool.io.images import UnreadableImage, load_image
 from sanatool.io.manifest import MANIFEST_NAME, read_manifest
 from sanatool.io.outputs import atomic_output_file
 from sanatool.progress import ProgressFn, no_progress
+from sanatool.samples.sheet import GRID_NAME, Verdict, write_contact_sheet
 from sanatool.shapes.evaluator import evaluate_image
 from sanatool.shapes.world import CATEGORIES
 
@@ -194,3 +195,15 @@ def write_eval_json(report: EvalReport, path: str | os.PathLike | None = None) -
     with atomic_output_file(target, force=True) as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     return target.resolve()
+
+
+def write_verdict_sheet(report: EvalReport) -> list[Path]:
+    """Redraw the samples dir's contact sheet (``grid.png`` …) with each scored image's verdict.
+
+    A check or a cross and the graded score go under each image; a judge's picks keep their
+    frame and score (from the manifest). Returns the sheets written.
+    """
+    root = Path(report.samples_dir)
+    records, _ = read_manifest(root)
+    verdicts = {image.path: Verdict(image.correct, image.score) for image in report.images}
+    return write_contact_sheet(root, records, root / GRID_NAME, verdicts)
