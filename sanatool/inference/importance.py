@@ -341,29 +341,109 @@ def heatmap_path(out: str | os.PathLike) -> Path:
     return path.with_suffix(".png")
 
 
+def step_ranks(result: ImportanceResult) -> list[list[int]]:
+    """Each block's rank at each timestep (1 = most important there; ties to the lower block, as the ranking)."""
+    ranks = []
+    for row in result.per_timestep:
+        order = sorted(range(len(row)), key=lambda block: (-row[block], block))
+        rank = [0] * len(row)
+        for place, block in enumerate(order, start=1):
+            rank[block] = place
+        ranks.append(rank)
+    return ranks
+
+
+#: The log colour scale spans at most this many decades below the largest score.
+HEATMAP_DECADES = 4
+
+
+def log_range(values: Sequence[float]) -> tuple[float, float] | None:
+    """The (low, high) of a log colour scale for ``values``: from the smallest positive value (at most
+    :data:`HEATMAP_DECADES` decades down) to the largest; ``None`` when a log scale cannot show them
+    (no positive value, or all positive values equal)."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return None
+    high = max(positive)
+    low = max(min(positive), high / 10**HEATMAP_DECADES)
+    return (low, high) if low < high else None
+
+
 def write_heatmap(result: ImportanceResult, path: str | os.PathLike, force: bool = False) -> Path:
-    """Save a timesteps × blocks heatmap of the per-timestep scores (atomically)."""
+    """Save the importance picture (atomically): three views sharing the block axis.
+
+    Top: the per-timestep scores on a log colour scale, so that blocks far below the strongest
+    still differ (one block often dominates: block 0 of the shipped model scores ~0.38, the others
+    at most 0.05); a zero (an identity block, e.g. one just grown) gets the lowest colour. Middle:
+    each block's rank at each timestep (1 = most important there), how the order moves over the
+    steps. Bottom: each block's overall score, what ``prune`` ranks by, with its rank.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm, Normalize
 
     from sanatool.io.outputs import atomic_output_file
 
     rows, depth = len(result.timesteps), result.depth
-    figure, axes = plt.subplots(figsize=(min(3 + 0.35 * depth, 24), min(2 + 0.3 * rows, 14)))
+    values = [v for row in result.per_timestep for v in row]
+    span = log_range(values)
+    if span is None:
+        norm, shown, scale = Normalize(), result.per_timestep, "linear"
+    else:
+        norm = LogNorm(*span)
+        shown = [[min(max(v, span[0]), span[1]) for v in row] for row in result.per_timestep]
+        scale = "log"
+    panel_h = min(1.0 + 0.12 * rows, 4.0)
+    # Colour bars in a column of their own, so that the three views keep one block axis.
+    figure, grid = plt.subplots(
+        3,
+        2,
+        figsize=(min(4 + 0.4 * depth, 24), 2 * panel_h + 2.8),
+        gridspec_kw={"height_ratios": [panel_h, panel_h, 2.2], "width_ratios": [40, 1]},
+        layout="constrained",
+    )
+    (scores_axes, scores_bar), (ranks_axes, ranks_bar), (bars, unused) = grid
+    unused.axis("off")
     try:
-        picture = axes.imshow(result.per_timestep, aspect="auto", cmap="viridis", interpolation="nearest")
-        axes.set_xlabel("block (0 = first)")
-        axes.set_ylabel("sampler timestep")
         tick_every = max(1, depth // 24)
-        axes.set_xticks(range(0, depth, tick_every))
-        row_every = max(1, rows // 20)
-        axes.set_yticks(range(0, rows, row_every))
-        axes.set_yticklabels([f"{result.timesteps[i]:.4g}" for i in range(0, rows, row_every)])
-        axes.set_title(f"block importance ({result.metric}), higher = more important")
-        figure.colorbar(picture, ax=axes, label=result.metric)
-        figure.tight_layout()
+        row_every = max(1, rows // 10)
+        for axes in (scores_axes, ranks_axes):
+            axes.set_ylabel("sampler timestep")
+            axes.set_yticks(range(0, rows, row_every))
+            axes.set_yticklabels([f"{result.timesteps[i]:.4g}" for i in range(0, rows, row_every)])
+        picture = scores_axes.imshow(shown, aspect="auto", cmap="viridis", interpolation="nearest", norm=norm)
+        scores_axes.set_title(f"block importance ({result.metric}) per timestep, {scale} colour scale")
+        figure.colorbar(picture, cax=scores_bar, label=result.metric)
+        ranked = ranks_axes.imshow(
+            step_ranks(result),
+            aspect="auto",
+            cmap="viridis_r",
+            interpolation="nearest",
+            vmin=1,
+            vmax=max(depth, 2),
+        )
+        ranks_axes.set_title("rank at each timestep (1 = most important)")
+        figure.colorbar(ranked, cax=ranks_bar, label="rank")
+
+        rank_of = {block: place for place, block in enumerate(result.ranking, start=1)}
+        bars.bar(range(depth), result.scores, color="#4f81bd")
+        top = max(max(result.scores), 0.0)
+        if span is not None and log_range(result.scores) is not None and span[1] / span[0] > 20:
+            bars.set_yscale("log")
+            bars.set_ylim(span[0] / 2, top * 2)  # headroom for the rank labels
+        elif top > 0:
+            bars.set_ylim(top=top * 1.15)
+        if depth <= 40:
+            for block, score in enumerate(result.scores):
+                bars.annotate(f"#{rank_of[block]}", (block, score), ha="center", va="bottom", fontsize=7)
+        bars.set_ylabel(f"overall ({bars.get_yscale()})")
+        bars.set_title("overall score per block (#rank; prune keeps the top ranks)")
+        bars.set_xlabel("block (0 = first)")
+        for axes in (scores_axes, ranks_axes, bars):
+            axes.set_xticks(range(0, depth, tick_every))
+            axes.set_xlim(-0.5, depth - 0.5)
         with atomic_output_file(path, force) as tmp:
             figure.savefig(tmp, format="png", dpi=100)
     finally:
