@@ -49,6 +49,7 @@ _API = {
     "make_skip_plan": ("sanatool.inference.skipping", "make_skip_plan"),
     "apply_skip_plan": ("sanatool.inference.skipping", "apply_skip_plan"),
     "sample": ("sanatool.samples.writer", "sample_to_dir"),
+    "read_geneval_metadata": ("sanatool.samples.geneval", "read_geneval_metadata"),
     "judge": ("sanatool.judges.picking", "judge_samples_dir"),
     "evaluate": ("sanatool.samples.evaluate", "evaluate_samples_dir"),
     "finetune": ("sanatool.training.api", "finetune"),
@@ -83,6 +84,7 @@ __all__ = [
     "make_skip_plan",
     "open_model_dir",
     "prune",
+    "read_geneval_metadata",
     "read_importance_file",
     "sample",
     "train",
@@ -101,6 +103,7 @@ if TYPE_CHECKING:
     from sanatool.optim.came import CAME
     from sanatool.optim.came8bit import CAME8bit
     from sanatool.samples.evaluate import evaluate_samples_dir as evaluate
+    from sanatool.samples.geneval import read_geneval_metadata
     from sanatool.samples.writer import sample_to_dir as sample
     from sanatool.surgery.grow import grow_model as grow
     from sanatool.surgery.info import describe_model as info

@@ -216,7 +216,7 @@ def run_demo(
     """
     from sanatool.inference.importance import importance_to_file
     from sanatool.io.outputs import atomic_output_dir, check_output_path
-    from sanatool.judges.picking import judge_samples_dir
+    from sanatool.judges.picking import CANDIDATES_SHEET_NAME, judge_samples_dir
     from sanatool.samples.writer import sample_to_dir
     from sanatool.shapes.dataset import write_shapes_dataset
     from sanatool.surgery.prune import prune_model
@@ -338,6 +338,7 @@ def run_demo(
                 )
             },
             f"best-of-{n} picks": published(picks),
+            f"best-of-{n} choices (every candidate, picks framed)": published(picks / CANDIDATES_SHEET_NAME),
         }
         report.seconds = time.perf_counter() - started
         (tmp / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -95,6 +95,10 @@ def test_demo_writes_models_samples_and_report(cli, tiny_pipeline, tiny_settings
     # Every artifact the README lists is there: the picks' grid, the candidates' eval.
     assert (out / "best_of_2" / "grid.png").read_bytes()[:4] == b"\x89PNG"
     assert Path(artifacts["sample grid (best-of-2 picks)"]) == out.resolve() / "best_of_2" / "grid.png"
+    choices = Path(artifacts["best-of-2 choices (every candidate, picks framed)"])
+    assert (
+        choices == out.resolve() / "best_of_2" / "candidates.png" and choices.read_bytes()[:4] == b"\x89PNG"
+    )
     assert json.loads((out / "samples_finetuned_n2" / "eval.json").read_text())["scored"] == 12
     # Records written by the stages name the final dir, never the temporary one they ran in.
     for record in [*out.rglob("*.json"), *out.rglob("*.jsonl")]:
