@@ -83,6 +83,25 @@ def test_geneval_layout_is_what_the_toolkit_reads_and_resumes(cli, tiny_pipeline
     assert records[6]["category"] == "counting" and records[6]["exclude"] == METADATA[3]["exclude"]
     assert not any(p.name.startswith(".") for p in out.rglob("*"))
 
+    # A judge's picks of it are a GenEval layout too: each picked prompt folder keeps its metadata.
+    from sanatool.judges.base import Judge, Judgement
+    from sanatool.judges.picking import judge_samples_dir
+
+    class SecondCandidate(Judge):
+        """Prefers every second image in manifest order: candidate 1 of each prompt."""
+
+        kind = "stub"
+
+        def _judge(self, images, prompts, specs):
+            return [Judgement(score=float((self.calls + i) % 2)) for i in range(len(images))]
+
+    judge_samples_dir(out, tmp_path / "picks", judge=SecondCandidate(), batch_size=3)
+    picked = geneval_reader(str(tmp_path / "picks"))
+    assert sorted(os.path.relpath(path, tmp_path / "picks") for path, _ in picked) == [
+        f"{p:05d}/samples/00001.png" for p in range(4)
+    ]
+    assert all(line == METADATA[int(os.path.relpath(path, tmp_path / "picks")[:5])] for path, line in picked)
+
     # --resume keeps the images and adds a third candidate per prompt; fewer prompts drop folders.
     first = out / "00000" / "samples" / "00000.png"
     inode = first.stat().st_ino

@@ -23,6 +23,7 @@ from sanatool.judges.base import Judge, Judgement
 from sanatool.judges.registry import JudgeSpec, load_judge, parse_judge_spec
 from sanatool.judges.tournament import MODES, Selection, select
 from sanatool.progress import ProgressFn, no_progress
+from sanatool.samples.geneval import metadata_files
 from sanatool.samples.sheet import GRID_NAME, write_contact_sheet
 
 SCORES_NAME = "scores.jsonl"
@@ -264,6 +265,9 @@ def judge_samples_dir(
     with atomic_output_dir(out, force=force, inputs=[root]) as tmp:
         for record in picked_records:
             link_or_copy(root / record["path"], tmp / record["path"])
+        # Picks from a GenEval layout stay one: GenEval's reader needs each prompt folder's metadata.
+        for relpath in metadata_files(root, [record["path"] for record in picked_records]):
+            link_or_copy(root / relpath, tmp / relpath)
         write_manifest(tmp / MANIFEST_NAME, picked_records)
         write_contact_sheet(tmp, picked_records, tmp / GRID_NAME)
         # score_rows follow `records`, one per candidate: what the judge chose among, drawn from the source.

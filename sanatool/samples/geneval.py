@@ -102,6 +102,22 @@ def geneval_metadata(item: PromptItem) -> dict[str, Any]:
     return {**item.extra, "prompt": item.prompt}
 
 
+def metadata_files(root: Path, paths: Sequence[str]) -> list[str]:
+    """The ``metadata.jsonl`` (relative to ``root``) of each GenEval prompt folder that holds one of ``paths``.
+
+    A selection of a GenEval-layout samples dir (``judge``'s picks) keeps these so that it is
+    itself a layout GenEval's reader scores.
+    """
+    found = set()
+    for path in paths:
+        parts = Path(path).parts
+        if len(parts) == 3 and parts[0].isdigit() and parts[1] == SAMPLES_DIR:
+            relpath = f"{parts[0]}/{METADATA_NAME}"
+            if (root / relpath).is_file():
+                found.add(relpath)
+    return sorted(found)
+
+
 def finish_geneval_dir(root: Path, items: Sequence[PromptItem], keep: set[str]) -> None:
     """Write each prompt folder's ``metadata.jsonl``; drop what an earlier, resumed run left behind.
 
