@@ -206,9 +206,14 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
             )
     vae_config = check_components(sources.config, sources.components)
     assert opts.data is not None and opts.out is not None
-    dataset = load_dataset(opts.data, opts.resolution)
     factor = vae_scale_factor(vae_config) * int(sources.config.get("patch_size", 1))
-    if dataset.resolution % factor:
+    if opts.aspect_buckets:
+        # The bins' pixel area: --resolution², else the model's native side (sample_size × VAE factor).
+        native = int(sources.config.get("sample_size") or 32) * vae_scale_factor(vae_config)
+        dataset = load_dataset(opts.data, opts.resolution or native, bucket_multiple=factor)
+    else:
+        dataset = load_dataset(opts.data, opts.resolution)
+    if dataset.buckets is None and dataset.resolution % factor:
         raise InputError(
             f"images are {dataset.resolution}px but the VAE and patch size need a multiple of {factor}; "
             f"pass --resolution with a multiple of {factor}"
