@@ -111,3 +111,98 @@ def test_aspect_buckets_train_reuse_the_cache_and_resume_exactly(
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("items-*.safetensors")} == shards
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(a[k].equal(b[k]) for k in a)
+
+
+def _scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def test_validation_grids_and_tensorboard_scalars(cli, tiny_pipeline, mixed_data, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sanatool.samples.sheet import GRID_CELL_MIN
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square on the left of a green triangle\n")
+    out, run_dir = tmp_path / "ft", tmp_path / "run"
+    res = cli(
+        "finetune", tiny_pipeline, "--data", mixed_data, "-o", out, "--steps", "4", "--batch-size", "2",
+        "--optimizer", "adamw", "--lr", "1e-3", "--aspect-buckets", "--checkpoint-dir", run_dir,
+        "--validation-prompts", prompts, "--validation-every", "3", "--report-to", "tensorboard",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    # Every 3 steps and at the end; the run dir keeps them after the checkpoints are gone.
+    grids = sorted(p.name for p in (run_dir / "validation").iterdir())
+    assert grids == ["step-000003.png", "step-000004.png"]
+    grid = np.asarray(Image.open(run_dir / "validation" / "step-000004.png").convert("RGB"))
+    assert not np.array_equal(grid, np.asarray(Image.open(run_dir / "validation" / "step-000003.png")))
+    # Each cell is what `sample --seed 0` draws from the output model (32 px cells enlarged 3×).
+    res = cli("sample", out, "--prompts", prompts, "--candidates", "1", "--seed", "0", "-o", tmp_path / "s")
+    assert res.code == 0, res.stderr
+    scale, left = GRID_CELL_MIN // 32, 8
+    for index in range(2):
+        drawn = np.asarray(Image.open(tmp_path / "s" / "images" / f"p{index:05d}_c000.png").convert("RGB"))
+        x0 = left + index * (GRID_CELL_MIN + 8)
+        cell = grid[left : left + GRID_CELL_MIN : scale, x0 : x0 + GRID_CELL_MIN : scale]
+        assert np.abs(cell.astype(int) - drawn).max() <= 2
+    # TensorBoard holds the loss log's numbers, and the grids.
+    logged = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    board = run_dir / "tensorboard"
+    assert _scalars(board, "train/loss") == pytest.approx({r["step"]: r["loss"] for r in logged})
+    assert _scalars(board, "train/lr") == pytest.approx({r["step"]: 1e-3 for r in logged})
+    assert set(_scalars(board, "train/step_time_s")) == {1, 2, 3, 4}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(board))
+    events.Reload()
+    assert [image.step for image in events.Images("validation")] == [3, 4]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "holds no prompts"),
+        ("bad-jsonl", 'needs a non-empty "prompt"'),
+        ("too-many", "at most 64"),
+        ("every-alone", "--validation-every N needs --validation-prompts"),
+        ("every-negative", "--validation-every must be"),
+        ("report-to", "unknown --report-to 'wandb'"),
+        ("no-tensorboard", "pip install 'sanatool[tensorboard]'"),
+    ],
+)
+def test_bad_reporting_input_exits_2_before_any_work(
+    cli, tiny_pipeline, mixed_data, tmp_path, monkeypatch, case, expected
+):
+    import sys
+
+    prompts = tmp_path / "prompts.txt"
+    extra = ["--validation-prompts", str(prompts)]
+    if case == "empty":
+        prompts.write_text("\n \n")
+    elif case == "bad-jsonl":
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text('{"category": "x"}\n')
+        extra = ["--validation-prompts", str(prompts)]
+    elif case == "too-many":
+        prompts.write_text("".join(f"prompt {i}\n" for i in range(65)))
+    elif case == "every-alone":
+        extra = ["--validation-every", "2"]
+    elif case == "every-negative":
+        prompts.write_text("a red circle\n")
+        extra += ["--validation-every", "-1"]
+    elif case == "report-to":
+        extra = ["--report-to", "wandb"]
+    elif case == "no-tensorboard":
+        monkeypatch.setitem(sys.modules, "tensorboard", None)
+        extra = ["--report-to", "tensorboard"]
+    before = sorted(tmp_path.rglob("*"))
+    res = cli("finetune", tiny_pipeline, "--data", mixed_data, "-o", tmp_path / "out", "--steps", "2", *extra)
+    assert res.code == 2, res.stderr
+    assert expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert sorted(tmp_path.rglob("*")) == before

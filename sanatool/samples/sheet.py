@@ -9,7 +9,7 @@ are enlarged without smoothing to at least ``GRID_CELL_MIN`` px so that a person
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ GRID_PAGE_ROWS = 16
 GRID_MAX_CANDIDATES = GRID_ROW_CELLS
 _GAP = 2  # between the candidates of one prompt
 _GROUP_GAP = 8  # between prompts, and the margin
+_LABEL_H = 14  # the band under a group that holds its label
 _PAGE = re.compile(r"grid-(\d+)\.png")
 
 
@@ -32,13 +33,16 @@ def grid_page_name(page: int) -> str:
     return GRID_NAME if page == 0 else f"grid-{page + 1}.png"
 
 
-def write_contact_sheet(root: Path, records: Sequence[dict[str, Any]], path: Path) -> list[Path]:
+def write_contact_sheet(
+    root: Path, records: Sequence[dict[str, Any]], path: Path, labels: Mapping[int, str] | None = None
+) -> list[Path]:
     """Draw the sheets of every prompt × candidate in ``records`` (images under ``root``); return them.
 
     ``path`` is the first sheet; later ones are its ``grid-N.png`` siblings, and sheets of an
-    earlier, longer run beside it are removed.
+    earlier, longer run beside it are removed. ``labels`` (by prompt index): a line of text under
+    each prompt's group, cut to its width.
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     prompts = sorted({int(r["prompt_index"]) for r in records})
     candidates = sorted({int(r["candidate"]) for r in records})[:GRID_MAX_CANDIDATES]
@@ -61,6 +65,7 @@ def write_contact_sheet(root: Path, records: Sequence[dict[str, Any]], path: Pat
     per_page = per_row * GRID_PAGE_ROWS
     by_key = {(int(r["prompt_index"]), int(r["candidate"])): r for r in records}
     col_of = {c: i for i, c in enumerate(candidates)}
+    row_h = cell_h + (_LABEL_H if labels else 0)
 
     written = []
     for page, start in enumerate(range(0, len(prompts), per_page)):
@@ -68,12 +73,15 @@ def write_contact_sheet(root: Path, records: Sequence[dict[str, Any]], path: Pat
         cols, rows = min(per_row, len(chunk)), -(-len(chunk) // per_row)
         sheet = Image.new(
             "RGB",
-            (_GROUP_GAP + cols * (group_w + _GROUP_GAP), _GROUP_GAP + rows * (cell_h + _GROUP_GAP)),
+            (_GROUP_GAP + cols * (group_w + _GROUP_GAP), _GROUP_GAP + rows * (row_h + _GROUP_GAP)),
             (255, 255, 255),
         )
+        draw = ImageDraw.Draw(sheet)
         for slot, prompt in enumerate(chunk):
             x0 = _GROUP_GAP + (slot % per_row) * (group_w + _GROUP_GAP)
-            y0 = _GROUP_GAP + (slot // per_row) * (cell_h + _GROUP_GAP)
+            y0 = _GROUP_GAP + (slot // per_row) * (row_h + _GROUP_GAP)
+            if labels and prompt in labels:
+                draw.text((x0, y0 + cell_h + 1), _fit(draw, labels[prompt], group_w), fill=(0, 0, 0))
             for candidate, col in col_of.items():
                 record = by_key.get((prompt, candidate))
                 if record is None:
@@ -87,3 +95,13 @@ def write_contact_sheet(root: Path, records: Sequence[dict[str, Any]], path: Pat
         sheet.save(target, format="PNG")
         written.append(target)
     return written
+
+
+def _fit(draw: Any, text: str, width: int) -> str:
+    """``text`` on one line, cut with an ellipsis to fit ``width`` pixels in the default font."""
+    text = " ".join(text.split())
+    if draw.textlength(text) <= width:
+        return text
+    while text and draw.textlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
