@@ -313,7 +313,7 @@ def _train(
     elif ctx.is_main:
         run.live_log.write_text("")
     start_step = run.trainer.step_count
-    reports = Reports(opts, prompts, run, start_step)
+    reports = Reports(opts, prompts, run, start_step, progress)
     try:
         losses, seconds = _step_loop(run, out, progress, reports)
         reports.finish(run.trainer.step_count)

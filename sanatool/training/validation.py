@@ -24,6 +24,7 @@ from typing import Any
 from sanatool.errors import InputError
 from sanatool.io.modeldir import ModelDir
 from sanatool.io.prompts import PromptItem, read_prompts
+from sanatool.progress import ProgressFn, no_progress
 from sanatool.training.options import TrainOptions
 
 VALIDATION_DIR = "validation"
@@ -79,6 +80,7 @@ def sample_validation(
     device: Any,
     dtype: str,
     text_encoder: Any = None,
+    progress: ProgressFn = no_progress,
 ) -> list[Any]:
     """One image per prompt from ``transformer`` as it is now (PIL images, the model's native size).
 
@@ -105,7 +107,7 @@ def sample_validation(
         module.eval()
     try:
         seeds = [image_seed(seed, index, 0) for index in range(len(prompts))]
-        images = generate(pipe, [item.prompt for item in prompts], seeds).images or []
+        images = generate(pipe, [item.prompt for item in prompts], seeds, progress=progress).images or []
     finally:
         for module, was_training in zip(modules, training, strict=True):
             module.train(was_training)
@@ -178,9 +180,15 @@ class Reports:
     """The validation grids and TensorBoard scalars of a run; every rank calls it, rank 0 writes."""
 
     def __init__(
-        self, opts: TrainOptions, prompts: list[PromptItem] | None, run: Any, start_step: int
+        self,
+        opts: TrainOptions,
+        prompts: list[PromptItem] | None,
+        run: Any,
+        start_step: int,
+        progress: ProgressFn = no_progress,
     ) -> None:
         self.opts = opts
+        self.progress = progress
         self.prompts = prompts
         self.run = run
         self.last_grid: int | None = None
@@ -219,6 +227,7 @@ class Reports:
             run.ctx.device,
             resolve_precision(self.opts.precision, run.ctx.device.type),
             run.text_encoder,
+            lambda task, done, total=None, **info: self.progress("validate", done, total, step=step),
         )
         self.last_grid = step
         if run.ctx.is_main:
