@@ -49,8 +49,11 @@ def test_aspect_bins_are_sanas_own_scaled_to_the_resolution(mixed_data):
     assert data.buckets[:3] == [(24, 40), (40, 24), (32, 32)] and data.resized
     assert tuple(load_pixels(data.items[0], *data.size_of(0)).shape) == (3, 24, 40)
     assert tuple(load_pixels(data.items[1], *data.size_of(1)).shape) == (3, 40, 24)
-    # Square runs keep their fingerprint (and so their latent caches); buckets change it.
+    # Buckets change the fingerprint (the latent cache's key), unless every image trains square.
     assert load_dataset(mixed_data, 32).fingerprint() != data.fingerprint()
+    square = load_dataset(mixed_data, 32, bucket_multiple=4)
+    square.buckets = [(32, 32)] * len(square)
+    assert square.fingerprint() == load_dataset(mixed_data, 32).fingerprint()
 
 
 def test_bucket_batches_never_mix_buckets_and_resume_exactly():

@@ -14,7 +14,8 @@ header), so keying a 5 GB text encoder takes a fraction of a second.
 With aspect-ratio buckets the entry holds the items grouped by bucket (each bucket's items in data
 set order, buckets in order of their first item): every shard holds one bucket's latents, and ``cache.json``
 lists each bucket's size, first item and count. The per-item sizes are part of the data set's
-fingerprint, so the key changes with them.
+fingerprint, so the key changes with them (unless every image trains square: then the entry is the
+one a square run makes, and either run reuses it).
 
 Text embeddings come from :func:`sanatool.inference.text.encode_prompts`, the function sampling uses, so
 training and sampling see identical conditioning. Trailing padding columns that no caption uses are

@@ -67,7 +67,9 @@ class ImageDataset:
         for item in self.items:
             stat = item.path.stat()
             digest.update(f"{item.path.name}|{stat.st_size}|{stat.st_mtime_ns}|{item.text}\n".encode())
-        if self.buckets is not None:  # keyed only when set: caches of square runs keep their names
+        square = (self.resolution, self.resolution)
+        # Keyed only when some image is not square: then its latents are the square run's, and so is the cache.
+        if self.buckets is not None and any(size != square for size in self.buckets):
             digest.update(("buckets=" + ",".join(f"{h}x{w}" for h, w in self.buckets)).encode())
         return digest.hexdigest()[:16]
 
