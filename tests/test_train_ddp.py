@@ -73,28 +73,29 @@ def _torchrun_finetune(model, data, out, *args: str) -> dict:
 
 def test_two_process_fsdp_matches_single_process_and_resumes(tiny_pipeline, tmp_path):
     """FSDP2 (fully_shard per block) on gloo: same losses and updates as one process; its sharded
-    optimizer state survives a checkpoint and a resume."""
+    optimizer state survives a checkpoint and a resume. The images are landscape and square, in
+    aspect-ratio buckets: the ranks must agree on each batch's bucket."""
+    from PIL import Image
     from safetensors.torch import load_file
 
-    from sanatool.shapes.dataset import write_shapes_dataset
     from sanatool.training import TrainOptions, run_training
 
-    data = write_shapes_dataset(tmp_path / "data", 8, seed=1)
-    run_training(
-        TrainOptions(
-            source=str(tiny_pipeline),
-            data=data,
-            out=tmp_path / "one",
-            steps=2,
-            optimizer="adamw",
-            lr=1e-3,
-            batch_size=4,
-            device="cpu",
-            seed=4,
-        )  # fmt: skip
+    data = tmp_path / "data"
+    data.mkdir()
+    captions = ["a red circle", "a blue square above a green triangle"]
+    for index in range(8):
+        size = (48, 32) if index % 2 else (32, 32)
+        Image.new("RGB", size, (30 * index, 90, 200)).save(data / f"{index}.png")
+    (data / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "text": captions[i % 2]}) + "\n" for i in range(8))
     )
+    one = TrainOptions(
+        source=str(tiny_pipeline), data=data, out=tmp_path / "one", steps=2, optimizer="adamw", lr=1e-3,
+        batch_size=4, device="cpu", seed=4, aspect_buckets=True,
+    )  # fmt: skip
+    run_training(one)
     common = ["--steps", "2", "--optimizer", "adamw", "--lr", "1e-3", "--device", "cpu", "--seed", "4"]
-    common += ["--batch-size", "2", "--fsdp", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    common += ["--batch-size", "2", "--fsdp", "--aspect-buckets", "--checkpoint-dir", str(tmp_path / "ckpt")]
     summary = _torchrun_finetune(tiny_pipeline, data, tmp_path / "two", *common, "--save-every", "1")
     assert summary["world_size"] == 2 and summary["global_batch"] == 4
     assert [p.name for p in (tmp_path / "ckpt").glob("step-*")] == ["step-00000001"]
