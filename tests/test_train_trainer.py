@@ -96,6 +96,7 @@ def test_aspect_buckets_train_reuse_the_cache_and_resume_exactly(
     common = {
         "data": mixed_data, "source": str(tiny_pipeline), "steps": 6, "batch_size": 2, "lr": 1e-3,
         "optimizer": "adamw", "aspect_buckets": True, "checkpoint_dir": tmp_path / "ckpt",
+        "report_to": "tensorboard",
     }  # fmt: skip
     straight = run_training(TrainOptions(out=tmp_path / "straight", save_every=3, **common))
     assert len(shapes) == 6 and {(6, 10), (10, 6), (8, 8)} >= set(shapes) and len(set(shapes)) > 1
@@ -114,6 +115,12 @@ def test_aspect_buckets_train_reuse_the_cache_and_resume_exactly(
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("items-*.safetensors")} == shards
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(a[k].equal(b[k]) for k in a)
+    # TensorBoard: the resumed run replaced the steps after its checkpoint instead of adding them twice.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "ckpt" / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
 
 
 def _scalars(log_dir: Path, tag: str) -> dict[int, float]:
@@ -143,6 +150,8 @@ def test_validation_grids_and_tensorboard_scalars(cli, tiny_pipeline, mixed_data
     grids = sorted(p.name for p in (run_dir / "validation").iterdir())
     assert grids == ["step-000003.png", "step-000004.png"]
     grid = np.asarray(Image.open(run_dir / "validation" / "step-000004.png").convert("RGB"))
+    label = grid[8 + GRID_CELL_MIN : 8 + GRID_CELL_MIN + 14, 8 : 8 + GRID_CELL_MIN]
+    assert label.min() < 100  # the prompt is written under its image
     assert not np.array_equal(grid, np.asarray(Image.open(run_dir / "validation" / "step-000003.png")))
     # Each cell is what `sample --seed 0` draws from the output model (32 px cells enlarged 3×).
     res = cli("sample", out, "--prompts", prompts, "--candidates", "1", "--seed", "0", "-o", tmp_path / "s")
