@@ -97,6 +97,42 @@ TRAINING_OPTIONS = (
         typer.Option(None, "--resolution", help="Resize and centre-crop every image to N×N."),
     ),
     Opt(
+        "aspect_buckets",
+        bool,
+        typer.Option(
+            False,
+            "--aspect-buckets",
+            help="Train each image at the nearest of SANA's aspect-ratio bins (scaled to --resolution, else the "
+            "model's size), resized to cover and centre-cropped; each batch from one bin.",
+        ),
+    ),
+    Opt(
+        "validation_prompts",
+        Path | None,
+        typer.Option(
+            None,
+            "--validation-prompts",
+            help="Prompts file (.txt or .jsonl) sampled with fixed seeds into RUN_DIR/validation/step-N.png.",
+        ),
+    ),
+    Opt(
+        "validation_every",
+        int,
+        typer.Option(
+            0, "--validation-every", help="Sample the validation prompts every N steps (0: at the end only)."
+        ),
+    ),
+    Opt(
+        "report_to",
+        str,
+        typer.Option(
+            "none",
+            "--report-to",
+            help="none, or tensorboard: loss, lr, grad norm, step time into RUN_DIR/tensorboard "
+            "(pip install 'sanatool[tensorboard]').",
+        ),
+    ),
+    Opt(
         "caption_dropout",
         float,
         typer.Option(0.1, "--caption-dropout", help="Probability of training on the empty caption (CFG)."),

@@ -11,6 +11,12 @@ means a fresh entry.
 Weight files over 256 MB are hashed by 32 evenly spaced MiB (the first holds the safetensors
 header), so keying a 5 GB text encoder takes a fraction of a second.
 
+With aspect-ratio buckets the entry holds the items grouped by bucket (each bucket's items in data
+set order, buckets in order of their first item): every shard holds one bucket's latents, and ``cache.json``
+lists each bucket's size, first item and count. The per-item sizes are part of the data set's
+fingerprint, so the key changes with them (unless every image trains square: then the entry is the
+one a square run makes, and either run reuses it).
+
 Text embeddings come from :func:`sanatool.inference.text.encode_prompts`, the function sampling uses, so
 training and sampling see identical conditioning. Trailing padding columns that no caption uses are
 dropped: cross-attention masks them out, so this changes no result and saves most of the compute.
@@ -18,7 +24,9 @@ dropped: cross-attention masks them out, so this changes no result and saves mos
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -135,6 +143,15 @@ def cache_key(pipeline_dir: Path, dataset: ImageDataset, settings: EncodeSetting
     return digest.hexdigest()[:20]
 
 
+@dataclass(frozen=True)
+class Bucket:
+    """Items ``start … start + count − 1`` of a cache entry, whose latents share one shape."""
+
+    start: int
+    count: int
+    latent_shape: tuple[int, ...]
+
+
 @dataclass
 class LatentCache:
     """An opened cache entry: per-item latents and caption embeddings in safetensors shards."""
@@ -149,6 +166,14 @@ class LatentCache:
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["latent_shape"])
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        """The entry's buckets in item order (one, spanning every item, without aspect buckets)."""
+        rows = self.meta.get("buckets")
+        if rows is None:  # entries written before aspect buckets
+            return [Bucket(0, self.count, self.latent_shape)]
+        return [Bucket(int(r["start"]), int(r["count"]), tuple(r["latent_shape"])) for r in rows]
 
     def reader(self) -> CacheReader:
         """A reader that gathers batches of items from the memory-mapped shards."""
@@ -171,8 +196,13 @@ class CacheReader:
 
         shards = sorted(cache.path.glob("items-*.safetensors"))
         self._handles = [safe_open(str(shard), framework="pt") for shard in shards]
+        # Bucketed entries end a shard at each bucket's end, so shards are not all SHARD_ITEMS long.
+        self._starts = list(
+            itertools.accumulate((h.get_slice("latents").get_shape()[0] for h in self._handles), initial=0)
+        )
         self.count = cache.count
         self.latent_shape = cache.latent_shape
+        self.buckets = cache.buckets
 
     def gather(
         self, indices: list[int], keys: tuple[str, ...] = ("latents", "embeds", "mask")
@@ -183,8 +213,8 @@ class CacheReader:
 
         rows: dict[str, list[Any]] = {key: [] for key in keys}
         for index in indices:
-            handle = self._handles[index // SHARD_ITEMS]
-            row = index % SHARD_ITEMS
+            shard = bisect.bisect_right(self._starts, index) - 1
+            handle, row = self._handles[shard], index - self._starts[shard]
             for key, values in rows.items():
                 values.append(handle.get_slice(key)[row : row + 1])
         return {key: torch.cat(values) for key, values in rows.items()}
@@ -275,6 +305,14 @@ class _ShardWriter:
         self.pending = [{key: value[items:] for key, value in merged.items()}] if self.count else []
 
 
+def _bucket_members(dataset: ImageDataset) -> list[tuple[tuple[int, int], list[int]]]:
+    """Each training size with its items (data set order); the sizes ordered by their first item."""
+    members: dict[tuple[int, int], list[int]] = {}
+    for index in range(len(dataset)):
+        members.setdefault(dataset.size_of(index), []).append(index)
+    return list(members.items())
+
+
 def build_cache(
     pipeline_dir: Path,
     dataset: ImageDataset,
@@ -334,21 +372,33 @@ def build_cache(
 
         writer = _ShardWriter(tmp)
         total = len(dataset)
-        latent_shape: tuple[int, ...] = ()
+        buckets: list[dict[str, Any]] = []
+        done = 0
         progress("encode", 0, total)
         with torch.inference_mode():
             # The unconditional embedding is the empty prompt without instruction, as sampling computes it.
             null_embeds, null_mask, null_ids = encode_text([""], instruction=False)
-            for start in range(0, total, settings.batch_size):
-                batch = dataset.items[start : start + settings.batch_size]
-                pixels = torch.stack([load_pixels(item, dataset.resolution) for item in batch])
-                pixels = pixels.to(settings.device, dtype=vae.dtype)
-                latents = vae.encode(pixels).latent.float().cpu() * scaling
-                embeds, mask, ids = encode_text([item.text for item in batch])
-                latent_shape = tuple(latents.shape[1:])
-                writer.add({"latents": latents, "embeds": embeds, "mask": mask, "ids": ids})
-                progress("encode", min(start + len(batch), total), total)
-            writer.close()
+            for (height, width), members in _bucket_members(dataset):
+                latent_shape: tuple[int, ...] = ()
+                for start in range(0, len(members), settings.batch_size):
+                    batch = [dataset.items[index] for index in members[start : start + settings.batch_size]]
+                    pixels = torch.stack([load_pixels(item, height, width) for item in batch])
+                    pixels = pixels.to(settings.device, dtype=vae.dtype)
+                    latents = vae.encode(pixels).latent.float().cpu() * scaling
+                    embeds, mask, ids = encode_text([item.text for item in batch])
+                    latent_shape = tuple(latents.shape[1:])
+                    writer.add({"latents": latents, "embeds": embeds, "mask": mask, "ids": ids})
+                    done += len(batch)
+                    progress("encode", done, total)
+                writer.close()  # a shard never spans two buckets: their latents differ in shape
+                buckets.append(
+                    {
+                        "size": [height, width],
+                        "start": done - len(members),
+                        "count": len(members),
+                        "latent_shape": list(latent_shape),
+                    }
+                )
         # Give every shard (and the empty caption) one width: the longest caption's.
         shards = sorted(tmp.glob("items-*.safetensors"))
         loaded = {shard: load_file(str(shard)) for shard in shards}
@@ -369,7 +419,8 @@ def build_cache(
             "format": CACHE_FORMAT,
             "key": key,
             "count": total,
-            "latent_shape": list(latent_shape),
+            "latent_shape": buckets[0]["latent_shape"],
+            "buckets": buckets,
             "text_length": int(used),
             "text_dim": int(null_embeds.shape[-1]),
             "resolution": dataset.resolution,

@@ -108,6 +108,7 @@ RESUME_SETTINGS = (
     "mode_scale",
     "ema_decay",
     "max_grad_norm",
+    "aspect_buckets",
 )
 
 

@@ -7,6 +7,11 @@ broken data set is refused in a second, before any model is loaded or anything i
 Mixed image sizes are refused unless a ``resolution`` is given, in which case every image is
 resized (shorter side to ``resolution``, bicubic) and centre-cropped to ``resolution``² — the
 same preprocessing for every image, so nothing is silently distorted.
+
+With aspect-ratio buckets (``--aspect-buckets``, :func:`assign_buckets`) each image instead goes to
+the nearest of SANA's own 1024 px aspect-ratio bins (diffusers' ``ASPECT_RATIO_1024_BIN``, what
+``SanaPipeline`` snaps sizes to), scaled to the training resolution: it is resized to cover the
+bin and centre-cropped to it, so a landscape photo keeps its landscape.
 """
 
 from __future__ import annotations
@@ -32,12 +37,21 @@ class DataItem:
 
 @dataclass
 class ImageDataset:
-    """A validated image folder: items in metadata order and the (square) training resolution."""
+    """A validated image folder: items in metadata order and the training resolution.
+
+    ``buckets``: with aspect-ratio buckets, each item's training size ``(height, width)``; else
+    ``None`` and every item is ``resolution``².
+    """
 
     root: Path
     items: list[DataItem]
     resolution: int
     resized: bool
+    buckets: list[tuple[int, int]] | None = None
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        """The ``(height, width)`` item ``index`` is trained at."""
+        return self.buckets[index] if self.buckets is not None else (self.resolution, self.resolution)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -53,6 +67,10 @@ class ImageDataset:
         for item in self.items:
             stat = item.path.stat()
             digest.update(f"{item.path.name}|{stat.st_size}|{stat.st_mtime_ns}|{item.text}\n".encode())
+        square = (self.resolution, self.resolution)
+        # Keyed only when some image is not square: then its latents are the square run's, and so is the cache.
+        if self.buckets is not None and any(size != square for size in self.buckets):
+            digest.update(("buckets=" + ",".join(f"{h}x{w}" for h, w in self.buckets)).encode())
         return digest.hexdigest()[:16]
 
 
@@ -80,13 +98,36 @@ def _parse_metadata(root: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
-def load_dataset(data_dir: str | os.PathLike, resolution: int | None = None) -> ImageDataset:
+def aspect_bins(resolution: int, multiple: int) -> dict[str, tuple[int, int]]:
+    """SANA's 1024 px aspect-ratio bins (diffusers' ``ASPECT_RATIO_1024_BIN``: ratio h/w → (h, w)) scaled
+    to ``resolution``, each side rounded to a multiple of ``multiple`` (the VAE factor × patch size)."""
+    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_1024_BIN
+
+    def side(pixels: float) -> int:
+        return max(multiple, round(pixels * resolution / 1024 / multiple) * multiple)
+
+    return {ratio: (side(h), side(w)) for ratio, (h, w) in ASPECT_RATIO_1024_BIN.items()}
+
+
+def _nearest_bin(width: int, height: int, bins: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    # The bin of the nearest of SANA's ratios (as SanaPipeline snaps a requested size), scaled.
+    from diffusers.image_processor import PixArtImageProcessor
+
+    return PixArtImageProcessor.classify_height_width_bin(height, width, bins)
+
+
+def load_dataset(
+    data_dir: str | os.PathLike, resolution: int | None = None, bucket_multiple: int | None = None
+) -> ImageDataset:
     """Open and validate an image-folder data set.
 
     Checks that ``metadata.jsonl`` exists and every line has a file name inside the folder and a
     non-empty caption, that each image exists and is a readable image, and that all images share
     one square-able size (or resizes to ``resolution``). Raises :class:`InputError` naming the
     offending file and line.
+
+    ``bucket_multiple``: sort images into aspect-ratio buckets (:func:`aspect_bins` at ``resolution``,
+    sides multiples of this) instead; any mix of sizes is then welcome.
     """
     root = Path(data_dir).expanduser()
     if not root.exists():
@@ -97,6 +138,7 @@ def load_dataset(data_dir: str | os.PathLike, resolution: int | None = None) -> 
         raise InputError(f"--resolution must be from 8 to {MAX_SIDE}, got {resolution}")
     rows = _parse_metadata(root)
     items: list[DataItem] = []
+    image_sizes: list[tuple[int, int]] = []
     sizes: dict[tuple[int, int], str] = {}
     real_root = root.resolve()
     for number, name, text in rows:
@@ -108,7 +150,14 @@ def load_dataset(data_dir: str | os.PathLike, resolution: int | None = None) -> 
         with open_image(path) as image:
             size = image.size
         sizes.setdefault(size, name)
+        image_sizes.append(size)
         items.append(DataItem(path, text))
+    if bucket_multiple is not None:
+        assert resolution is not None, "aspect buckets need the training resolution"
+        bins = aspect_bins(resolution, bucket_multiple)
+        buckets = [_nearest_bin(width, height, bins) for width, height in image_sizes]
+        resized = any((w, h) != (bw, bh) for (w, h), (bh, bw) in zip(image_sizes, buckets, strict=True))
+        return ImageDataset(root, items, resolution, resized, buckets)
     if resolution is None:
         if len(sizes) > 1:
             (one, first), (two, second) = list(sizes.items())[:2]
@@ -125,11 +174,11 @@ def load_dataset(data_dir: str | os.PathLike, resolution: int | None = None) -> 
     return ImageDataset(root, items, resolution, resized=any(s != (resolution, resolution) for s in sizes))
 
 
-def load_pixels(item: DataItem, resolution: int) -> Any:
-    """One image as a float tensor (3, R, R) in [-1, 1], the range the VAE expects.
+def load_pixels(item: DataItem, resolution: int, width: int | None = None) -> Any:
+    """One image as a float tensor (3, H, W) in [-1, 1], the range the VAE expects.
 
-    Resizes the shorter side to ``resolution`` (bicubic) and centre-crops when the image is not
-    already ``resolution``².
+    ``H = resolution`` and ``W = width`` (default: square). Resizes the image to cover H×W
+    (bicubic) and centre-crops when it is not already that size.
     """
     import numpy as np
     import torch
@@ -141,12 +190,13 @@ def load_pixels(item: DataItem, resolution: int) -> Any:
         from sanatool.errors import RunFailure
 
         raise RunFailure(f"cannot decode image {item.path} ({err}); fix or remove it and rerun") from err
-    if image.size != (resolution, resolution):
-        width, height = image.size
-        scale = resolution / min(width, height)
-        new = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    target_h, target_w = resolution, resolution if width is None else width
+    if image.size != (target_w, target_h):
+        old_w, old_h = image.size
+        scale = max(target_w / old_w, target_h / old_h)
+        new = (max(target_w, round(old_w * scale)), max(target_h, round(old_h * scale)))
         image = image.resize(new, Image.Resampling.BICUBIC)
-        left, top = (new[0] - resolution) // 2, (new[1] - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
+        left, top = (new[0] - target_w) // 2, (new[1] - target_h) // 2
+        image = image.crop((left, top, left + target_w, top + target_h))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -16,6 +16,7 @@ not change the draws, and saving the generator state is enough to resume bit for
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,27 @@ class DataStream:
         return out
 
 
+class BucketBatches:
+    """Global batches drawn from one aspect-ratio bucket each, as SANA's ``AspectRatioBatchSampler`` draws
+    them: items arrive in the :class:`DataStream`'s epoch order and wait in their bucket until it holds a
+    batch. Every rank draws the same batches; the waiting items are part of the resumable state."""
+
+    def __init__(self, stream: DataStream, starts: list[int]) -> None:
+        self.stream = stream
+        self.starts = starts  # each bucket's first cache item; buckets are contiguous ranges
+        self.waiting: list[list[int]] = [[] for _ in starts]
+
+    def take(self, n: int) -> tuple[int, list[int]]:
+        """The next full batch of ``n`` indices and the bucket it comes from."""
+        while True:
+            index = self.stream.take(1)[0]
+            bucket = bisect.bisect_right(self.starts, index) - 1
+            self.waiting[bucket].append(index)
+            if len(self.waiting[bucket]) == n:
+                batch, self.waiting[bucket] = self.waiting[bucket], []
+                return bucket, batch
+
+
 class Trainer:
     """Owns the model, optimizer, EMA and random state of a run; :meth:`step` does one optimizer step."""
 
@@ -96,6 +118,13 @@ class Trainer:
         self.time_scale = num_train_timesteps * timestep_scale
         self.generator = torch.Generator().manual_seed(opts.seed)
         self.stream = DataStream(reader.count, self.generator)
+        # Aspect-ratio buckets: a batch never mixes latent sizes. One bucket draws exactly as before.
+        self.latent_shapes = [bucket.latent_shape for bucket in reader.buckets]
+        self.batches = (
+            BucketBatches(self.stream, [bucket.start for bucket in reader.buckets])
+            if len(reader.buckets) > 1
+            else None
+        )
         self.step_count = 0
         self.ema = None
         if opts.ema_decay is not None:
@@ -123,8 +152,11 @@ class Trainer:
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
         opts = self.opts
-        indices = self.stream.take(global_batch)
-        shape = (global_batch, *self.reader.latent_shape)
+        if self.batches is None:
+            indices, bucket = self.stream.take(global_batch), 0
+        else:
+            bucket, indices = self.batches.take(global_batch)
+        shape = (global_batch, *self.latent_shapes[bucket])
         noise = torch.randn(shape, generator=self.generator)
         scheme = opts.weighting_scheme if opts.weighting_scheme in ("logit_normal", "mode") else "uniform"
         u = compute_density_for_timestep_sampling(
@@ -225,17 +257,22 @@ class Trainer:
 
     def random_state(self) -> dict[str, Any]:
         """The data-order and random-number state (identical on every rank)."""
-        return {
+        state = {
             "generator": self.generator.get_state(),
             "perm": self.stream.perm.clone(),
             "pos": self.stream.pos,
         }
+        if self.batches is not None:
+            state["waiting"] = [list(items) for items in self.batches.waiting]
+        return state
 
     def load_random_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`random_state` saved."""
         self.generator.set_state(state["generator"])
         self.stream.perm = state["perm"]
         self.stream.pos = int(state["pos"])
+        if self.batches is not None:
+            self.batches.waiting = [[int(i) for i in items] for items in state["waiting"]]
 
     def final_weights(self) -> dict[str, Any] | None:
         """The EMA weights as a state dict (None without EMA)."""

@@ -19,6 +19,8 @@ DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v")
 LR_SCHEDULES = ("constant", "cosine")
 #: diffusers' timestep densities (``compute_density_for_timestep_sampling``); ``none`` is uniform.
 WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
+#: Where ``--report-to`` sends the training scalars besides the loss log.
+REPORT_TO = ("none", "tensorboard")
 CHECKPOINTS_SUFFIX = ".checkpoints"
 
 
@@ -50,6 +52,11 @@ class TrainOptions:
     cache_dir: Path | None = None
     checkpoint_dir: Path | None = None
     resolution: int | None = None
+    aspect_buckets: bool = False  # SANA's aspect-ratio bins at ``resolution`` instead of square crops
+    # Sampled every ``validation_every`` steps and at the end into RUN_DIR/validation/.
+    validation_prompts: Path | None = None
+    validation_every: int = 0
+    report_to: str = "none"  # or "tensorboard": scalars into RUN_DIR/tensorboard
     caption_dropout: float = 0.1
     weighting_scheme: str = "logit_normal"
     logit_mean: float = 0.0
@@ -177,6 +184,7 @@ def validate_options(opts: TrainOptions, dry_run: bool = False) -> None:
             f"unknown weighting scheme {opts.weighting_scheme!r}; choose one of: {', '.join(WEIGHTING_SCHEMES)}"
         )
     _validate_lora_and_teacher(opts)
+    _validate_reporting(opts)
     if opts.dtype is not None:
         from sanatool.arch import check_dtype
 
@@ -236,3 +244,12 @@ def _validate_lora_and_teacher(opts: TrainOptions) -> None:
         _finite("--distill-weight", opts.distill_weight)
         if not 0 < opts.distill_weight <= 1:
             raise InputError(f"--distill-weight must be in (0, 1], got {opts.distill_weight}")
+
+
+def _validate_reporting(opts: TrainOptions) -> None:
+    """``--validation-prompts``/``--validation-every`` and ``--report-to`` (the prompts file is read later)."""
+    _positive_int("--validation-every", opts.validation_every, minimum=0)
+    if opts.validation_every and opts.validation_prompts is None:
+        raise InputError("--validation-every N needs --validation-prompts FILE (the prompts to sample)")
+    if opts.report_to not in REPORT_TO:
+        raise InputError(f"unknown --report-to {opts.report_to!r}; choose one of: {', '.join(REPORT_TO)}")

@@ -25,6 +25,7 @@ from sanatool.errors import InputError, Interrupted, RunFailure
 from sanatool.inference.components import check_components as check_component_files
 from sanatool.io.modeldir import ModelDir, open_model_dir
 from sanatool.io.outputs import atomic_output_dir, check_output_path
+from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
 from sanatool.training.cache import (
     EncodeSettings,
@@ -48,6 +49,7 @@ from sanatool.training.logs import LOSS_CURVE, LOSS_LOG, append_log, plot_loss, 
 from sanatool.training.model_io import init_transformer, load_transformer, stored_dtype, write_model_dir
 from sanatool.training.options import TrainOptions, validate_options
 from sanatool.training.state import load_state
+from sanatool.training.validation import Reports, check_reporting, clear_reports
 
 if TYPE_CHECKING:
     from sanatool.training.loop import StepResult, Trainer
@@ -195,6 +197,7 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     an :class:`~sanatool.errors.Interrupted` that names the resumable checkpoint it saved.
     """
     validate_options(opts)
+    prompts = check_reporting(opts)
     sources = resolve_sources(opts)
     if opts.train_text_encoder:
         from sanatool.inference.pipeline import default_instruction
@@ -206,9 +209,14 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
             )
     vae_config = check_components(sources.config, sources.components)
     assert opts.data is not None and opts.out is not None
-    dataset = load_dataset(opts.data, opts.resolution)
     factor = vae_scale_factor(vae_config) * int(sources.config.get("patch_size", 1))
-    if dataset.resolution % factor:
+    if opts.aspect_buckets:
+        # The bins' pixel area: --resolution², else the model's native side (sample_size × VAE factor).
+        native = int(sources.config.get("sample_size") or 32) * vae_scale_factor(vae_config)
+        dataset = load_dataset(opts.data, opts.resolution or native, bucket_multiple=factor)
+    else:
+        dataset = load_dataset(opts.data, opts.resolution)
+    if dataset.buckets is None and dataset.resolution % factor:
         raise InputError(
             f"images are {dataset.resolution}px but the VAE and patch size need a multiple of {factor}; "
             f"pass --resolution with a multiple of {factor}"
@@ -221,7 +229,7 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     resume_from = prepare_run_dir(opts, run_dir, out, [*sources.inputs, dataset.root])
     meta = check_resume(opts, sources.identity, resume_from) if resume_from is not None else None
     with setup_distributed(opts.device) as ctx:
-        return _train(opts, sources, dataset, out, run_dir, resume_from, meta, ctx, progress)
+        return _train(opts, sources, dataset, out, run_dir, resume_from, meta, ctx, progress, prompts)
 
 
 @dataclass(frozen=True)
@@ -283,14 +291,19 @@ def _train(
     meta: dict[str, Any] | None,
     ctx: DistContext,
     progress: ProgressFn,
+    prompts: list[PromptItem] | None = None,
 ) -> dict[str, Any]:
-    """The work after validation: cache, run dir, model, steps, output; returns the run's summary."""
+    """The work after validation: cache, run dir, model, steps, output; returns the run's summary.
+
+    ``prompts``: the validation prompts (``--validation-prompts``), already read.
+    """
     cache = prepare_cache(opts, sources, dataset, ctx, progress)
     if resume_from is not None and meta is not None:
         check_resume_data(resume_from, meta, cache.meta["key"])
     if ctx.is_main:
         if resume_from is None:
             clear_run_dir(run_dir)  # --force was given (or the dir held no checkpoints)
+            clear_reports(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     ctx.barrier()
 
@@ -300,7 +313,12 @@ def _train(
     elif ctx.is_main:
         run.live_log.write_text("")
     start_step = run.trainer.step_count
-    losses, seconds = _step_loop(run, out, progress)
+    reports = Reports(opts, prompts, run, start_step, progress)
+    try:
+        losses, seconds = _step_loop(run, out, progress, reports)
+        reports.finish(run.trainer.step_count)
+    finally:
+        reports.close()
     _write_output(run, out, dataset)
     return _summary(run, out, start_step, resume_from is not None, losses, seconds)
 
@@ -375,8 +393,9 @@ def _restore(run: _Run, checkpoint: Path, meta: dict[str, Any]) -> None:
         log.info("resuming from %s (step %d of %d)", checkpoint, trainer.step_count, opts.steps)
 
 
-def _step_loop(run: _Run, out: Path, progress: ProgressFn) -> tuple[list[float], float]:
-    """Step up to ``--steps``, checkpointing every ``--save-every``; return the losses and the seconds taken.
+def _step_loop(run: _Run, out: Path, progress: ProgressFn, reports: Reports) -> tuple[list[float], float]:
+    """Step up to ``--steps``, checkpointing every ``--save-every`` and reporting each step to ``reports``
+    (validation grids, TensorBoard); return the losses and the seconds taken.
 
     Raises :class:`RunFailure` on a NaN/inf loss; on Ctrl-C finishes the step, saves a checkpoint
     and raises :class:`~sanatool.errors.Interrupted`.
@@ -388,11 +407,13 @@ def _step_loop(run: _Run, out: Path, progress: ProgressFn) -> tuple[list[float],
     progress("train", start_step, opts.steps)
     with _DeferredInterrupt() as interrupt:
         while trainer.step_count < opts.steps:
+            step_started = time.perf_counter()
             result = trainer.step()
             if not result.finite:
                 raise _nan_failure(result, out, run.run_dir)
             losses.append(result.loss)
             _report_step(run, result, time.perf_counter() - started, start_step, progress)
+            reports.after_step(result, time.perf_counter() - step_started)
             # Every rank must agree, or the ranks that stop would wait forever in the checkpoint's gather.
             signum = ctx.broadcast_object(interrupt.signum) if ctx.distributed else interrupt.signum
             if signum is not None:
