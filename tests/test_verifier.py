@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sanatool.errors import ModelDirError
+from sanatool.errors import InputError, ModelDirError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -215,3 +215,119 @@ def test_agreement_against_the_evaluator():
         "verifier_yes_rate": 0.6,
     }
     assert _agreement([], [])["agreement"] is None
+
+
+def test_calibrate_threshold_maximises_balanced_accuracy():
+    from sanatool.judges.verifier_train import _agreement, calibrate_threshold
+
+    # Positives sit above 0.2, negatives below, so only a threshold in (0.15, 0.25) separates them all.
+    probs = [0.1, 0.15, 0.25, 0.3, 0.9, 0.05]
+    labels = [False, False, True, True, True, False]
+    threshold = calibrate_threshold(probs, labels)
+    assert 0.15 < threshold < 0.25
+    assert _agreement([p > threshold for p in probs], labels)["balanced_accuracy"] == 1.0
+    assert _agreement([p > 0.5 for p in probs], labels)["balanced_accuracy"] < 1.0
+    # Without both classes there is nothing to calibrate against.
+    assert calibrate_threshold([0.2, 0.7], [True, True]) == 0.5
+    assert calibrate_threshold([], []) == 0.5
+
+
+def test_sample_images_carry_detector_cell_labels(generated):
+    from PIL import Image
+
+    from sanatool.judges.verifier import object_classes
+    from sanatool.judges.verifier_data import cell_labels
+    from sanatool.judges.verifier_train import load_sample_images
+
+    classes = object_classes()
+    samples = load_sample_images([generated], 32, seed=0, hard=2, grid=8, classes=classes)
+    assert len(samples) == 24
+    for sample in samples:
+        cover, centre = cell_labels(Image.fromarray(sample.pixels), 8, classes)
+        assert (sample.cover == cover).all() and (sample.centre == centre).all()
+        assert sample.cover.shape == (64,) and sample.centre.any()  # every image holds a detectable object
+        assert sample.captions[0].text == sample.prompt and sample.captions[0].kind == "match"
+    assert any(c.kind == "other" for s in samples for c in s.captions)
+
+
+def test_threshold_is_read_validated_and_used(tmp_path):
+    import torch
+
+    from sanatool.judges.verifier import (
+        DEFAULT_ARCHITECTURE,
+        FORMAT,
+        FORMAT_VERSION,
+        VerifierJudge,
+        build_model,
+        check_verifier_dir,
+        default_vocabulary,
+        object_classes,
+        save_verifier,
+    )
+    from sanatool.shapes import render_spec
+
+    vocab, classes = default_vocabulary(), object_classes()
+    torch.manual_seed(0)
+    model = build_model(DEFAULT_ARCHITECTURE, len(vocab), len(classes)).eval()
+    config = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": DEFAULT_ARCHITECTURE,
+              "vocabulary": vocab, "classes": classes}  # fmt: skip
+    image = render_spec({"objects": [{"shape": "circle", "color": "red"}]}, 32, 0)
+    judgements = {}
+    for threshold in (0.001, 0.999):
+        save_verifier(model, {**config, "threshold": threshold}, tmp_path)
+        judge = VerifierJudge(tmp_path)
+        assert judge.describe()["threshold"] == threshold
+        judgements[threshold] = judge.judge([image], ["a red circle"], [None])[0]
+    low, high = judgements[0.001], judgements[0.999]
+    assert low.p_yes == high.p_yes and 0.001 < low.p_yes < 0.999
+    assert low.answer is True and high.answer is False
+    for bad in (0, 1, 1.5, "0.5", True):
+        (tmp_path / "verifier.json").write_text(json.dumps({**config, "threshold": bad}))
+        with pytest.raises(ModelDirError, match="threshold"):
+            check_verifier_dir(tmp_path)
+
+
+def test_shipped_verifier_is_the_default(tmp_path):
+    from sanatool.judges.registry import load_judge, parse_judge_spec
+    from sanatool.judges.verifier import shipped_verifier_path
+
+    spec = parse_judge_spec("verifier")
+    assert spec.kind == "verifier" and spec.path == shipped_verifier_path()
+    assert (spec.path / "verifier.json").is_file() and (spec.path / "model.safetensors").is_file()
+    judge = load_judge("verifier")
+    info = judge.describe()
+    assert not info["oracle"] and 0.0 < info["threshold"] < 1.0
+    # Its recipe is recorded: trained on the shipped model's candidates, not on this machine's paths.
+    training = judge.config["training"]
+    assert training["samples"][0]["model"] == "builtin:tiny-shapes"
+    assert training["heldout"]["generated"]["balanced_accuracy"] > 0.8
+    with pytest.raises(InputError, match="needs a model dir"):
+        parse_judge_spec("verifier:")
+
+
+def test_shipped_verifier_reads_held_out_renders():
+    """On renders of evaluation prompts (never trained on) it says yes to the caption and no to a perturbed one."""
+    from sanatool.judges.registry import load_judge
+    from sanatool.judges.verifier_data import hard_negatives
+    from sanatool.shapes import evaluation_suite, render_spec
+
+    judge = load_judge("verifier")
+    rng = random.Random(0)
+    images, captions, wanted = [], [], []
+    for index, item in enumerate(evaluation_suite()[::10]):
+        image = render_spec(item.spec, 32, index)
+        negatives = hard_negatives(item.prompt, item.spec, 1, rng)
+        for caption, want in [(item.prompt, True), *[(n.text, False) for n in negatives]]:
+            images.append(image)
+            captions.append(caption)
+            wanted.append(want)
+    answers = [j.answer for j in judge.judge(images, captions, [None] * len(images))]
+    right = sum(a == w for a, w in zip(answers, wanted, strict=True))
+    assert right >= 0.85 * len(wanted), (right, len(wanted))
+
+
+def test_judge_cli_uses_the_shipped_verifier(cli, generated, tmp_path):
+    res = cli("judge", generated, "-o", tmp_path / "picks", "--judge", "verifier", "--json")
+    assert res.code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["judge"]["kind"] == "verifier" and summary["judge"]["path"].endswith("verifier-shapes")
