@@ -1,51 +1,64 @@
-"""Inference-time scaling on the shapes world: best-of-N with a judge, N = 1 … 32.
+"""Inference-time scaling on the shapes world: best-of-N with a judge, N = 1 … 32, with error bars.
 
 For each model: sample ``--n-max`` candidates per prompt of the shapes evaluation suite once,
-judge every candidate once with each judge (the ``shapes`` oracle and the learned verifier),
-then for each N split the candidates into ``n-max / N`` disjoint groups of N, let a knockout
-tournament pick one per group, and score the picks with the rule-based evaluator (GenEval
-style: per-category accuracy, overall = mean of the six). N = 1 (no judge) is the baseline
-every row is compared with. Compute per prompt is counted: transformer forwards
-(N × steps × 2 with classifier-free guidance: each image's conditional and unconditional
-pass) and judge calls (N: each candidate is judged once; the tournament plays N − 1 matches
-on those judgements).
+judge every candidate once with each judge (the ``shapes`` oracle, the metric itself, and the
+learned verifier, a separately trained model: the one shipped in the package unless
+``--verifier`` names another), then for each N split the candidates into ``n-max / N``
+disjoint groups of N, pick one per group, and score the picks with the rule-based evaluator
+(GenEval style: per-category accuracy, overall = mean of the six). N = 1 (no judge) is the
+baseline. Intervals are 95% bootstrap intervals over prompts (resampled within each category).
 
-Unless ``--verifier`` names one, a verifier is trained first on the first model's samples of
-*training* captions (never evaluation prompts) plus renders; its agreement with the evaluator
-is then measured on the evaluation suite's generated candidates, which it never saw.
+Also measured:
 
-    python benchmarks/inference_scaling.py --model builtin:tiny-shapes [--model PRUNED_DIR] \\
-        [--n-max 32] [--per-category 50] [--steps 20] [--work DIR] [--verifier DIR]
+- **The verifier against the evaluator** on every generated candidate: agreement and balanced
+  accuracy (the evaluation prompts are held out of the verifier's training).
+- **Pruned + best-of-N vs full at N = 1** (with ``--model`` given twice or more): each further
+  model with the verifier at each N against the first model at N = 1, the difference's interval
+  over prompts, and a verdict computed from it ("yes" when it excludes 0 upwards, "no" when
+  it excludes 0 downwards, else "not resolved").
+- **Tournament vs score** on the first model at N = ``n-max``, keeping K = 1 and K = 4: judge calls and matches per
+  prompt, whether the two modes pick the same candidates, and the picks' accuracy. With
+  ``--timing``, seconds per prompt of judging and picking (median of ``--reps`` runs and a
+  ~95% interval; run it under ``flock /tmp/bench.lock``).
 
-Samples, the verifier and the results are kept under ``--work`` (rerunning reuses them).
+    OMP_NUM_THREADS=1 python benchmarks/inference_scaling.py --model builtin:tiny-shapes \\
+        [--model PRUNED_DIR] [--n-max 32] [--n-max-others 8] [--per-category 10] [--work DIR] \\
+        [--verifier DIR] [--timing]
 
-``--synthetic P`` replaces the model by a stand-in generator, to measure the judges (and
-validate this script) before a trained model exists: each candidate is, with probability P, a
-render of its prompt, else a render of a *mismatched* prompt of the same category (colour
-swapped, count off by one, relation reversed, …), blurred and noised like a decoder output.
+Samples and results are kept under ``--work`` (rerunning reuses the samples).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from startup import median_interval  # noqa: E402
+
 NS = (1, 2, 4, 8, 16, 32)
+KS = (1, 4)
+SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "colors",
+         "position": "position", "color_attr": "attr"}  # fmt: skip
 
 
 def suite_subset(per_category: int) -> list[Any]:
-    """The first ``per_category`` evaluation prompts of each category (the suite lists categories in blocks)."""
+    """The first ``per_category`` evaluation prompts of each category, interleaved by category.
+
+    Interleaved so that a smaller subset is a prefix of a larger one: a run with more prompts
+    per category resumes the samples of a run with fewer.
+    """
     from sanatool.shapes import CATEGORIES, evaluation_suite
 
     suite = evaluation_suite()
-    return [
-        item
-        for category in CATEGORIES
-        for item in [i for i in suite if i.category == category][:per_category]
-    ]
+    by_category = [[i for i in suite if i.category == category][:per_category] for category in CATEGORIES]
+    return [items[rank] for rank in range(per_category) for items in by_category if rank < len(items)]
 
 
 def sample(model: str, prompts: list[Any], out: Path, candidates: int, args: argparse.Namespace) -> float:
@@ -55,66 +68,13 @@ def sample(model: str, prompts: list[Any], out: Path, candidates: int, args: arg
     start = time.perf_counter()
     sample_to_dir(
         model, prompts, out, candidates=candidates, steps=args.steps, guidance=args.guidance, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, resume=out.exists(),
+        batch_size=args.batch_size, device=args.device, resume=True,
     )  # fmt: skip
     return time.perf_counter() - start
 
 
-def synthesize(prompts: list[Any], out: Path, candidates: int, p_correct: float, seed: int) -> float:
-    """Write a samples dir of stand-in candidates (see ``--synthetic``); returns the seconds spent."""
-    import random
-
-    from sanatool.io.manifest import image_relpath, write_manifest
-    from sanatool.shapes import degrade, mismatched_spec, render_spec
-
-    start = time.perf_counter()
-    if (out / "manifest.jsonl").is_file():
-        return 0.0
-    rng = random.Random(seed)
-    (out / "images").mkdir(parents=True)
-    rows = []
-    for p, item in enumerate(prompts):
-        for c in range(candidates):
-            good = rng.random() < p_correct
-            spec = item.spec if good else mismatched_spec(item.spec, item.category, rng)
-            image = render_spec(spec, size=32, seed=rng.randrange(2**31))
-            image = degrade(
-                image, blur=rng.uniform(0.3, 1.0), noise=rng.uniform(2.0, 10.0), seed=rng.randrange(2**31)
-            )
-            image.save(out / image_relpath(p, c))
-            rows.append({"prompt": item.prompt, "prompt_index": p, "candidate": c, "path": image_relpath(p, c),
-                         "spec": item.spec, "category": item.category})  # fmt: skip
-    write_manifest(out / "manifest.jsonl", rows)
-    return time.perf_counter() - start
-
-
-def ensure_verifier(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
-    """The verifier to judge with: ``--verifier``, or one trained here on training-caption samples."""
-    from sanatool.judges.verifier_train import VerifierTraining, train_verifier
-    from sanatool.shapes import training_captions
-
-    if args.verifier is not None:
-        return args.verifier, 0.0
-    if args.synthetic is not None:
-        raise SystemExit("--synthetic needs --verifier DIR (train one with `sanatool train-verifier`)")
-    path = work / "verifier"
-    if (path / "verifier.json").is_file():
-        return path, 0.0
-    samples = work / "verifier-samples"
-    spent = sample(
-        args.model[0],
-        training_captions(args.verifier_prompts, seed=1),
-        samples,
-        args.verifier_candidates,
-        args,
-    )
-    start = time.perf_counter()
-    train_verifier(path, VerifierTraining(steps=args.verifier_steps, samples=[samples], seed=args.seed))
-    return path, spent + time.perf_counter() - start
-
-
 def judge_all(judge: Any, root: Path) -> tuple[list[Any], dict[str, Any], float]:
-    """Every candidate's judgement, grouped per prompt, with the seconds spent."""
+    """Every candidate's judgement (by image path), the prompt groups, and the seconds spent."""
     from sanatool.judges.picking import judge_records, load_samples
 
     groups = load_samples(root, needs_spec=True)
@@ -125,58 +85,153 @@ def judge_all(judge: Any, root: Path) -> tuple[list[Any], dict[str, Any], float]
     return groups, by_path, time.perf_counter() - start
 
 
-def scaling_rows(
-    groups: list[Any], judged: dict[str, Any], correct: dict[str, bool], n_max: int
-) -> list[dict]:
-    """Per N: accuracy of tournament picks, averaged over the ``n_max / N`` disjoint groups of each prompt."""
-    from sanatool.judges.tournament import knockout
-    from sanatool.shapes import CATEGORIES
-
-    rows = []
-    for n in (n for n in NS if n <= n_max):
-        hits: dict[str, list[float]] = {c: [] for c in CATEGORIES}
-        for group in groups:
-            records = group.records[:n_max]
-            for start in range(0, len(records) - n + 1, n):
-                chunk = records[start : start + n]
-                winner = chunk[knockout([judged[r["path"]] for r in chunk], 1).picked[0]]
-                hits[winner["category"]].append(float(correct[winner["path"]]))
-        categories = {c: sum(v) / len(v) for c, v in hits.items() if v}
-        rows.append({"n": n, "overall": sum(categories.values()) / len(categories), "categories": categories})
-    return rows
+def overall(values: dict[str, list[float]]) -> float:
+    """GenEval's overall: the mean over categories of the per-prompt mean."""
+    means = [statistics.fmean(v) for v in values.values() if v]
+    return statistics.fmean(means)
 
 
-def agreement(groups: list[Any], judged: dict[str, Any], correct: dict[str, bool]) -> dict[str, float]:
-    """How often the judge's yes/no equals the evaluator's verdict, over every candidate."""
-    pairs = [(judged[r["path"]].answer, correct[r["path"]]) for g in groups for r in g.records]
-    pos = [a for a, c in pairs if c]
-    neg = [not a for a, c in pairs if not c]
-    recalls = [sum(x) / len(x) for x in (pos, neg) if x]
+def bootstrap(
+    per_prompt: dict[str, list[float]],
+    reps: int = 2000,
+    seed: int = 0,
+    other: dict[str, list[float]] | None = None,
+) -> tuple[float, float]:
+    """A 95% percentile interval of ``overall`` (or of ``overall − overall(other)``, paired by prompt).
+
+    Prompts are resampled within each category, so every resample keeps GenEval's weighting.
+    """
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(reps):
+        picks = {c: [rng.randrange(len(v)) for _ in v] for c, v in per_prompt.items() if v}
+        value = overall({c: [per_prompt[c][i] for i in idx] for c, idx in picks.items()})
+        if other is not None:
+            value -= overall({c: [other[c][i] for i in idx] for c, idx in picks.items()})
+        stats.append(value)
+    stats.sort()
+    return stats[int(0.025 * reps)], stats[int(0.975 * reps) - 1]
+
+
+def verdict(low: float, high: float) -> str:
+    """What the interval of a difference says about "better"."""
+    if low > 0:
+        return "yes"
+    if high < 0:
+        return "no"
+    return "not resolved"
+
+
+def best_of_n(
+    groups: list[Any], judged: dict[str, Any], correct: dict[str, bool], n: int, n_max: int
+) -> dict[str, list[float]]:
+    """Per category, per prompt: the accuracy of the judge's pick, averaged over the prompt's groups of N."""
+    from sanatool.judges.tournament import select
+
+    per_prompt: dict[str, list[float]] = {}
+    for group in groups:
+        records = group.records[:n_max]
+        hits = []
+        for start in range(0, len(records) - n + 1, n):
+            chunk = records[start : start + n]
+            winner = chunk[select([judged[r["path"]] for r in chunk], 1, "score").picked[0]]
+            hits.append(float(correct[winner["path"]]))
+        per_prompt.setdefault(records[0]["category"], []).append(statistics.fmean(hits))
+    return per_prompt
+
+
+def agreement(groups: list[Any], judged: dict[str, Any], correct: dict[str, bool]) -> dict[str, Any]:
+    """The judge's yes/no against the evaluator's verdict over every candidate, with bootstrap intervals."""
+    prompts = [[(judged[r["path"]].answer, correct[r["path"]]) for r in g.records] for g in groups]
+
+    def stats(chosen: list[list[tuple[bool, bool]]]) -> tuple[float, float]:
+        pairs = [p for prompt in chosen for p in prompt]
+        pos = [a for a, c in pairs if c]
+        neg = [not a for a, c in pairs if not c]
+        recalls = [sum(x) / len(x) for x in (pos, neg) if x]
+        return sum(a == c for a, c in pairs) / len(pairs), sum(recalls) / len(recalls)
+
+    rng = random.Random(0)
+    boots = [stats([prompts[rng.randrange(len(prompts))] for _ in prompts]) for _ in range(1000)]
+    agree, balanced = stats(prompts)
+    pairs = [p for prompt in prompts for p in prompt]
+
+    def interval(values: list[float]) -> list[float]:
+        values = sorted(values)
+        return [round(values[25], 4), round(values[974], 4)]
+
     return {
         "images": len(pairs),
-        "agreement": sum(a == c for a, c in pairs) / len(pairs),
-        "balanced_accuracy": sum(recalls) / len(recalls),
-        "evaluator_yes_rate": len(pos) / len(pairs),
-        "judge_yes_rate": sum(a for a, _ in pairs) / len(pairs),
+        "prompts": len(prompts),
+        "agreement": round(agree, 4),
+        "agreement_interval": interval([b[0] for b in boots]),
+        "balanced_accuracy": round(balanced, 4),
+        "balanced_accuracy_interval": interval([b[1] for b in boots]),
+        "evaluator_yes_rate": round(sum(c for _, c in pairs) / len(pairs), 4),
+        "judge_yes_rate": round(sum(a for a, _ in pairs) / len(pairs), 4),
     }
 
 
-def print_table(results: dict[str, Any], steps: int, guidance: float, synthetic: bool) -> None:
+def modes(groups: list[Any], judged: dict[str, Any], correct: dict[str, bool], n: int) -> dict[str, Any]:
+    """Tournament vs score at N = ``n`` for each K: same picks?, the picks' accuracy, matches."""
+    from sanatool.judges.tournament import select
+
+    out: dict[str, Any] = {}
+    for k in KS:
+        same = 0
+        per_mode: dict[str, dict[str, list[float]]] = {"tournament": {}, "score": {}}
+        matches = 0
+        for group in groups:
+            records = group.records[:n]
+            judgements = [judged[r["path"]] for r in records]
+            picks = {}
+            for mode in per_mode:
+                selection = select(judgements, k, mode)
+                matches += selection.matches if mode == "tournament" else 0
+                picks[mode] = selection.picked
+                hits = statistics.fmean(float(correct[records[i]["path"]]) for i in selection.picked)
+                per_mode[mode].setdefault(records[0]["category"], []).append(hits)
+            same += set(picks["tournament"]) == set(picks["score"])
+        out[f"k{k}"] = {
+            "same_picks": round(same / len(groups), 4),
+            "tournament": round(overall(per_mode["tournament"]), 4),
+            "score": round(overall(per_mode["score"]), 4),
+            "score_minus_tournament": [
+                round(x, 4) for x in bootstrap(per_mode["score"], other=per_mode["tournament"])
+            ],
+            "judge_calls_per_prompt": n,
+            "matches_per_prompt": {"tournament": matches / len(groups), "score": 0},
+        }
+    return out
+
+
+def timing(judge: Any, root: Path, n: int, reps: int) -> dict[str, Any]:
+    """Seconds per prompt to judge ``n`` candidates and pick K of them in each mode (median, ~95% interval)."""
+    from sanatool.judges.tournament import select
+
+    groups, judged, _ = judge_all(judge, root)
+    judge_runs = []
+    for _ in range(reps):
+        judge_runs.append(judge_all(judge, root)[2] / len(groups))
+    out: dict[str, Any] = {"judge_s_per_prompt": [round(x, 6) for x in median_interval(judge_runs)]}
+    for k in KS:
+        for mode in ("tournament", "score"):
+            runs = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                for group in groups:
+                    select([judged[r["path"]] for r in group.records[:n]], k, mode)
+                runs.append((time.perf_counter() - start) / len(groups))
+            out[f"k{k}_{mode}_pick_s_per_prompt"] = [round(x, 8) for x in median_interval(runs)]
+    return out
+
+
+def print_tables(results: dict[str, Any]) -> None:
     from sanatool.shapes import CATEGORIES
 
-    passes = 2 if guidance > 1.0 else 1
-    short = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "colors",
-             "position": "position", "color_attr": "attr"}  # fmt: skip
-    header = [
-        "model",
-        "judge",
-        "N",
-        "overall",
-        "vs N=1",
-        *[short[c] for c in CATEGORIES],
-        "fwd/prompt",
-        "judge/prompt",
-    ]
+    passes = 2 if results["guidance"] > 1.0 else 1
+    header = ["model", "judge", "N", "overall", "95% interval", "vs N=1", *[SHORT[c] for c in CATEGORIES],
+              "fwd/prompt", "judge calls/prompt"]  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for model, per_model in results["models"].items():
@@ -184,11 +239,40 @@ def print_table(results: dict[str, Any], steps: int, guidance: float, synthetic:
             base = rows[0]["overall"]
             for row in rows:
                 cats = [f"{row['categories'].get(c, float('nan')):.3f}" for c in CATEGORIES]
-                ratio = f"{row['overall'] / base:.2f}×" if base else "—"
-                judge_calls = row["n"] if row["n"] > 1 else 0
-                cells = [model, judge, str(row["n"]), f"{row['overall']:.3f}", ratio, *cats,
-                         "—" if synthetic else str(row["n"] * steps * passes), str(judge_calls)]  # fmt: skip
+                low, high = row["interval"]
+                cells = [model, judge, str(row["n"]), f"{row['overall']:.3f}", f"{low:.3f}–{high:.3f}",
+                         f"{row['overall'] / base:.2f}×" if base else "—", *cats,
+                         str(row["n"] * results["steps"] * passes), str(row["n"] if row["n"] > 1 else 0)]  # fmt: skip
                 print("| " + " | ".join(cells) + " |")
+    for model, per_model in results["models"].items():
+        agree = per_model["verifier_agreement"]
+        print(
+            f"\n{model}: verifier vs evaluator on {agree['images']} generated candidates of {agree['prompts']} "
+            f"held-out prompts: agreement {agree['agreement']:.3f} ({agree['agreement_interval'][0]:.3f}–"
+            f"{agree['agreement_interval'][1]:.3f}), balanced accuracy {agree['balanced_accuracy']:.3f} "
+            f"({agree['balanced_accuracy_interval'][0]:.3f}–{agree['balanced_accuracy_interval'][1]:.3f}); "
+            f"evaluator says yes {agree['evaluator_yes_rate']:.3f}, verifier {agree['judge_yes_rate']:.3f}"
+        )
+    if results["pruned_vs_full"]:
+        print(
+            "\n| model + verifier best-of-N | N | overall | full model at N = 1 | difference (95%) | better? |"
+        )
+        print("|---|---|---|---|---|---|")
+        for row in results["pruned_vs_full"]:
+            low, high = row["difference_interval"]
+            print(f"| {row['model']} | {row['n']} | {row['overall']:.3f} | {row['full_n1']:.3f} | "
+                  f"{row['overall'] - row['full_n1']:+.3f} ({low:+.3f} to {high:+.3f}) | {row['verdict']} |")  # fmt: skip
+    print(f"\nTournament vs score, N = {results['n_max']} candidates per prompt:\n")
+    print("| model | judge | K | same picks | tournament acc. | score acc. | score − tournament (95%) | "
+          "judge calls/prompt | matches/prompt (tournament) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model, per_model in results["models"].items():
+        for judge, by_k in per_model["modes"].items():
+            for k, row in by_k.items():
+                low, high = row["score_minus_tournament"]
+                print(f"| {model} | {judge} | {k[1:]} | {row['same_picks']:.3f} | {row['tournament']:.3f} | "
+                      f"{row['score']:.3f} | {low:+.3f} to {high:+.3f} | {row['judge_calls_per_prompt']} | "
+                      f"{row['matches_per_prompt']['tournament']:.0f} |")  # fmt: skip
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -197,16 +281,27 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
     for model, per_model in results["models"].items():
+        name = Path(model).name if not model.startswith("builtin:") else model
         for judge, rows in per_model["judges"].items():
-            ax.plot(
-                [r["n"] for r in rows], [r["overall"] for r in rows], marker="o", label=f"{model} · {judge}"
-            )
+            ns = [r["n"] for r in rows]
+            line = ax.plot(ns, [r["overall"] for r in rows], marker="o", label=f"{name} · {judge}")[0]
+            ax.fill_between(
+                ns, [r["interval"][0] for r in rows], [r["interval"][1] for r in rows],
+                color=line.get_color(), alpha=0.15,
+            )  # fmt: skip
+    if results["models"]:
+        first = next(iter(results["models"].values()))
+        base = next(iter(first["judges"].values()))[0]["overall"]
+        ax.axhline(base, color="grey", linestyle=":", linewidth=1, label="first model at N = 1")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("N candidates per prompt (best-of-N, knockout tournament)")
+    ax.set_xlabel("N candidates per prompt (best-of-N)")
     ax.set_ylabel("overall accuracy (mean of 6 categories)")
-    ax.set_title("Inference-time scaling on the shapes world")
+    ax.set_title(
+        f"Best-of-N on the shapes world ({results['prompts']} held-out prompts, 95% bootstrap bands)"
+    )
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -220,7 +315,13 @@ def main() -> None:
     )
     parser.add_argument("--n-max", type=int, default=32)
     parser.add_argument(
-        "--per-category", type=int, default=50, help="Evaluation prompts per category (≤ 50)."
+        "--n-max-others",
+        type=int,
+        default=0,
+        help="Candidates per prompt of the further models (0: --n-max).",
+    )
+    parser.add_argument(
+        "--per-category", type=int, default=10, help="Evaluation prompts per category (≤ 50)."
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.5)
@@ -230,88 +331,84 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     parser.add_argument("--work", type=Path, default=Path("inference-scaling-work"))
     parser.add_argument(
-        "--verifier", type=Path, default=None, help="A trained verifier dir (else one is trained)."
+        "--verifier", type=Path, default=None, help="A verifier dir (default: the shipped one)."
     )
-    parser.add_argument("--verifier-steps", type=int, default=3000)
-    parser.add_argument(
-        "--verifier-prompts", type=int, default=300, help="Training captions sampled for the verifier."
-    )
-    parser.add_argument("--verifier-candidates", type=int, default=4)
-    parser.add_argument("--label", default="", help="A note printed with the results (e.g. 'random model').")
-    parser.add_argument(
-        "--synthetic",
-        type=float,
-        default=None,
-        metavar="P",
-        help="Stand-in candidates, correct with probability P.",
-    )
+    parser.add_argument("--timing", action="store_true", help="Also time judging and picking (use flock).")
+    parser.add_argument("--reps", type=int, default=5, help="Timed repetitions with --timing.")
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/inference_scaling.png"))
     args = parser.parse_args()
-    models = (
-        [f"synthetic (p={args.synthetic})"]
-        if args.synthetic is not None
-        else args.model or ["builtin:tiny-shapes"]
-    )
-    args.model = models
+    models = args.model or ["builtin:tiny-shapes"]
 
     import torch
 
     from sanatool.io.modeldir import open_model_dir
     from sanatool.judges.oracle import ShapesOracleJudge
-    from sanatool.judges.verifier import VerifierJudge
+    from sanatool.judges.verifier import VerifierJudge, shipped_verifier_path
     from sanatool.samples.evaluate import evaluate_samples_dir
+    from sanatool.shapes import CATEGORIES
 
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     prompts = suite_subset(args.per_category)
-    verifier_path, verifier_seconds = ensure_verifier(args, args.work)
+    verifier_path = args.verifier or shipped_verifier_path()
     judges = {"shapes (oracle)": ShapesOracleJudge(), "verifier": VerifierJudge(verifier_path)}
     results: dict[str, Any] = {
-        "label": args.label, "prompts": len(prompts), "n_max": args.n_max, "steps": args.steps,
-        "guidance": args.guidance, "verifier": str(verifier_path), "verifier_seconds": round(verifier_seconds, 1),
-        "models": {},
+        "prompts": len(prompts), "n_max": args.n_max, "steps": args.steps, "guidance": args.guidance,
+        "verifier": str(verifier_path), "models": {}, "pruned_vs_full": [],
     }  # fmt: skip
+    per_prompt_verifier: dict[str, dict[int, dict[str, list[float]]]] = {}
     for index, model in enumerate(models):
         root = args.work / f"samples-{index}"
-        if args.synthetic is not None:
-            sample_seconds = synthesize(prompts, root, args.n_max, args.synthetic, args.seed)
-        else:
-            sample_seconds = sample(model, prompts, root, args.n_max, args)
-        report = evaluate_samples_dir(root)
-        correct = {image.path: image.correct for image in report.images}
+        n_max = args.n_max if index == 0 else args.n_max_others or args.n_max
+        sample_seconds = sample(model, prompts, root, n_max, args)
+        correct = {image.path: image.correct for image in evaluate_samples_dir(root).images}
         per_model: dict[str, Any] = {
-            "fingerprint": "—" if args.synthetic is not None else open_model_dir(model).fingerprint(),
+            "fingerprint": open_model_dir(model).fingerprint(),
             "sample_seconds": round(sample_seconds, 1),
             "judges": {},
             "judge_seconds": {},
+            "modes": {},
         }
         for name, judge in judges.items():
             groups, judged, seconds = judge_all(judge, root)
-            per_model["judges"][name] = scaling_rows(groups, judged, correct, args.n_max)
+            rows = []
+            for n in (n for n in NS if n <= n_max):
+                values = best_of_n(groups, judged, correct, n, n_max)
+                categories = {c: statistics.fmean(values[c]) for c in CATEGORIES if values.get(c)}
+                low, high = bootstrap(values)
+                rows.append(
+                    {"n": n, "overall": overall(values), "interval": [low, high], "categories": categories}
+                )
+                if not judge.oracle:
+                    per_prompt_verifier.setdefault(model, {})[n] = values
+            per_model["judges"][name] = rows
             per_model["judge_seconds"][name] = round(seconds, 1)
+            if index == 0:
+                per_model["modes"][name] = modes(groups, judged, correct, n_max)
             if not judge.oracle:
                 per_model["verifier_agreement"] = agreement(groups, judged, correct)
+            if args.timing and index == 0:
+                per_model.setdefault("timing", {})[name] = timing(judge, root, n_max, args.reps)
         results["models"][model] = per_model
 
-    if args.label:
-        print(f"**{args.label}**\n")
-    print(
-        f"{len(prompts)} evaluation prompts, {args.n_max} candidates each, {args.steps} steps, guidance {args.guidance}\n"
-    )
-    print_table(results, args.steps, args.guidance, args.synthetic is not None)
+    full = per_prompt_verifier[models[0]][1]
+    for model in models[1:]:
+        for n, values in per_prompt_verifier[model].items():
+            low, high = bootstrap(values, other=full)
+            results["pruned_vs_full"].append({
+                "model": model, "n": n, "overall": overall(values), "full_n1": overall(full),
+                "difference_interval": [low, high], "verdict": verdict(low, high),
+            })  # fmt: skip
+
+    print(f"{len(prompts)} evaluation prompts, {args.n_max} candidates each, {args.steps} steps, "
+          f"guidance {args.guidance}; verifier {verifier_path}\n")  # fmt: skip
+    print_tables(results)
     for model, per_model in results["models"].items():
-        agree = per_model.get("verifier_agreement")
-        if agree:
-            print(
-                f"\n{model}: verifier vs evaluator on {agree['images']} generated candidates: agreement "
-                f"{agree['agreement']:.3f}, balanced accuracy {agree['balanced_accuracy']:.3f} "
-                f"(evaluator says yes {agree['evaluator_yes_rate']:.3f}, verifier {agree['judge_yes_rate']:.3f})"
-            )
-        print(
-            f"{model} (fingerprint {per_model['fingerprint']}): sampling {per_model['sample_seconds']} s, "
-            f"judging {per_model['judge_seconds']} s; verifier built in {results['verifier_seconds']} s"
-        )
+        print(f"\n{model} (fingerprint {per_model['fingerprint']}): sampling {per_model['sample_seconds']} s, "
+              f"judging {per_model['judge_seconds']} s")  # fmt: skip
+        for name, row in per_model.get("timing", {}).items():
+            print(f"  timing, {name}: {json.dumps(row)}")
     (args.work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.plot)
     print(f"\nresults: {args.work / 'results.json'}, plot: {args.plot}")

@@ -168,7 +168,7 @@ def test_judge_shapes_picks_the_correct_candidates(cli, candidates_dir, tmp_path
     samples, correct = candidates_dir
     before = tree_digest(samples)
     out = tmp_path / "picks"
-    res = cli("judge", samples, "-o", out, "--judge", "shapes", "--json")
+    res = cli("judge", samples, "-o", out, "--judge", "shapes", "--mode", "tournament", "--json")
     assert res.code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["judge"] == {"kind": "shapes", "label": "shapes (oracle)", "oracle": True}
@@ -194,7 +194,7 @@ def test_judge_shapes_picks_the_correct_candidates(cli, candidates_dir, tmp_path
 def test_judge_score_mode_keeps_k_ranked(cli, candidates_dir, tmp_path):
     samples, correct = candidates_dir
     out = tmp_path / "top3"
-    res = cli("judge", samples, "-o", out, "--judge", "shapes", "--mode", "score", "--pick", "3")
+    res = cli("judge", samples, "-o", out, "--judge", "shapes", "--pick", "3")  # score is the default
     assert res.code == 0, res.stderr
     assert Path(res.stdout.strip()) == out.resolve()
     picks = read_jsonl(out / "manifest.jsonl")
@@ -204,6 +204,7 @@ def test_judge_score_mode_keeps_k_ranked(cli, candidates_dir, tmp_path):
         assert [r["rank"] for r in mine] == [1, 2, 3] and mine[0]["candidate"] == c
         assert mine[0]["score"] >= mine[1]["score"] >= mine[2]["score"]
     assert json.loads((out / "judge.json").read_text())["matches"] == 0
+    assert json.loads((out / "judge.json").read_text())["mode"] == "score"
 
 
 def test_judge_bad_input_exits_2_and_writes_nothing(cli, candidates_dir, tmp_path):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sanatool.errors import ModelDirError
+from sanatool.errors import InputError, ModelDirError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -215,3 +215,142 @@ def test_agreement_against_the_evaluator():
         "verifier_yes_rate": 0.6,
     }
     assert _agreement([], [])["agreement"] is None
+
+
+def test_calibrate_threshold_maximises_balanced_accuracy():
+    from sanatool.judges.verifier_train import _agreement, calibrate_threshold
+
+    # Positives sit above 0.2, negatives below, so only a threshold in (0.15, 0.25) separates them all.
+    probs = [0.1, 0.15, 0.25, 0.3, 0.9, 0.05]
+    labels = [False, False, True, True, True, False]
+    threshold = calibrate_threshold(probs, labels)
+    assert 0.15 < threshold < 0.25
+    assert _agreement([p > threshold for p in probs], labels)["balanced_accuracy"] == 1.0
+    assert _agreement([p > 0.5 for p in probs], labels)["balanced_accuracy"] < 1.0
+    # Without both classes there is nothing to calibrate against.
+    assert calibrate_threshold([0.2, 0.7], [True, True]) == 0.5
+    assert calibrate_threshold([], []) == 0.5
+
+
+def test_sample_images_carry_detector_cell_labels(generated):
+    from PIL import Image
+
+    from sanatool.judges.verifier import object_classes
+    from sanatool.judges.verifier_data import cell_labels
+    from sanatool.judges.verifier_train import load_sample_images
+
+    classes = object_classes()
+    samples = load_sample_images([generated], 32, seed=0, hard=2, grid=8, classes=classes)
+    assert len(samples) == 24
+    for sample in samples:
+        cover, centre = cell_labels(Image.fromarray(sample.pixels), 8, classes)
+        assert (sample.cover == cover).all() and (sample.centre == centre).all()
+        assert sample.cover.shape == (64,) and sample.centre.any()  # every image holds a detectable object
+        assert sample.captions[0].text == sample.prompt and sample.captions[0].kind == "match"
+    assert any(c.kind == "other" for s in samples for c in s.captions)
+
+
+def test_threshold_is_read_validated_and_used(tmp_path):
+    import torch
+
+    from sanatool.judges.verifier import (
+        DEFAULT_ARCHITECTURE,
+        FORMAT,
+        FORMAT_VERSION,
+        VerifierJudge,
+        build_model,
+        check_verifier_dir,
+        default_vocabulary,
+        object_classes,
+        save_verifier,
+    )
+    from sanatool.shapes import render_spec
+
+    vocab, classes = default_vocabulary(), object_classes()
+    torch.manual_seed(0)
+    model = build_model(DEFAULT_ARCHITECTURE, len(vocab), len(classes)).eval()
+    config = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": DEFAULT_ARCHITECTURE,
+              "vocabulary": vocab, "classes": classes}  # fmt: skip
+    image = render_spec({"objects": [{"shape": "circle", "color": "red"}]}, 32, 0)
+    judgements = {}
+    for threshold in (0.001, 0.999):
+        save_verifier(model, {**config, "threshold": threshold}, tmp_path)
+        judge = VerifierJudge(tmp_path)
+        assert judge.describe()["threshold"] == threshold
+        judgements[threshold] = judge.judge([image], ["a red circle"], [None])[0]
+    low, high = judgements[0.001], judgements[0.999]
+    assert low.p_yes == high.p_yes and 0.001 < low.p_yes < 0.999
+    assert low.answer is True and high.answer is False
+    for bad in (0, 1, 1.5, "0.5", True):
+        (tmp_path / "verifier.json").write_text(json.dumps({**config, "threshold": bad}))
+        with pytest.raises(ModelDirError, match="threshold"):
+            check_verifier_dir(tmp_path)
+
+
+def test_shipped_verifier_is_the_default(tmp_path):
+    from sanatool.judges.registry import load_judge, parse_judge_spec
+    from sanatool.judges.verifier import shipped_verifier_path
+
+    spec = parse_judge_spec("verifier")
+    assert spec.kind == "verifier" and spec.path == shipped_verifier_path()
+    assert (spec.path / "verifier.json").is_file() and (spec.path / "model.safetensors").is_file()
+    judge = load_judge("verifier")
+    info = judge.describe()
+    assert not info["oracle"] and 0.0 < info["threshold"] < 1.0
+    # Its recipe is recorded: trained on the shipped model's candidates, not on this machine's paths.
+    training = judge.config["training"]
+    assert training["samples"][0]["model"] == "builtin:tiny-shapes"
+    generated = training["heldout"]["generated"]
+    assert generated["threshold"] == judge.threshold and generated["images"] > 0
+    assert info["heldout_balanced_accuracy"] == generated["balanced_accuracy"]
+    with pytest.raises(InputError, match="needs a model dir"):
+        parse_judge_spec("verifier:")
+
+
+def test_shipped_verifier_reads_held_out_renders():
+    """On renders of evaluation prompts (never trained on) it tells the caption from a perturbed one."""
+    from sanatool.judges.registry import load_judge
+    from sanatool.judges.verifier_data import hard_negatives
+    from sanatool.shapes import evaluation_suite, render_spec
+
+    judge = load_judge("verifier")
+    rng = random.Random(0)
+    images, captions, wanted = [], [], []
+    for index, item in enumerate(evaluation_suite()[::3]):
+        image = render_spec(item.spec, 32, index)
+        negatives = hard_negatives(item.prompt, item.spec, 1, rng)
+        for caption, want in [(item.prompt, True), *[(n.text, False) for n in negatives]]:
+            images.append(image)
+            captions.append(caption)
+            wanted.append(want)
+    p_yes = [j.p_yes for j in judge.judge(images, captions, [None] * len(images))]
+    # Ranking, not the calibrated threshold (set for generated images): the matching caption of a
+    # render must usually score above its perturbation (a verifier that ignores the image: 50%).
+    pairs = [(p_yes[i], p_yes[i + 1]) for i in range(len(wanted) - 1) if wanted[i] and not wanted[i + 1]]
+    above = sum(match > wrong for match, wrong in pairs)
+    assert len(pairs) >= 60 and above >= 0.6 * len(pairs), (above, len(pairs))
+
+
+def test_judge_cli_uses_the_shipped_verifier(cli, generated, tmp_path):
+    res = cli("judge", generated, "-o", tmp_path / "picks", "--judge", "verifier", "--json")
+    assert res.code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["judge"]["kind"] == "verifier" and summary["judge"]["path"].endswith("verifier-shapes")
+
+
+def test_hard_negatives_never_spell_an_evaluation_prompt():
+    """Held-out prompts met only as negatives would teach the verifier to say no to them."""
+    from sanatool.judges.verifier_data import PERTURBATIONS, hard_negatives, perturb
+    from sanatool.shapes import evaluation_suite, training_captions
+
+    held_out = {item.prompt for item in evaluation_suite()}
+    rng = random.Random(0)
+    items = training_captions(400, seed=2)
+    spelled = sum(
+        (made := perturb(item.prompt, item.spec, kind, rng)) is not None and made.text in held_out
+        for item in items
+        for kind in PERTURBATIONS
+    )
+    assert spelled > 0  # a plain perturbation does hit them, so the filter matters
+    for item in items:
+        assert not any(c.text in held_out for c in hard_negatives(item.prompt, item.spec, 5, rng))

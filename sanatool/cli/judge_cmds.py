@@ -10,8 +10,9 @@ from sanatool.cli._app import app, console, emit, progress_bar
 from sanatool.cli.options import DEVICE, FORCE, JSON, refuse_existing_output, seed_option
 
 _JUDGE_HELP = (
-    "shapes (the rule-based evaluator: an oracle), clip:PATH (a transformers CLIPModel dir), "
-    "vlm:PATH (an image-text-to-text model dir), verifier:PATH (from `sanatool train-verifier`)."
+    "shapes (the rule-based evaluator: an oracle), verifier (the learned shapes verifier shipped "
+    "with sanatool), verifier:PATH (one from `sanatool train-verifier`), clip:PATH (a transformers "
+    "CLIPModel dir), vlm:PATH (an image-text-to-text model dir)."
 )
 
 
@@ -26,7 +27,9 @@ def judge(
     judge_spec: str = typer.Option(..., "--judge", "-j", help=_JUDGE_HELP),
     pick: int = typer.Option(1, "--pick", "-k", help="Candidates to keep per prompt (1 ≤ K ≤ candidates)."),
     mode: str = typer.Option(
-        "tournament", "--mode", help="tournament (knockout in pairs, SANA 1.5) or score (rank by score)."
+        "score",
+        "--mode",
+        help="score (keep the K best-scored) or tournament (knockout in pairs, as SANA 1.5's picker).",
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per judge call."),
     template: str | None = typer.Option(
@@ -40,14 +43,16 @@ def judge(
 ) -> None:
     """Pick the best K of N candidates per prompt with a judge; write the picks as a samples dir.
 
-    Tournament mode plays a knockout in pairs until K remain (byes for odd counts): a yes beats
-    a no, two yeses go to the higher yes-probability, two noes to the lower no-probability;
-    ties go to the earlier candidate. OUT holds the picked images and their manifest lines
-    (with score and rank), scores.jsonl (every candidate's judgement), judge.json (the
-    judge and the compute spent), grid.png (the picks) and candidates.png (every candidate with
-    its score, the picks framed in blue). Measure the picks with `sanatool eval OUT`.
+    Score mode (the default) keeps the K candidates with the highest scores. Tournament mode
+    plays a knockout in pairs until K remain (byes for odd counts): a yes beats a no, two yeses
+    go to the higher yes-probability, two noes to the lower no-probability; ties go to the
+    earlier candidate. Both judge every candidate once; with K = 1 they pick the same image
+    for the shapes, verifier and CLIP judges. OUT holds the picked images and their manifest lines
+    (with score and rank), scores.jsonl (every candidate's judgement), judge.json (the judge and
+    the compute spent), grid.png (the picks) and candidates.png (every candidate with its score,
+    the picks framed in blue). Measure the picks with `sanatool eval OUT`.
 
-    Example: sanatool judge samples/ -o picks --judge verifier:verifier --pick 1
+    Example: sanatool judge samples/ -o picks --judge verifier --pick 1
     """
     refuse_existing_output(out, force)
     from sanatool.judges.picking import ORACLE_NOTE, judge_samples_dir
@@ -90,7 +95,10 @@ def train_verifier_cmd(
     heldout: float = typer.Option(
         0.2,
         "--heldout",
-        help="Share of the samples' prompts held out to measure agreement with the evaluator.",
+        help="Share of the samples' prompts held out to calibrate the yes-threshold and measure agreement.",
+    ),
+    sample_share: float = typer.Option(
+        0.7, "--sample-share", help="Share of each batch drawn from --samples (the rest are renders)."
     ),
     seed: int = seed_option("Seed of the data and the init (same seed, same verifier)."),
     device: str = DEVICE,
@@ -101,8 +109,11 @@ def train_verifier_cmd(
 
     It learns from renders paired with matching and perturbed captions (wrong colour, shape,
     count, relation, swapped colours) and, with --samples, from decoded samples labelled by
-    the rule-based evaluator. Reports accuracy on fresh renders and agreement with the
-    evaluator on held-out generated images. Use it with `sanatool judge --judge verifier:OUT`.
+    the rule-based evaluator (with the detector's per-cell labels). Its yes-threshold is
+    calibrated on the held-out share of the samples' prompts. Reports accuracy on fresh
+    renders and agreement with the evaluator on held-out generated images. Use it with
+    `sanatool judge --judge verifier:OUT`. Train on the candidates of the model you will judge:
+    a verifier trained on renders alone judges a generator's images poorly.
 
     Example: sanatool train-verifier -o verifier --samples samples/
     """
@@ -119,6 +130,7 @@ def train_verifier_cmd(
         renders=renders,
         samples=list(samples or []),
         heldout=heldout,
+        sample_share=sample_share,
         seed=seed,
     )
     with progress_bar() as progress:
@@ -136,6 +148,10 @@ def train_verifier_cmd(
         table.add_row(
             f"generated images, agreement with the evaluator (n={generated['images']})",
             f"{generated['agreement']:.3f}",
+        )
+        table.add_row(
+            f"generated images, balanced accuracy (yes-threshold {generated['threshold']:.3f})",
+            f"{generated['balanced_accuracy']:.3f}",
         )
     console.print(table)
     emit(summary if as_json else Path(out).expanduser().resolve(), as_json)

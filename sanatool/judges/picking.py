@@ -191,7 +191,7 @@ def judge_samples_dir(
     out: str | os.PathLike,
     judge: str | JudgeSpec | Judge,
     pick: int = 1,
-    mode: str = "tournament",
+    mode: str = "score",
     batch_size: int = 16,
     device: str = "cpu",
     template: str | None = None,
@@ -199,6 +199,11 @@ def judge_samples_dir(
     progress: ProgressFn = no_progress,
 ) -> JudgeResult:
     """Pick the best ``pick`` candidates per prompt of a samples dir with a judge; write them to ``out``.
+
+    ``mode`` ``score`` (the default) keeps the ``pick`` highest-scored candidates; ``tournament``
+    plays SANA 1.5's knockout. Both judge each candidate once; for a judge whose preference
+    follows its score (the shapes oracle, the verifier, CLIP) they pick the same one at
+    ``pick`` = 1, and at ``pick`` > 1 the tournament keeps bracket winners, not the top ``pick``.
 
     ``judge`` is a ``--judge`` spec (``shapes``, ``clip:PATH``, ``vlm:PATH``, ``verifier:PATH``)
     or a loaded :class:`Judge`. Validates everything (mode, K, batch size, the judge spec, the

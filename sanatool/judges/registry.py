@@ -1,8 +1,8 @@
 """``--judge`` specs: parse and validate them cheaply (before any work), then load the judge.
 
 ``shapes`` (the rule-based evaluator, an oracle), ``clip:PATH`` (a transformers CLIPModel dir),
-``vlm:PATH`` (a transformers image-text-to-text model dir), ``verifier:PATH`` (a verifier
-trained by ``sanatool train-verifier``).
+``vlm:PATH`` (a transformers image-text-to-text model dir), ``verifier`` (the learned shapes
+verifier shipped in the package) or ``verifier:PATH`` (one trained by ``sanatool train-verifier``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sanatool.io.jsonl import read_json_object
 from sanatool.judges.base import Judge
 
 JUDGE_KINDS = ("shapes", "clip", "vlm", "verifier")
-_USAGE = "use shapes, clip:PATH, vlm:PATH or verifier:PATH"
+_USAGE = "use shapes, verifier, verifier:PATH, clip:PATH or vlm:PATH"
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -90,8 +90,17 @@ def parse_judge_spec(text: str) -> JudgeSpec:
         if sep:
             raise InputError(f"--judge {text}: the shapes judge takes no path; write --judge shapes")
         return JudgeSpec("shapes")
+    if kind == "verifier" and not sep:
+        from sanatool.judges.verifier import shipped_verifier_path
+
+        path = shipped_verifier_path()
+        check_verifier_dir(path)
+        return JudgeSpec("verifier", path)
     if not rest:
-        raise InputError(f"--judge {text}: the {kind} judge needs a model dir; write --judge {kind}:PATH")
+        shipped = " (or --judge verifier for the shipped one)" if kind == "verifier" else ""
+        raise InputError(
+            f"--judge {text}: the {kind} judge needs a model dir; write --judge {kind}:PATH{shipped}"
+        )
     path = Path(rest).expanduser()
     if kind == "clip":
         _check_clip(path)

@@ -2,8 +2,10 @@
 
 It is the shapes world's analog of SANA 1.5's NVILA verifier: a judge trained by sanatool
 (:mod:`sanatool.judges.verifier_train`) that is *not* the evaluation metric. A verifier dir holds
-``verifier.json`` (format, architecture, vocabulary, object classes, training summary) and
-``model.safetensors``.
+``verifier.json`` (format, architecture, vocabulary, object classes, the yes-threshold calibrated
+on validation images, training summary) and ``model.safetensors``. One verifier ships inside the
+package (:func:`shipped_verifier_path`), trained on the shipped model's own candidates:
+``--judge verifier`` with no path uses it.
 
 Architecture (about 0.27M parameters), built so it learns in minutes on a CPU:
 
@@ -64,6 +66,13 @@ _BOUNDS = {
     "max_words": (4, 1024),
 }
 _MAX_COUNT = 5  # count features cover 0 … 5 objects of a class
+#: The verifier shipped in the package (``sanatool/data/verifier-shapes``), for ``--judge verifier``.
+SHIPPED_DIR = "verifier-shapes"
+
+
+def shipped_verifier_path() -> Path:
+    """The dir of the verifier that ships with sanatool (trained on ``builtin:tiny-shapes`` candidates)."""
+    return Path(__file__).resolve().parent.parent / "data" / SHIPPED_DIR
 
 
 def default_vocabulary() -> list[str]:
@@ -299,6 +308,9 @@ def _read_config(path: Path) -> dict[str, Any]:
         or len(classes) > 10_000
     ):
         raise ModelDirError(f"{file}: 'classes' must be a list of class names starting with {BACKGROUND!r}")
+    threshold = config.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+        raise ModelDirError(f"{file}: 'threshold' must be a number in (0, 1), got {threshold!r}")
     if not (path / WEIGHTS_NAME).is_file():
         raise ModelDirError(f"{path} has no {WEIGHTS_NAME}; the verifier's weights are missing")
     return config
@@ -350,7 +362,11 @@ def verifier_probabilities(
 
 
 class VerifierJudge(Judge):
-    """Judge with a trained shapes verifier: yes when P(yes) > 0.5, ``p_yes`` = P(yes), score = P(yes)."""
+    """Judge with a trained shapes verifier: ``p_yes`` = score = P(yes); yes when P(yes) > its threshold.
+
+    The threshold is the one ``verifier.json`` records (calibrated on validation images at
+    training time; 0.5 when absent).
+    """
 
     kind = "verifier"
 
@@ -360,17 +376,19 @@ class VerifierJudge(Judge):
         self.model, self.config = load_verifier(self.path, device)
         arch = self.config["architecture"]
         self.codec = VerifierCodec(self.config["vocabulary"], arch["image_size"], arch["max_words"])
+        self.threshold = float(self.config.get("threshold", 0.5))
 
     def describe(self) -> dict[str, Any]:
         """The judge's kind, label, path and its recorded held-out agreement with the evaluator."""
-        info = {**super().describe(), "path": str(self.path)}
+        info = {**super().describe(), "path": str(self.path), "threshold": self.threshold}
         generated = self.config.get("training", {}).get("heldout", {}).get("generated")
         if generated:
             info["heldout_agreement"] = generated["agreement"]
+            info["heldout_balanced_accuracy"] = generated["balanced_accuracy"]
         return info
 
     def _judge(
         self, images: Sequence[Any], prompts: Sequence[str], specs: Sequence[dict[str, Any] | None]
     ) -> list[Judgement]:
         probs = verifier_probabilities(self.model, self.codec, images, prompts).tolist()
-        return [Judgement(score=p, answer=p > 0.5, p_yes=p, p_no=1.0 - p) for p in probs]
+        return [Judgement(score=p, answer=p > self.threshold, p_yes=p, p_no=1.0 - p) for p in probs]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -156,17 +157,29 @@ def perturb(caption: str, spec: dict[str, Any], kind: str, rng: random.Random) -
     return Caption(_join(words), new_spec, False, kind)
 
 
+@lru_cache(maxsize=1)
+def _evaluation_prompts() -> frozenset[str]:
+    from sanatool.shapes import evaluation_suite
+
+    return frozenset(item.prompt for item in evaluation_suite())
+
+
 def hard_negatives(caption: str, spec: dict[str, Any], count: int, rng: random.Random) -> list[Caption]:
-    """Up to ``count`` perturbations of different kinds (relation and count first when they apply)."""
+    """Up to ``count`` perturbations of different kinds (relation and count first when they apply).
+
+    A perturbation that spells an evaluation-suite prompt is dropped: the evaluation prompts are
+    held out, and a verifier that met them only as negatives would learn to say no to them.
+    """
     kinds = list(PERTURBATIONS)
     rng.shuffle(kinds)
     kinds.sort(key=lambda kind: kind not in _PRIORITY)
+    held_out = _evaluation_prompts()
     out: list[Caption] = []
     for kind in kinds:
         if len(out) == count:
             break
         made = perturb(caption, spec, kind, rng)
-        if made is not None:
+        if made is not None and made.text not in held_out:
             out.append(made)
     return out
 

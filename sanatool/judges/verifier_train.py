@@ -4,12 +4,15 @@ Each step takes a batch of images (renders and, when samples dirs are given, dec
 and scores every caption paired with each image (its own, perturbed ones, another image's),
 so the image is encoded once for several captions and the verifier learns from the contrast.
 The loss is the captions' yes/no cross-entropy (positives weighted to balance the negatives)
-plus, on renders, the image encoder's per-cell labels: which class covers each cell, where
-each object's centre is, and how many objects of each class there are.
+plus the image encoder's per-cell labels: which class covers each cell, where each object's
+centre is, and how many objects of each class there are. On renders they come from the clean
+render; on decoded samples from the shapes detector run on the sample itself, so the encoder
+learns to read a generator's blurred, off-palette objects, not only clean renders.
 
-A share of the samples' prompts is held out; the verifier's agreement with the evaluator on
-those held-out generated images is recorded in ``verifier.json``, with its accuracy on fresh
-renders per perturbation kind.
+A share of the samples' prompts is held out as a validation split: the verifier's yes-threshold
+is calibrated there (the one with the best balanced accuracy), and its agreement with the
+evaluator on those images is recorded in ``verifier.json``, with its accuracy on fresh renders
+per perturbation kind.
 """
 
 from __future__ import annotations
@@ -40,11 +43,19 @@ from sanatool.progress import ProgressFn, no_progress
 
 @dataclass
 class SampleImage:
-    """A decoded sample: its pixels, its own prompt (labelled by the evaluator) and perturbed prompts."""
+    """A decoded sample: its pixels, its own prompt (labelled by the evaluator), other captions, cell labels.
+
+    ``captions[0]`` is the sample's own prompt; then perturbations of it and another sample's
+    prompt, each labelled by the evaluator on this image. ``cover`` and ``centre`` are the
+    per-cell class labels the shapes detector reads from the image (see
+    :func:`~sanatool.judges.verifier_data.cell_labels`).
+    """
 
     pixels: np.ndarray
     captions: list[Caption]
     prompt: str
+    cover: np.ndarray
+    centre: np.ndarray
 
 
 @dataclass
@@ -58,7 +69,7 @@ class VerifierTraining:
     hard_negatives: int = 2
     samples: Sequence[str | os.PathLike] = ()
     heldout: float = 0.2
-    sample_share: float = 0.5
+    sample_share: float = 0.7
     seed: int = 0
     architecture: dict[str, int] = field(default_factory=dict)
 
@@ -85,16 +96,26 @@ def _held_out(prompt: str, share: float, seed: int) -> bool:
 
 
 def load_sample_images(
-    samples_dirs: Sequence[str | os.PathLike], image_size: int, seed: int, hard: int = 2
+    samples_dirs: Sequence[str | os.PathLike],
+    image_size: int,
+    seed: int,
+    hard: int = 2,
+    grid: int = 8,
+    classes: Sequence[str] = (),
 ) -> list[SampleImage]:
-    """Read samples dirs; label each image's prompt and ``hard`` perturbations of it with the evaluator.
+    """Read samples dirs; label each image's prompt, ``hard`` perturbations and another prompt with the evaluator.
 
-    Lines without a ``spec`` are skipped (the evaluator cannot label them). Raises
-    :class:`InputError` for a dir without usable lines or with missing images.
+    Each image also gets its ``grid`` × ``grid`` cell labels over ``classes`` from the shapes
+    detector (all background when ``classes`` is empty). Lines without a ``spec`` are skipped
+    (the evaluator cannot label them). Raises :class:`InputError` for a dir without usable
+    lines or with missing images.
     """
+    from PIL import Image
+
     from sanatool.io.images import open_image
     from sanatool.judges.picking import load_samples
     from sanatool.judges.verifier import image_array
+    from sanatool.judges.verifier_data import cell_labels
     from sanatool.shapes import evaluate_image
 
     rng = random.Random(seed)
@@ -117,8 +138,40 @@ def load_sample_images(
                 # On a generated image a "wrong" caption may hold after all: the evaluator decides.
                 made.label = evaluate_image(pixels, made.spec).correct
                 captions.append(made)
-            out.append(SampleImage(pixels, captions, record["prompt"]))
+            other = usable[rng.randrange(len(usable))]
+            if other["prompt"] != record["prompt"]:
+                captions.append(
+                    Caption(
+                        other["prompt"], other["spec"], evaluate_image(pixels, other["spec"]).correct, "other"
+                    )
+                )
+            if classes:
+                cover, centre = cell_labels(Image.fromarray(pixels), grid, classes)
+            else:
+                cover = centre = np.zeros(grid * grid, dtype=np.int64)
+            out.append(SampleImage(pixels, captions, record["prompt"], cover, centre))
     return out
+
+
+def calibrate_threshold(probs: Sequence[float], labels: Sequence[bool]) -> float:
+    """The yes-threshold with the best balanced accuracy on ``(probs, labels)``; 0.5 without both classes.
+
+    Candidates are the midpoints between consecutive distinct probabilities; ties go to the one
+    nearest 0.5.
+    """
+    values = sorted(set(float(p) for p in probs))
+    if not any(labels) or all(labels) or len(values) < 2:
+        return 0.5
+    best, best_key = 0.5, None
+    for low, high in zip(values[:-1], values[1:], strict=True):
+        threshold = (low + high) / 2
+        if not 0.0 < threshold < 1.0:
+            continue
+        score = _agreement([p > threshold for p in probs], list(labels))["balanced_accuracy"]
+        key = (score, -abs(threshold - 0.5))
+        if best_key is None or key > best_key:
+            best, best_key = threshold, key
+    return best
 
 
 def _agreement(verifier_yes: Sequence[bool], evaluator_yes: Sequence[bool]) -> dict[str, Any]:
@@ -170,8 +223,10 @@ def train_verifier(
     arch = validate_architecture({**DEFAULT_ARCHITECTURE, **opts.architecture}, "architecture")
     inputs = [str(s) for s in opts.samples]
     out_path = check_output_path(out, force, inputs=inputs)
+    vocabulary, classes = default_vocabulary(), object_classes()
+    grid = arch["image_size"] // arch["patch_size"]
     samples = (
-        load_sample_images(opts.samples, arch["image_size"], opts.seed, opts.hard_negatives)
+        load_sample_images(opts.samples, arch["image_size"], opts.seed, opts.hard_negatives, grid, classes)
         if opts.samples
         else []
     )
@@ -184,8 +239,6 @@ def train_verifier(
 
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
-    vocabulary, classes = default_vocabulary(), object_classes()
-    grid = arch["image_size"] // arch["patch_size"]
     codec = VerifierCodec(vocabulary, arch["image_size"], arch["max_words"])
     model = build_model(arch, len(vocabulary), len(classes)).to(device)
     progress("renders", 0, opts.renders)
@@ -237,17 +290,20 @@ def train_verifier(
         positives = target.sum().clamp(min=1.0)
         weight = torch.where(target > 0.5, (len(captions) - positives) / positives, torch.ones_like(target))
         loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
-        if renders:
-            cover_labels = torch.from_numpy(pool.cover[renders]).to(device)
-            centre_labels = torch.from_numpy(pool.centre[renders]).to(device)
-            n = len(renders)
-            counts = F.one_hot(centre_labels, len(classes)).sum(1)[:, 1:].float()
-            loss = (
-                loss
-                + F.cross_entropy(cover[:n].flatten(0, 1), cover_labels.flatten())
-                + F.cross_entropy(centre[:n].flatten(0, 1), centre_labels.flatten())
-                + F.smooth_l1_loss(centre[:n].softmax(-1).sum(1)[:, 1:], counts)
-            )
+        # Dense labels for every image: a render's from its clean self, a sample's from the detector.
+        cover_labels = torch.from_numpy(
+            np.stack([pool.cover[i] for i in renders] + [s.cover for s in picked])
+        ).to(device)
+        centre_labels = torch.from_numpy(
+            np.stack([pool.centre[i] for i in renders] + [s.centre for s in picked])
+        ).to(device)
+        counts = F.one_hot(centre_labels, len(classes)).sum(1)[:, 1:].float()
+        loss = (
+            loss
+            + F.cross_entropy(cover.flatten(0, 1), cover_labels.flatten())
+            + F.cross_entropy(centre.flatten(0, 1), centre_labels.flatten())
+            + F.smooth_l1_loss(centre.softmax(-1).sum(1)[:, 1:], counts)
+        )
         if not torch.isfinite(loss):
             raise RunFailure(
                 f"the verifier's loss became {loss.item()} at step {step}; lower --lr (now {opts.lr})"
@@ -273,19 +329,27 @@ def train_verifier(
         "final_loss": round(float(np.mean(losses[-50:])), 4),
         "heldout": {"renders": render_accuracy(model, codec, arch, classes, opts.seed + 1)},
     }
+    threshold = 0.5
     if test_samples:
         from PIL import Image
 
         images = [Image.fromarray(s.pixels) for s in test_samples]
         own = [s.captions[0] for s in test_samples]
         probs = verifier_probabilities(model, codec, images, [c.text for c in own]).tolist()
-        summary["heldout"]["generated"] = _agreement([p > 0.5 for p in probs], [c.label for c in own])
+        labels = [c.label for c in own]
+        threshold = calibrate_threshold(probs, labels)
+        summary["heldout"]["generated"] = {
+            **_agreement([p > threshold for p in probs], labels),
+            "threshold": round(threshold, 6),
+            "at_0.5": _agreement([p > 0.5 for p in probs], labels),
+        }
     config = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "architecture": arch,
         "vocabulary": vocabulary,
         "classes": classes,
+        "threshold": round(threshold, 6),
         "parameters": sum(p.numel() for p in model.parameters()),
         "training": summary,
     }
