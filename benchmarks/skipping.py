@@ -148,7 +148,7 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ("full", 1.0, 1.0, {"model": model, "steps": args.steps})
     ]
     refused = []
-    for fraction in FRACTIONS:
+    for fraction in args.fractions:
         for method, (mode, plan_metric) in PLANS.items():
             plan_metric = plan_metric if plan_metric == "change" else args.metric
             try:
@@ -168,6 +168,7 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         configs.append(("steps", fraction, steps / args.steps, {"model": model, "steps": steps}))
     rows = []
     (work / "samples").mkdir(exist_ok=True)
+    configs = [c for c in configs if c[0] == "full" or c[0] in args.methods]
     for method, fraction, kept, kwargs in configs:
         out = work / "samples" / f"{method}{tag if method in ('identity', 'prune') else ''}-{fraction:g}"
         started = time.perf_counter()
@@ -210,7 +211,7 @@ def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
 
     run()  # warm-up
     out = []
-    for fraction in FRACTIONS:
+    for fraction in args.fractions:
         try:
             plan = make_skip_plan(importance, fraction, "change", "cache")
         except InputError:
@@ -251,7 +252,7 @@ def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     run()
     out = []
-    for fraction in FRACTIONS:
+    for fraction in args.fractions:
         skipped = frozenset(int(b) for b in ranking[: depth - round(fraction * depth)])
         plan = SkipPlan(
             "random", depth, 2, "flow-dpm", 4.5, "random", fraction, (frozenset(), skipped), "cache"
@@ -266,6 +267,224 @@ def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
         kept = 1 - len(skipped) / depth
         out.append({"fraction": kept, "ratio": median, "low": low, "high": high})
         log(f"  {args.big_preset} F={kept:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+    return out
+
+
+PARTS = ("attn1", "attn2", "ff")  # linear self-attention, cross-attention, Mix-FFN
+
+
+def weighted_cache_plan(change: np.ndarray, weight: np.ndarray, keep: float) -> list[set[int]]:
+    """Greedy cache plan over lanes (a block, or one part of a block) of unequal cost.
+
+    The library's rule (``_cache_plan``: a call's error is its change accumulated since the lane
+    last ran, times the skipped calls it lengthens), ranked per unit of compute saved, until the
+    kept compute is at most ``keep`` of the total. Step 0 always runs.
+    """
+    steps, lanes = change.shape
+    skip: list[set[int]] = [set() for _ in range(steps)]
+    saved, target = 0.0, (1 - keep) * steps * weight.sum()
+    while saved < target - 1e-9:
+        best = None
+        for lane in range(lanes):
+            since = 0.0
+            for step in range(1, steps):
+                since += change[step, lane]
+                if lane in skip[step]:
+                    continue
+                following = 0
+                while step + 1 + following < steps and lane in skip[step + 1 + following]:
+                    following += 1
+                if len(skip[step]) < lanes - 1:
+                    candidate = (since * (1 + following) / weight[lane], -step, -lane)
+                    best = candidate if best is None or candidate < best else best
+                since = 0.0
+        if best is None:
+            break
+        skip[-best[1]].add(-best[2])
+        saved += weight[-best[2]]
+    return skip
+
+
+class PartCache:
+    """Cache skipping per part: a skipped part returns its output of its last run (the block gates it anew)."""
+
+    def __init__(self, transformer: Any, skip: list[set[int]]) -> None:
+        self.skip, self.step, self.calls, self.cache = skip, 0, 0, {}
+        self.patched = []
+        self.counter = transformer.register_forward_pre_hook(self.next_step)
+        for index, block in enumerate(transformer.transformer_blocks):
+            for number, name in enumerate(PARTS):
+                lane = index * len(PARTS) + number
+                if any(lane in row for row in skip):
+                    module = getattr(block, name)
+                    module.forward = self.wrap(lane, module.forward)
+                    self.patched.append(module)
+
+    def next_step(self, module: Any, args: Any) -> None:
+        self.step, self.calls = self.calls % len(self.skip), self.calls + 1
+        if self.step == 0:
+            self.cache.clear()
+
+    def wrap(self, lane: int, original: Any) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if lane in self.skip[self.step] and lane in self.cache:
+                return self.cache[lane]
+            self.cache[lane] = original(*args, **kwargs)
+            return self.cache[lane]
+
+        return forward
+
+    def __enter__(self) -> PartCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.counter.remove()
+        for module in self.patched:
+            del module.forward
+
+
+def part_changes(args: argparse.Namespace, pipe: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-step change of each block's and each part's contribution to the stream, and the parts' FLOP shares.
+
+    A part's contribution is what it adds to the hidden states (attn1: gated self-attention;
+    attn2: cross-attention; ff: gated Mix-FFN), so the three add up to the block's residual.
+    Returns ``(block change steps × depth, part change steps × depth·3, part FLOP share of a block)``.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sanatool.inference.pipeline import default_calibration_prompts
+    from sanatool.inference.sampler import PromptEncoder, check_size, denoise, image_seed, start_noise
+
+    blocks = pipe.transformer.transformer_blocks
+    depth = len(blocks)
+    prompts = [p.prompt for p in default_calibration_prompts(pipe)[: args.parts_calibration]]
+    encoder = PromptEncoder(pipe, None, "cpu")
+    embeds, mask = encoder.conditional(prompts)
+    negative = encoder.unconditional(len(prompts))
+    height, width = check_size(pipe, None)
+    noise, _ = start_noise(
+        pipe, [image_seed(args.seed, p, 0) for p in range(len(prompts))], height, width, "cpu"
+    )
+    seen: dict[tuple[int, str], Any] = {}
+    block_change = np.zeros((args.steps, depth))
+    part_change = np.zeros((args.steps, depth * len(PARTS)))
+    previous: dict[int, list[Any]] = {}
+    step = {"now": 0}
+
+    def note(index: int, what: str) -> Any:
+        def hook(module: Any, hook_args: Any, output: Any = None) -> None:
+            seen[(index, what)] = (hook_args[0] if output is None else output).detach().clone()
+            if what != "out":
+                return
+            h_in, mid, cross, h_out = (seen[(index, k)] for k in ("in", "mid", "cross", "out"))
+            now = [h_out - h_in, mid - h_in, cross, h_out - mid - cross]
+            if index in previous:
+                scale = h_out.abs().flatten(1).sum(1)
+                moved = [
+                    ((a - b).abs().flatten(1).sum(1) / scale).mean().item()
+                    for a, b in zip(now, previous[index], strict=True)
+                ]
+                block_change[step["now"], index] = moved[0]
+                part_change[step["now"], index * len(PARTS) : (index + 1) * len(PARTS)] = moved[1:]
+            previous[index] = now
+
+        return hook
+
+    handles = []
+    for index, block in enumerate(blocks):
+        handles += [
+            block.register_forward_pre_hook(note(index, "in")),
+            block.attn2.register_forward_pre_hook(note(index, "mid")),
+            block.attn2.register_forward_hook(note(index, "cross")),
+            block.register_forward_hook(note(index, "out")),
+        ]
+    try:
+        with torch.no_grad():
+            denoise(
+                pipe, noise, embeds, mask, negative, args.steps, 4.5, before_step=lambda i: step.update(now=i)
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        denoise(pipe, noise, embeds, mask, negative, 1, 4.5)
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    share = np.zeros(len(PARTS))
+    for index in range(depth):
+        name = next(k for k in flops if k.endswith(f"transformer_blocks.{index}"))
+        share += [flops.get(f"{name}.{part}", 0) / flops[name] / depth for part in PARTS]
+    return block_change, part_change, share
+
+
+def parts_experiment(args: argparse.Namespace, work: Path, sampled: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cache plans over parts (attention, cross-attention, FFN) against whole-block cache plans, same FLOPs."""
+    import sanatool
+    import sanatool.samples.writer as writer
+    from sanatool.inference.pipeline import load_pipeline
+    from sanatool.inference.sampler import resolve_sampler
+    from sanatool.inference.skipping import SkipPlan
+    from sanatool.io.modeldir import as_model_dir
+
+    model = as_model_dir(args.model)
+    pipe = load_pipeline(model, "cpu", "fp32")
+    block_change, part_change, share = part_changes(args, pipe)
+    depth = block_change.shape[1]
+    log(f"  part FLOP shares of a block: {dict(zip(PARTS, np.round(share, 3), strict=True))}")
+    weights = np.tile(share, depth)
+    prompts = suite_subset(args.per_category)
+    empty = SkipPlan(
+        model.fingerprint(),
+        depth,
+        args.steps,
+        resolve_sampler(model, None),
+        4.5,
+        "parts",
+        1.0,
+        (frozenset(),) * args.steps,
+    )
+    out = []
+    for fraction in args.parts_fractions:
+        skip = weighted_cache_plan(part_change, weights, fraction)
+        kept = 1 - sum(weights[lane] for row in skip for lane in row) / (args.steps * weights.sum())
+        target = work / "samples" / f"parts-{fraction:g}"
+        started = time.perf_counter()
+        if not (target / "manifest.jsonl").exists():
+            original = writer.apply_skip_plan
+            writer.apply_skip_plan = lambda pipe, plan, skip=skip: PartCache(pipe.transformer, skip)
+            try:
+                sanatool.sample(
+                    model,
+                    prompts,
+                    target,
+                    candidates=args.candidates,
+                    seed=args.seed,
+                    device="cpu",
+                    dtype="fp32",
+                    batch_size=16,
+                    steps=args.steps,
+                    skip_plan=empty,
+                )
+            finally:
+                writer.apply_skip_plan = original
+        correct = correct_matrix(target, len(prompts), args.candidates)
+        skipped = {
+            part: sum(1 for row in skip for lane in row if lane % len(PARTS) == n)
+            for n, part in enumerate(PARTS)
+        }
+        out.append(
+            {
+                "fraction": fraction,
+                "kept": kept,
+                "correct": correct,
+                "skipped": skipped,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        log(
+            f"  parts F={fraction:g}: kept {kept:.3f} of block FLOPs, skipped part-calls {skipped}, "
+            f"overall {overall(correct, sampled['categories']):.3f}"
+        )
     return out
 
 
@@ -334,13 +553,24 @@ def main() -> None:
     parser.add_argument("--big-preset", default="sana1.5-1.6b")
     parser.add_argument("--big-size", type=int, default=1024)
     parser.add_argument("--big-reps", type=int, default=3)
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--parts", action="store_true", help="Also plan and sample cache skipping per part (attn1/attn2/ff)."
+    )
+    parser.add_argument("--parts-fractions", type=float, nargs="+", default=[0.6, 0.4])
+    parser.add_argument(
+        "--parts-calibration", type=int, default=10, help="Calibration prompts for part changes."
+    )
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("skipping.png"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     sampled = sample_all(args, args.work)
     rows, categories = sampled["rows"], sampled["categories"]
-    boot = bootstrap_overall({key(r): r["correct"] for r in rows}, categories)
+    parts = parts_experiment(args, args.work, sampled) if args.parts else []
+    results = {key(r): r["correct"] for r in rows} | {f"parts-{p['fraction']:g}": p["correct"] for p in parts}
+    boot = bootstrap_overall(results, categories)
     log("timing the denoising loop")
     times = timing(args, sampled["importance"]) if args.reps else []
     big = big_timing(args) if args.big else []
@@ -405,6 +635,25 @@ def main() -> None:
             print(
                 f"| {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] | {t['fraction']:.3f} |"
             )
+    if parts:
+        print(
+            "\n| F (block FLOPs kept) | parts: skipped part-calls attn1/attn2/ff | parts overall [95% CI] "
+            "| cache (whole blocks) overall | parts − cache [95% CI] |"
+        )
+        print("|---|---|---|---|---|")
+    for part in parts:
+        k, other = f"parts-{part['fraction']:g}", f"cache-{part['fraction']:g}"
+        low, high = interval(boot[k])
+        versus = "(no whole-block cache run at this F)"
+        if other in boot:
+            d_low, d_high = interval(boot[k] - boot[other])
+            versus = f"{d_low:+.3f} … {d_high:+.3f}: {beats(d_low, d_high, 'whole blocks')}"
+            versus = f"{overall(results[other], categories):.3f} | {versus}"
+        sk = part["skipped"]
+        print(
+            f"| {part['kept']:.3f} | {sk['attn1']}/{sk['attn2']}/{sk['ff']} | "
+            f"{overall(part['correct'], categories):.3f} [{low:.3f}, {high:.3f}] | {versus} |"
+        )
     n = len(categories)
     print(
         f"\n{n} prompts ({args.per_category} per category) × {args.candidates} images, {args.steps} steps, "
@@ -419,6 +668,7 @@ def main() -> None:
                 "refused": sampled["refused"],
                 "timing": times,
                 "big": big,
+                "parts": [{k: v for k, v in p.items() if k != "correct"} for p in parts],
                 "args": {k: str(v) for k, v in vars(args).items()},
             },
             indent=2,

@@ -131,6 +131,12 @@ def test_plan_skips_refuses_bad_budgets_and_a_step_with_every_block_skipped(cli,
     result = cli("plan-skips", path, "--budget", "0.9", "-o", tmp_path / "plan.json", "--json")
     assert result.code == 0 and json.loads(result.stdout)["kept"] == round(0.9 * STEPS * DEPTH)
     assert json.loads((tmp_path / "plan.json").read_text())["skip"][1] == [6, 7]  # ties: the higher blocks
+    result = cli("plan-skips", path, "--budget", "0.9", "--skip-mode", "fast", "-o", tmp_path / "p2.json")
+    assert result.code == 2 and "unknown --skip-mode 'fast'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "p2.json").exists()
+    result = cli("plan-skips", path, "--budget", "0.9", "--skip-mode", "identity", "-o", tmp_path / "p2.json")
+    assert result.code == 0 and "identity, planned on cosine" in result.stderr
+    assert json.loads((tmp_path / "p2.json").read_text())["mode"] == "identity"
 
 
 @pytest.fixture(scope="module")
