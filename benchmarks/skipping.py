@@ -240,19 +240,19 @@ def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
     transformer = SanaTransformer2DModel(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
     depth = len(transformer.transformer_blocks)
     side = args.big_size // 32
-    latents = torch.randn(2, config["in_channels"], side, side)
-    text = torch.randn(2, 32, config["caption_channels"])
+    latents = torch.randn(args.big_batch, config["in_channels"], side, side)
+    text = torch.randn(args.big_batch, 32, config["caption_channels"])
     ranking = np.random.default_rng(0).permutation(depth)
 
     def run() -> float:
         started = time.perf_counter()
         with torch.no_grad():
-            transformer(latents, encoder_hidden_states=text, timestep=torch.tensor([999.0, 999.0]))
+            transformer(latents, encoder_hidden_states=text, timestep=torch.full((args.big_batch,), 999.0))
         return time.perf_counter() - started
 
     run()
     out = []
-    for fraction in args.fractions:
+    for fraction in args.big_fractions:
         skipped = frozenset(int(b) for b in ranking[: depth - round(fraction * depth)])
         plan = SkipPlan(
             "random", depth, 2, "flow-dpm", 4.5, "random", fraction, (frozenset(), skipped), "cache"
@@ -553,6 +553,8 @@ def main() -> None:
     parser.add_argument("--big-preset", default="sana1.5-1.6b")
     parser.add_argument("--big-size", type=int, default=1024)
     parser.add_argument("--big-reps", type=int, default=3)
+    parser.add_argument("--big-batch", type=int, default=2, help="Latents per call (2: both CFG branches).")
+    parser.add_argument("--big-fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument(
