@@ -329,3 +329,36 @@ def test_importance_scores_blocks_while_following_a_plan_and_refuses_another_mod
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     result = cli(*args, "--skip-plan", write_skip_plan(tmp_path / "plan.json", plan), "--steps", "2")
     assert result.code == 2 and "for 3 sampler steps, not 2" in result.stderr, result.stderr
+
+
+def test_a_cache_hook_runs_a_block_that_has_no_residual_for_its_batch_shape():
+    import torch
+
+    class Block(torch.nn.Module):
+        def forward(self, hidden):
+            return 2 * hidden + 1  # residual: hidden + 1
+
+    class Transformer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer_blocks = torch.nn.ModuleList([Block(), Block()])
+
+        def forward(self, hidden):
+            for block in self.transformer_blocks:
+                hidden = block(hidden)
+            return hidden
+
+    model = Transformer()
+    plan = SkipPlan("f" * 16, 2, 2, "flow-dpm", 4.5, "change", 0.75, (frozenset(), frozenset({0})), "cache")
+    first, second = torch.zeros(2, 3), torch.full((2, 3), 5.0)
+    with apply_skip_plan(model, plan) as handle:
+        model(first)  # step 0: block 0 caches residual 1 per row
+        assert torch.equal(model(second), 2 * (second + 1) + 1)  # step 1: 5 + cached 1, then block 1
+        model(first)
+        assert torch.equal(model(torch.zeros(4, 3)), torch.full((4, 3), 3.0))  # no residual of 4 rows: runs
+        handle.reset()
+        assert torch.equal(model(second), 2 * (2 * second + 1) + 1)  # step 0 again: every block runs
+    assert (
+        torch.equal(model(second), 2 * (2 * second + 1) + 1)
+        and "forward" not in model.transformer_blocks[0].__dict__
+    )
