@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.io.importance_file import Calibration, ImportanceResult, write_importance_file
+from sanatool.io.importance_file import METRICS, Calibration, ImportanceResult, write_importance_file
 from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
 
-METRICS = ("cosine", "ablation")
 DEFAULT_NUM_PROMPTS = 100
 METRIC_DEFINITIONS = {
     "cosine": "1 - mean over tokens of cos(block input, block output); mean over prompts, CFG branches, timesteps",

@@ -50,7 +50,7 @@ from typing import Any
 
 from sanatool import __version__
 from sanatool.errors import InputError
-from sanatool.inference.importance import METRICS
+from sanatool.io.importance_file import METRICS
 from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_file
 

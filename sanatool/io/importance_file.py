@@ -41,6 +41,8 @@ from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_file
 
 FORMAT = "sanatool-importance/1"
+#: How ``importance`` scores blocks (``--metric``).
+METRICS = ("cosine", "ablation")
 CFG_BRANCHES = ("cond", "uncond")
 _SCHEMA_KEYS = frozenset(
     (
