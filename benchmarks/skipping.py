@@ -496,10 +496,11 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (quality, speed) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, panels = plt.subplots(1, 2 if times else 1, figsize=(11 if times else 6, 4), squeeze=False)
+    quality = panels[0][0]
     full = next(r for r in rows if r["method"] == "full")
     for method, marker in zip(METHODS, "osD^", strict=True):
-        chosen = [full] + [r for r in rows if r["method"] == method]
+        chosen = [full] + sorted((r for r in rows if r["method"] == method), key=lambda r: -r["kept"])
         xs = [r["kept"] for r in chosen]
         ys = [float(np.median(boot[key(r)])) for r in chosen]
         errors = np.array(
@@ -514,6 +515,7 @@ def plot(
     quality.invert_xaxis()
     quality.legend()
     if times:
+        speed = panels[0][1]
         speed.errorbar(
             [t["fraction"] for t in times], [t["ratio"] for t in times],
             yerr=np.array([[t["ratio"] - t["low"], t["high"] - t["ratio"]] for t in times]).T,
