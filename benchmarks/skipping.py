@@ -5,7 +5,10 @@ on the calibration prompts), then sample the evaluation suite (``--per-category`
 category × ``--candidates`` images, the same seeds everywhere) and score it with the shapes
 evaluator, for each fraction F of block-calls kept (1.0, 0.8, 0.6, 0.5, 0.4):
 
-- **plan**: ``plan-skips --budget F`` followed by ``sample --skip-plan``;
+- **cache**: ``plan-skips --budget F`` (cache mode, planned on the residual change) followed by
+  ``sample --skip-plan``: a skipped block reuses the residual of its last run;
+- **identity**: ``plan-skips --budget F --skip-mode identity --metric cosine``: a skipped block
+  passes its input through;
 - **prune**: ``prune --keep round(F × depth) --importance`` (no fine-tuning);
 - **steps**: ``round(F × steps)`` sampler steps.
 
@@ -14,8 +17,9 @@ image of a prompt together; 2000 resamples), and every comparison is paired (the
 for both sides), so verdicts come from the interval of the difference. Then the wall time of the
 denoising loop (the transformer part) with each plan against without, alternated ``--reps``
 times in the same run (median ratio and its order-statistic interval, ideal = F); ``--big``
-also times one transformer call of a random SANA 1.5 1.6B at ``--big-size`` px with a
-random-importance plan at each F.
+also times one transformer call of a random SANA 1.5 1.6B at ``--big-size`` px, the second step
+of a cache plan (the first one computes every block and fills the cache) that skips the
+``(1 − F) × depth`` blocks of a random ranking, against the same call without a plan.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 python benchmarks/skipping.py --work /tmp/skipbench
 
@@ -36,8 +40,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from startup import median_interval  # noqa: E402
 
-FRACTIONS = (0.8, 0.6, 0.5, 0.4)
-METHODS = ("plan", "prune", "steps")
+FRACTIONS = (0.6, 0.8, 0.5, 0.4)  # 0.6 (the issue's goal) first: a cut-short run still answers it
+METHODS = ("cache", "identity", "prune", "steps")
+PLANS = {"cache": ("cache", "change"), "identity": ("identity", "cosine")}  # method: (mode, metric)
 RESAMPLES = 2000
 
 
@@ -143,21 +148,17 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ("full", 1.0, 1.0, {"model": model, "steps": args.steps})
     ]
     refused = []
-    for fraction in FRACTIONS:
-        try:
-            plan = make_skip_plan(importance, fraction)
-        except InputError as err:  # e.g. every block at a step: recorded, not sampled
-            refused.append({"fraction": fraction, "why": str(err)})
-            log(f"  plan F={fraction:g} refused: {err}")
-        else:
-            configs.append(
-                (
-                    "plan",
-                    fraction,
-                    plan.kept / plan.total,
-                    {"model": model, "steps": args.steps, "skip_plan": plan},
-                )
-            )
+    for fraction in args.fractions:
+        for method, (mode, plan_metric) in PLANS.items():
+            plan_metric = plan_metric if plan_metric == "change" else args.metric
+            try:
+                plan = make_skip_plan(importance, fraction, plan_metric, mode)
+            except InputError as err:  # e.g. every block at a step: recorded, not sampled
+                refused.append({"method": method, "fraction": fraction, "why": str(err)})
+                log(f"  {method} F={fraction:g} refused: {err}")
+                continue
+            kwargs = {"model": model, "steps": args.steps, "skip_plan": plan}
+            configs.append((method, fraction, plan.kept / plan.total, kwargs))
         keep = round(fraction * depth)
         pruned = work / f"pruned{tag}-{keep}"
         if not pruned.exists():
@@ -167,8 +168,9 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         configs.append(("steps", fraction, steps / args.steps, {"model": model, "steps": steps}))
     rows = []
     (work / "samples").mkdir(exist_ok=True)
+    configs = [c for c in configs if c[0] == "full" or c[0] in args.methods]
     for method, fraction, kept, kwargs in configs:
-        out = work / "samples" / f"{method}{tag if method in ('plan', 'prune') else ''}-{fraction:g}"
+        out = work / "samples" / f"{method}{tag if method in ('identity', 'prune') else ''}-{fraction:g}"
         started = time.perf_counter()
         if not (out / "manifest.jsonl").exists():
             sanatool.sample(kwargs.pop("model"), prompts, out, **common, **kwargs)
@@ -209,9 +211,9 @@ def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
 
     run()  # warm-up
     out = []
-    for fraction in FRACTIONS:
+    for fraction in args.fractions:
         try:
-            plan = make_skip_plan(importance, fraction)
+            plan = make_skip_plan(importance, fraction, "change", "cache")
         except InputError:
             continue  # refused plans are reported with the quality table
         ratios = []
@@ -227,45 +229,262 @@ def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
 
 
 def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One transformer call of a random SANA 1.5 1.6B with a random-importance plan at each F, against none."""
+    """Step 1 of a cache plan on a random SANA 1.5 1.6B (one transformer call) against the same call unplanned."""
     import torch
     from diffusers import SanaTransformer2DModel
 
     from sanatool.arch import preset_config
-    from sanatool.inference.skipping import apply_skip_plan, make_skip_plan
-    from sanatool.io.importance_file import Calibration, ImportanceResult
+    from sanatool.inference.skipping import SkipPlan, apply_skip_plan
 
     config = preset_config(args.big_preset)
     transformer = SanaTransformer2DModel(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
     depth = len(transformer.transformer_blocks)
     side = args.big_size // 32
-    latents = torch.randn(2, config["in_channels"], side, side)
-    text = torch.randn(2, 32, config["caption_channels"])
-    matrix = np.random.default_rng(0).random((1, depth))
-    importance = ImportanceResult(
-        "random", "cosine", Calibration("random", 1, 1, 4.5, 0), tuple(matrix[0]), (999.0,),
-        (tuple(matrix[0]),), extra={"sampler": "flow-dpm"},
-    )  # fmt: skip
+    latents = torch.randn(args.big_batch, config["in_channels"], side, side)
+    text = torch.randn(args.big_batch, 32, config["caption_channels"])
+    ranking = np.random.default_rng(0).permutation(depth)
 
     def run() -> float:
         started = time.perf_counter()
         with torch.no_grad():
-            transformer(latents, encoder_hidden_states=text, timestep=torch.tensor([999.0, 999.0]))
+            transformer(latents, encoder_hidden_states=text, timestep=torch.full((args.big_batch,), 999.0))
         return time.perf_counter() - started
 
     run()
     out = []
-    for fraction in FRACTIONS:
-        plan = make_skip_plan(importance, fraction)
+    for fraction in args.big_fractions:
+        skipped = frozenset(int(b) for b in ranking[: depth - round(fraction * depth)])
+        plan = SkipPlan(
+            "random", depth, 2, "flow-dpm", 4.5, "random", fraction, (frozenset(), skipped), "cache"
+        )
         ratios = []
         for _ in range(args.big_reps):
             full = run()
             with apply_skip_plan(transformer, plan):
-                skipped = run()
-            ratios.append(skipped / full)
+                run()  # step 0: every block runs and fills the cache
+                ratios.append(run() / full)
         median, low, high = median_interval(ratios)
-        out.append({"fraction": plan.kept / plan.total, "ratio": median, "low": low, "high": high})
-        log(f"  {args.big_preset} F={fraction:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+        kept = 1 - len(skipped) / depth
+        out.append({"fraction": kept, "ratio": median, "low": low, "high": high})
+        log(f"  {args.big_preset} F={kept:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+    return out
+
+
+PARTS = ("attn1", "attn2", "ff")  # linear self-attention, cross-attention, Mix-FFN
+
+
+def weighted_cache_plan(change: np.ndarray, weight: np.ndarray, keep: float) -> list[set[int]]:
+    """Greedy cache plan over lanes (a block, or one part of a block) of unequal cost.
+
+    The library's rule (``_cache_plan``: a call's error is its change accumulated since the lane
+    last ran, times the skipped calls it lengthens), ranked per unit of compute saved, until the
+    kept compute is at most ``keep`` of the total. Step 0 always runs.
+    """
+    steps, lanes = change.shape
+    skip: list[set[int]] = [set() for _ in range(steps)]
+    saved, target = 0.0, (1 - keep) * steps * weight.sum()
+    while saved < target - 1e-9:
+        best = None
+        for lane in range(lanes):
+            since = 0.0
+            for step in range(1, steps):
+                since += change[step, lane]
+                if lane in skip[step]:
+                    continue
+                following = 0
+                while step + 1 + following < steps and lane in skip[step + 1 + following]:
+                    following += 1
+                if len(skip[step]) < lanes - 1:
+                    candidate = (since * (1 + following) / weight[lane], -step, -lane)
+                    best = candidate if best is None or candidate < best else best
+                since = 0.0
+        if best is None:
+            break
+        skip[-best[1]].add(-best[2])
+        saved += weight[-best[2]]
+    return skip
+
+
+class PartCache:
+    """Cache skipping per part: a skipped part returns its output of its last run (the block gates it anew)."""
+
+    def __init__(self, transformer: Any, skip: list[set[int]]) -> None:
+        self.skip, self.step, self.calls, self.cache = skip, 0, 0, {}
+        self.patched = []
+        self.counter = transformer.register_forward_pre_hook(self.next_step)
+        for index, block in enumerate(transformer.transformer_blocks):
+            for number, name in enumerate(PARTS):
+                lane = index * len(PARTS) + number
+                if any(lane in row for row in skip):
+                    module = getattr(block, name)
+                    module.forward = self.wrap(lane, module.forward)
+                    self.patched.append(module)
+
+    def next_step(self, module: Any, args: Any) -> None:
+        self.step, self.calls = self.calls % len(self.skip), self.calls + 1
+        if self.step == 0:
+            self.cache.clear()
+
+    def wrap(self, lane: int, original: Any) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if lane in self.skip[self.step] and lane in self.cache:
+                return self.cache[lane]
+            self.cache[lane] = original(*args, **kwargs)
+            return self.cache[lane]
+
+        return forward
+
+    def __enter__(self) -> PartCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.counter.remove()
+        for module in self.patched:
+            del module.forward
+
+
+def part_changes(args: argparse.Namespace, pipe: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-step change of each block's and each part's contribution to the stream, and the parts' FLOP shares.
+
+    A part's contribution is what it adds to the hidden states (attn1: gated self-attention;
+    attn2: cross-attention; ff: gated Mix-FFN), so the three add up to the block's residual.
+    Returns ``(block change steps × depth, part change steps × depth·3, part FLOP share of a block)``.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sanatool.inference.pipeline import default_calibration_prompts
+    from sanatool.inference.sampler import PromptEncoder, check_size, denoise, image_seed, start_noise
+
+    blocks = pipe.transformer.transformer_blocks
+    depth = len(blocks)
+    prompts = [p.prompt for p in default_calibration_prompts(pipe)[: args.parts_calibration]]
+    encoder = PromptEncoder(pipe, None, "cpu")
+    embeds, mask = encoder.conditional(prompts)
+    negative = encoder.unconditional(len(prompts))
+    height, width = check_size(pipe, None)
+    noise, _ = start_noise(
+        pipe, [image_seed(args.seed, p, 0) for p in range(len(prompts))], height, width, "cpu"
+    )
+    seen: dict[tuple[int, str], Any] = {}
+    block_change = np.zeros((args.steps, depth))
+    part_change = np.zeros((args.steps, depth * len(PARTS)))
+    previous: dict[int, list[Any]] = {}
+    step = {"now": 0}
+
+    def note(index: int, what: str) -> Any:
+        def hook(module: Any, hook_args: Any, output: Any = None) -> None:
+            seen[(index, what)] = (hook_args[0] if output is None else output).detach().clone()
+            if what != "out":
+                return
+            h_in, mid, cross, h_out = (seen[(index, k)] for k in ("in", "mid", "cross", "out"))
+            now = [h_out - h_in, mid - h_in, cross, h_out - mid - cross]
+            if index in previous:
+                scale = h_out.abs().flatten(1).sum(1)
+                moved = [
+                    ((a - b).abs().flatten(1).sum(1) / scale).mean().item()
+                    for a, b in zip(now, previous[index], strict=True)
+                ]
+                block_change[step["now"], index] = moved[0]
+                part_change[step["now"], index * len(PARTS) : (index + 1) * len(PARTS)] = moved[1:]
+            previous[index] = now
+
+        return hook
+
+    handles = []
+    for index, block in enumerate(blocks):
+        handles += [
+            block.register_forward_pre_hook(note(index, "in")),
+            block.attn2.register_forward_pre_hook(note(index, "mid")),
+            block.attn2.register_forward_hook(note(index, "cross")),
+            block.register_forward_hook(note(index, "out")),
+        ]
+    try:
+        with torch.no_grad():
+            denoise(
+                pipe, noise, embeds, mask, negative, args.steps, 4.5, before_step=lambda i: step.update(now=i)
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        denoise(pipe, noise, embeds, mask, negative, 1, 4.5)
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    share = np.zeros(len(PARTS))
+    for index in range(depth):
+        name = next(k for k in flops if k.endswith(f"transformer_blocks.{index}"))
+        share += [flops.get(f"{name}.{part}", 0) / flops[name] / depth for part in PARTS]
+    return block_change, part_change, share
+
+
+def parts_experiment(args: argparse.Namespace, work: Path, sampled: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cache plans over parts (attention, cross-attention, FFN) against whole-block cache plans, same FLOPs."""
+    import sanatool
+    import sanatool.samples.writer as writer
+    from sanatool.inference.pipeline import load_pipeline
+    from sanatool.inference.sampler import resolve_sampler
+    from sanatool.inference.skipping import SkipPlan
+    from sanatool.io.modeldir import as_model_dir
+
+    model = as_model_dir(args.model)
+    pipe = load_pipeline(model, "cpu", "fp32")
+    block_change, part_change, share = part_changes(args, pipe)
+    depth = block_change.shape[1]
+    log(f"  part FLOP shares of a block: {dict(zip(PARTS, np.round(share, 3), strict=True))}")
+    weights = np.tile(share, depth)
+    prompts = suite_subset(args.per_category)
+    empty = SkipPlan(
+        model.fingerprint(),
+        depth,
+        args.steps,
+        resolve_sampler(model, None),
+        4.5,
+        "parts",
+        1.0,
+        (frozenset(),) * args.steps,
+    )
+    out = []
+    for fraction in args.parts_fractions:
+        skip = weighted_cache_plan(part_change, weights, fraction)
+        kept = 1 - sum(weights[lane] for row in skip for lane in row) / (args.steps * weights.sum())
+        target = work / "samples" / f"parts-{fraction:g}"
+        started = time.perf_counter()
+        if not (target / "manifest.jsonl").exists():
+            original = writer.apply_skip_plan
+            writer.apply_skip_plan = lambda pipe, plan, skip=skip: PartCache(pipe.transformer, skip)
+            try:
+                sanatool.sample(
+                    model,
+                    prompts,
+                    target,
+                    candidates=args.candidates,
+                    seed=args.seed,
+                    device="cpu",
+                    dtype="fp32",
+                    batch_size=16,
+                    steps=args.steps,
+                    skip_plan=empty,
+                )
+            finally:
+                writer.apply_skip_plan = original
+        correct = correct_matrix(target, len(prompts), args.candidates)
+        skipped = {
+            part: sum(1 for row in skip for lane in row if lane % len(PARTS) == n)
+            for n, part in enumerate(PARTS)
+        }
+        out.append(
+            {
+                "fraction": fraction,
+                "kept": kept,
+                "correct": correct,
+                "skipped": skipped,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        log(
+            f"  parts F={fraction:g}: kept {kept:.3f} of block FLOPs, skipped part-calls {skipped}, "
+            f"overall {overall(correct, sampled['categories']):.3f}"
+        )
     return out
 
 
@@ -277,10 +496,11 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (quality, speed) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, panels = plt.subplots(1, 2 if times else 1, figsize=(11 if times else 6, 4), squeeze=False)
+    quality = panels[0][0]
     full = next(r for r in rows if r["method"] == "full")
-    for method, marker in zip(METHODS, "osD", strict=True):
-        chosen = [full] + [r for r in rows if r["method"] == method]
+    for method, marker in zip(METHODS, "osD^", strict=True):
+        chosen = [full] + sorted((r for r in rows if r["method"] == method), key=lambda r: -r["kept"])
         xs = [r["kept"] for r in chosen]
         ys = [float(np.median(boot[key(r)])) for r in chosen]
         errors = np.array(
@@ -295,6 +515,7 @@ def plot(
     quality.invert_xaxis()
     quality.legend()
     if times:
+        speed = panels[0][1]
         speed.errorbar(
             [t["fraction"] for t in times], [t["ratio"] for t in times],
             yerr=np.array([[t["ratio"] - t["low"], t["high"] - t["ratio"]] for t in times]).T,
@@ -334,13 +555,26 @@ def main() -> None:
     parser.add_argument("--big-preset", default="sana1.5-1.6b")
     parser.add_argument("--big-size", type=int, default=1024)
     parser.add_argument("--big-reps", type=int, default=3)
+    parser.add_argument("--big-batch", type=int, default=2, help="Latents per call (2: both CFG branches).")
+    parser.add_argument("--big-fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--parts", action="store_true", help="Also plan and sample cache skipping per part (attn1/attn2/ff)."
+    )
+    parser.add_argument("--parts-fractions", type=float, nargs="+", default=[0.6, 0.4])
+    parser.add_argument(
+        "--parts-calibration", type=int, default=10, help="Calibration prompts for part changes."
+    )
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("skipping.png"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     sampled = sample_all(args, args.work)
     rows, categories = sampled["rows"], sampled["categories"]
-    boot = bootstrap_overall({key(r): r["correct"] for r in rows}, categories)
+    parts = parts_experiment(args, args.work, sampled) if args.parts else []
+    results = {key(r): r["correct"] for r in rows} | {f"parts-{p['fraction']:g}": p["correct"] for p in parts}
+    boot = bootstrap_overall(results, categories)
     log("timing the denoising loop")
     times = timing(args, sampled["importance"]) if args.reps else []
     big = big_timing(args) if args.big else []
@@ -355,13 +589,14 @@ def main() -> None:
             "overall": round(overall(r["correct"], categories), 4), "low": round(low, 4), "high": round(high, 4),
             "loss_vs_full": [round(loss_low, 4), round(loss_high, 4)], "sample_seconds": round(r["seconds"], 1),
         }  # fmt: skip
-        if r["method"] == "plan":
-            for other in ("prune", "steps"):
+        if r["method"] in PLANS:
+            names = {"prune": "pruning", "steps": "fewer steps", "identity": "identity skipping"}
+            for other in ("prune", "steps", "identity") if r["method"] == "cache" else ("prune", "steps"):
+                if f"{other}-{r['fraction']:g}" not in boot:
+                    continue
                 d_low, d_high = interval(boot[k] - boot[f"{other}-{r['fraction']:g}"])
                 line[f"vs_{other}"] = [round(d_low, 4), round(d_high, 4)]
-                line[f"verdict_{other}"] = beats(
-                    d_low, d_high, "pruning" if other == "prune" else "fewer steps"
-                )
+                line[f"verdict_{other}"] = beats(d_low, d_high, names[other])
             line["verdict_loss"] = (
                 "loses <= 0.03"
                 if loss_high <= 0.03
@@ -375,16 +610,17 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for line, r in zip(table, rows, strict=True):
-        verdicts = "; ".join(line[v] for v in ("verdict_loss", "verdict_prune", "verdict_steps") if v in line)
+        kinds = ("verdict_loss", "verdict_prune", "verdict_steps", "verdict_identity")
+        verdicts = "; ".join(line[v] for v in kinds if v in line)
         print(
             f"| {line['method']} | {line['target']:g} | {line['kept']:.3f} | {line['overall']:.3f} "
             f"[{line['low']:.3f}, {line['high']:.3f}] | {line['loss_vs_full'][0]:+.3f} … {line['loss_vs_full'][1]:+.3f} "
             f"| {r['seconds']:.0f} | {verdicts} |"
         )
     for plan in sampled["refused"]:
-        print(f"| plan | {plan['fraction']:g} | refused: {plan['why']} | | | | |")
+        print(f"| {plan['method']} | {plan['fraction']:g} | refused: {plan['why']} | | | | |")
     print(
-        "\n| plan keeps | denoising-loop wall, plan / full [95% CI] | ideal | within 10% of ideal speed-up |"
+        "\n| cache plan keeps | denoising-loop wall, plan / full [95% CI] | ideal | within 10% of ideal speed-up |"
     )
     print("|---|---|---|---|")
     for t in times:
@@ -396,13 +632,32 @@ def main() -> None:
               f"{within} ({speedup:.2f}× of {ideal:.2f}×) |")  # fmt: skip
     if big:
         print(
-            f"\n| {args.big_preset} plan keeps | one transformer call at {args.big_size} px, plan / full [95% CI] | ideal |"
+            f"\n| {args.big_preset} blocks kept | step 1 of a cache plan at {args.big_size} px, plan / full [95% CI] | ideal |"
         )
         print("|---|---|---|")
         for t in big:
             print(
                 f"| {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] | {t['fraction']:.3f} |"
             )
+    if parts:
+        print(
+            "\n| F (block FLOPs kept) | parts: skipped part-calls attn1/attn2/ff | parts overall [95% CI] "
+            "| cache (whole blocks) overall | parts − cache [95% CI] |"
+        )
+        print("|---|---|---|---|---|")
+    for part in parts:
+        k, other = f"parts-{part['fraction']:g}", f"cache-{part['fraction']:g}"
+        low, high = interval(boot[k])
+        versus = "(no whole-block cache run at this F)"
+        if other in boot:
+            d_low, d_high = interval(boot[k] - boot[other])
+            versus = f"{d_low:+.3f} … {d_high:+.3f}: {beats(d_low, d_high, 'whole blocks')}"
+            versus = f"{overall(results[other], categories):.3f} | {versus}"
+        sk = part["skipped"]
+        print(
+            f"| {part['kept']:.3f} | {sk['attn1']}/{sk['attn2']}/{sk['ff']} | "
+            f"{overall(part['correct'], categories):.3f} [{low:.3f}, {high:.3f}] | {versus} |"
+        )
     n = len(categories)
     print(
         f"\n{n} prompts ({args.per_category} per category) × {args.candidates} images, {args.steps} steps, "
@@ -417,6 +672,7 @@ def main() -> None:
                 "refused": sampled["refused"],
                 "timing": times,
                 "big": big,
+                "parts": [{k: v for k, v in p.items() if k != "correct"} for p in parts],
                 "args": {k: str(v) for k, v in vars(args).items()},
             },
             indent=2,

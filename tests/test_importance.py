@@ -58,6 +58,13 @@ def test_cosine_scores_equal_a_direct_computation_over_both_cfg_branches(tiny_pi
     for (t, block), [(h_in, h_out)] in kept.items():
         direct = (1 - F.cosine_similarity(h_in, h_out, dim=-1).mean(dim=-1)).mean()  # batch = both branches
         assert result.per_timestep[t][block] == pytest.approx(float(direct), rel=1e-5)
+        if t == 0:
+            assert result.extra["residual_change"][0][block] == 0.0  # no earlier step
+            continue
+        ((before_in, before_out),) = kept[(t - 1, block)]
+        moved = ((h_out - h_in) - (before_out - before_in)).abs().flatten(1).sum(dim=1)
+        relative = (moved / h_out.abs().flatten(1).sum(dim=1)).mean()  # per branch, then averaged
+        assert result.extra["residual_change"][t][block] == pytest.approx(float(relative), rel=1e-4)
     means = torch.tensor(result.per_timestep).mean(dim=0)
     assert list(result.scores) == pytest.approx(means.tolist(), rel=1e-6)
     assert list(result.ranking) == sorted(range(8), key=lambda b: -result.scores[b])

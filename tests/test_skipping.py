@@ -16,8 +16,13 @@ STEPS = 3
 DEPTH = 8
 
 
-def _importance(matrix, fingerprint="f" * 16, metric="cosine", sampler="flow-dpm") -> ImportanceResult:
+def _importance(
+    matrix, fingerprint="f" * 16, metric="cosine", sampler="flow-dpm", change=None
+) -> ImportanceResult:
     rows = [list(map(float, row)) for row in matrix]
+    extra = {"sampler": sampler}
+    if change is not None:
+        extra["residual_change"] = [list(map(float, row)) for row in change]
     scores = [sum(column) / len(rows) for column in zip(*rows, strict=True)]
     return ImportanceResult(
         fingerprint=fingerprint,
@@ -26,7 +31,7 @@ def _importance(matrix, fingerprint="f" * 16, metric="cosine", sampler="flow-dpm
         scores=tuple(scores),
         timesteps=tuple(float(999 - 100 * i) for i in range(len(rows))),
         per_timestep=tuple(tuple(row) for row in rows),
-        extra={"sampler": sampler},
+        extra=extra,
     )
 
 
@@ -35,14 +40,63 @@ def _random_matrix(steps: int, depth: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("budget", [1.0, 0.8, 0.6, 0.5, 0.4, 0.25])
-def test_plan_keeps_exactly_the_budget_and_skips_the_least_important_calls(budget):
+@pytest.mark.parametrize("mode", ["identity", "cache"])
+def test_plan_keeps_exactly_the_budget_and_skips_the_least_important_calls(budget, mode):
     matrix = _random_matrix(5, DEPTH)
-    plan = make_skip_plan(_importance(matrix), budget)
+    if mode == "cache" and budget < 1 / 5 + 4 / 5 / DEPTH:  # all of step 0 and one block per later step
+        with pytest.raises(InputError, match="too low"):
+            make_skip_plan(_importance(matrix), budget, mode=mode)
+        return
+    plan = make_skip_plan(_importance(matrix), budget, mode=mode)
     assert plan.kept == round(budget * 5 * DEPTH) and plan.total == 5 * DEPTH
+    assert (plan.mode, plan.metric) == (mode, "cosine")  # no residual_change in the file: its own matrix
+    first = 1 if mode == "cache" else 0
+    assert not plan.skip[0] or mode == "identity"  # nothing is cached before step 0
     skipped = [matrix[s, b] for s in range(5) for b in plan.skip[s]]
-    kept = [matrix[s, b] for s in range(5) for b in range(DEPTH) if b not in plan.skip[s]]
+    kept = [matrix[s, b] for s in range(first, 5) for b in range(DEPTH) if b not in plan.skip[s]]
     assert not skipped or max(skipped) < min(kept)
     assert SkipPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def test_a_cache_plan_on_the_residual_change_spreads_skips_by_their_accumulated_change():
+    # Skipping block 0 at steps 1 and 2 reuses its step-0 residual twice (0.3, then 0.3 + 0.3):
+    # dearer than skipping block 0 and block 1 once each at step 2 (0.3 + 0.4).
+    change = [[0.0, 0.0, 0.0], [0.3, 0.4, 1.0], [0.3, 0.4, 1.0]]
+    importance = _importance(_random_matrix(3, 3), change=change)
+    plan = make_skip_plan(importance, 7 / 9)
+    assert (plan.mode, plan.metric) == ("cache", "change")
+    assert [sorted(s) for s in plan.skip] == [[], [], [0, 1]]
+    # no step loses every block, step 0 loses none, and the budget stays exact
+    deep = make_skip_plan(importance, 5 / 9)
+    assert [sorted(s) for s in deep.skip] == [[], [0, 1], [0, 1]] and deep.kept == 5
+    with pytest.raises(InputError, match="too low: at most 4 of 9"):
+        make_skip_plan(importance, 0.4)
+    with pytest.raises(InputError, match="no residual_change matrix"):
+        make_skip_plan(_importance(_random_matrix(3, 3)), 0.8, metric="change")
+    with pytest.raises(InputError, match="unknown --skip-mode 'skip'"):
+        make_skip_plan(importance, 0.8, mode="skip")
+    identity = make_skip_plan(importance, 0.8, mode="identity")
+    assert identity.metric == "cosine"  # the change matrix predicts a cache plan's error only
+
+
+def test_plan_files_before_modes_read_as_identity_plans_with_their_old_ids():
+    import hashlib
+
+    plan = make_skip_plan(_importance(_random_matrix(STEPS, DEPTH)), 0.5, mode="identity")
+    data = plan.to_json()
+    del data["mode"]
+    old = SkipPlan.from_json(data)
+    assert old == plan and old.mode == "identity"
+    what = [old.fingerprint, old.steps, old.sampler, [sorted(b) for b in old.skip]]
+    assert old.plan_id() == hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+    from dataclasses import replace
+
+    cached = replace(plan, skip=(frozenset(),) + plan.skip[1:], mode="cache")
+    assert cached.plan_id() != replace(cached, mode="identity").plan_id()
+    with pytest.raises(InputError, match="cannot skip at step 0"):
+        SkipPlan.from_json({**data, "mode": "cache"})
+    with pytest.raises(InputError, match="mode must be one of"):
+        SkipPlan.from_json({**data, "mode": "fast"})
 
 
 def test_an_ablation_plan_ranks_a_call_by_the_divergence_it_adds_at_its_step():
@@ -77,6 +131,12 @@ def test_plan_skips_refuses_bad_budgets_and_a_step_with_every_block_skipped(cli,
     result = cli("plan-skips", path, "--budget", "0.9", "-o", tmp_path / "plan.json", "--json")
     assert result.code == 0 and json.loads(result.stdout)["kept"] == round(0.9 * STEPS * DEPTH)
     assert json.loads((tmp_path / "plan.json").read_text())["skip"][1] == [6, 7]  # ties: the higher blocks
+    result = cli("plan-skips", path, "--budget", "0.9", "--skip-mode", "fast", "-o", tmp_path / "p2.json")
+    assert result.code == 2 and "unknown --skip-mode 'fast'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "p2.json").exists()
+    result = cli("plan-skips", path, "--budget", "0.9", "--skip-mode", "identity", "-o", tmp_path / "p2.json")
+    assert result.code == 0 and "identity, planned on cosine" in result.stderr
+    assert json.loads((tmp_path / "p2.json").read_text())["mode"] == "identity"
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +146,19 @@ def plan(tiny_pipeline):
 
     model = open_model_dir(tiny_pipeline)
     matrix = _random_matrix(STEPS, DEPTH, seed=3)
-    return make_skip_plan(_importance(matrix, model.fingerprint(), sampler=resolve_sampler(model, None)), 0.5)
+    importance = _importance(matrix, model.fingerprint(), sampler=resolve_sampler(model, None))
+    return make_skip_plan(importance, 0.5, mode="identity")
+
+
+@pytest.fixture(scope="module")
+def cache_plan(tiny_pipeline):
+    from sanatool.inference.sampler import resolve_sampler
+    from sanatool.io.modeldir import open_model_dir
+
+    model = open_model_dir(tiny_pipeline)
+    matrix = _random_matrix(STEPS, DEPTH, seed=3)
+    importance = _importance(matrix, model.fingerprint(), sampler=resolve_sampler(model, None))
+    return make_skip_plan(importance, 0.7, mode="cache")
 
 
 @pytest.fixture(scope="module")
@@ -191,4 +263,102 @@ def test_sample_takes_the_plans_steps_and_sampler_unless_told(cli, tiny_pipeline
         plan.steps,
         plan.sampler,
         plan.plan_id(),
+    )
+
+
+def test_a_cache_plan_adds_the_last_residual_per_batch_row_and_starts_afresh_each_call(
+    tiny_pipeline, reference, cache_plan, tmp_path, one_torch_thread
+):
+    from PIL import Image
+
+    from sanatool.inference.sampler import diffusers_kwargs
+    from sanatool.samples.writer import sample_to_dir
+
+    out = sample_to_dir(
+        tiny_pipeline, ["a red circle"], tmp_path / "s", candidates=1, steps=STEPS, device="cpu",
+        skip_plan=cache_plan,
+    )  # fmt: skip
+    (record,), _ = read_manifest(out)
+    block = next(b for b in range(DEPTH) if b in cache_plan.skip[STEPS - 1])
+    calls: list[tuple] = []
+
+    def watch(module, args, output):
+        calls.append((args[0].clone(), output.clone()))
+
+    transformer = reference.transformer
+    watcher = transformer.transformer_blocks[block].register_forward_hook(watch)
+    try:
+        with apply_skip_plan(reference, cache_plan):
+            first = _pixels(reference(**diffusers_kwargs(record)).images[0])
+            second = _pixels(reference(**diffusers_kwargs(record)).images[0])
+    finally:
+        watcher.remove()
+    assert np.array_equal(first, second)  # the second call did not reuse the first one's residuals
+    assert np.abs(first - _pixels(Image.open(out / record["path"]))).max() <= 1
+    assert calls[0][0].shape[0] == 2  # both guidance branches in one batch, each with its own residual
+    last_run = None
+    for step, (hidden, output) in enumerate(calls[:STEPS]):
+        if block in cache_plan.skip[step]:
+            assert last_run is not None
+            assert np.allclose((output - hidden).numpy(), last_run.numpy(), atol=1e-5)
+        else:
+            last_run = output - hidden
+    assert not np.allclose(calls[-1][1].numpy(), calls[-1][0].numpy())  # not an identity
+    assert all("forward" not in b.__dict__ for b in transformer.transformer_blocks)
+
+
+def test_importance_scores_blocks_while_following_a_plan_and_refuses_another_models(
+    cli, tiny_pipeline, plan, tmp_path, one_torch_thread
+):
+    from dataclasses import replace
+
+    from sanatool.inference.importance import compute_importance
+
+    result = compute_importance(tiny_pipeline, ["a red circle"], device="cpu", skip_plan=plan)
+    assert result.calibration.steps == plan.steps and result.extra["sampler"] == plan.sampler
+    assert result.extra["skip_plan"] == plan.plan_id()
+    for step, row in enumerate(result.per_timestep):
+        for block, score in enumerate(row):  # a skipped (identity) call leaves its input as it is
+            assert (abs(score) < 1e-6) == (block in plan.skip[step]), (step, block, score)
+    other = write_skip_plan(tmp_path / "other.json", replace(plan, fingerprint="0" * 16))
+    out = tmp_path / "imp.json"
+    args = ("importance", tiny_pipeline, "--prompts", tmp_path / "p.txt", "-o", out, "--device", "cpu")
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    result = cli(*args, "--skip-plan", other)
+    assert result.code == 2 and "made for model 000000000000" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    result = cli(*args, "--skip-plan", write_skip_plan(tmp_path / "plan.json", plan), "--steps", "2")
+    assert result.code == 2 and "for 3 sampler steps, not 2" in result.stderr, result.stderr
+
+
+def test_a_cache_hook_runs_a_block_that_has_no_residual_for_its_batch_shape():
+    import torch
+
+    class Block(torch.nn.Module):
+        def forward(self, hidden):
+            return 2 * hidden + 1  # residual: hidden + 1
+
+    class Transformer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer_blocks = torch.nn.ModuleList([Block(), Block()])
+
+        def forward(self, hidden):
+            for block in self.transformer_blocks:
+                hidden = block(hidden)
+            return hidden
+
+    model = Transformer()
+    plan = SkipPlan("f" * 16, 2, 2, "flow-dpm", 4.5, "change", 0.75, (frozenset(), frozenset({0})), "cache")
+    first, second = torch.zeros(2, 3), torch.full((2, 3), 5.0)
+    with apply_skip_plan(model, plan) as handle:
+        model(first)  # step 0: block 0 caches residual 1 per row
+        assert torch.equal(model(second), 2 * (second + 1) + 1)  # step 1: 5 + cached 1, then block 1
+        model(first)
+        assert torch.equal(model(torch.zeros(4, 3)), torch.full((4, 3), 3.0))  # no residual of 4 rows: runs
+        handle.reset()
+        assert torch.equal(model(second), 2 * (2 * second + 1) + 1)  # step 0 again: every block runs
+    assert (
+        torch.equal(model(second), 2 * (2 * second + 1) + 1)
+        and "forward" not in model.transformer_blocks[0].__dict__
     )

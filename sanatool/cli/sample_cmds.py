@@ -226,6 +226,11 @@ def importance(
         "--metric",
         help="cosine: 1 − cos(block in, block out) (the paper); ablation: skip each block.",
     ),
+    skip_plan: Path | None = typer.Option(
+        None,
+        "--skip-plan",
+        help="Score the blocks while the sampler follows a plan from `plan-skips` (to re-plan under it).",
+    ),
     *,
     shared: dict[str, Any],
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
@@ -252,6 +257,7 @@ def importance(
             metric=metric,
             num_prompts=num_prompts,
             prompts_source=str(prompts_file) if prompts_file is not None else None,
+            skip_plan=skip_plan,
             **_sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result

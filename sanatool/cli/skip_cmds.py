@@ -8,6 +8,7 @@ import typer
 
 from sanatool.cli._app import app, console, emit
 from sanatool.cli.options import FORCE, JSON
+from sanatool.inference.skipping import DEFAULT_MODE
 
 
 @app.command("plan-skips")
@@ -20,16 +21,23 @@ def plan_skips(
     metric: str | None = typer.Option(
         None,
         "--metric",
-        help="cosine or ablation: the matrix to plan from; the importance file must hold it "
-        "(default: the one it holds).",
+        help="change (the residual's change per step), cosine or ablation: the matrix to plan from "
+        "(default: change for a cache plan when the file holds it, else the file's own matrix).",
+    ),
+    mode: str = typer.Option(
+        DEFAULT_MODE,
+        "--skip-mode",
+        help="cache: a skipped block adds the residual of its last run (never skips step 0); "
+        "identity: it passes its input through.",
     ),
     force: bool = FORCE,
     as_json: bool = JSON,
 ) -> None:
     """Choose which blocks to skip at which sampler steps so a fraction of the block-calls is kept.
 
-    The least important (step, block) calls of the importance file's per-timestep matrix are
-    skipped. The plan is for that model, step count and sampler only; `sample --skip-plan` and
+    The (step, block) calls of the importance file's per-timestep matrix that matter least are
+    skipped; in cache mode (the default) a skipped block reuses the residual it computed at its
+    last run. The plan is for that model, step count and sampler only; `sample --skip-plan` and
     `sanatool.apply_skip_plan(pipe, plan)` follow it.
 
     Example: sanatool plan-skips importance.json --budget 0.6 -o plan.json
@@ -37,11 +45,12 @@ def plan_skips(
     from sanatool.inference.skipping import make_skip_plan, write_skip_plan
     from sanatool.io.importance_file import read_importance_file
 
-    plan = make_skip_plan(read_importance_file(importance_file), budget, metric)
+    plan = make_skip_plan(read_importance_file(importance_file), budget, metric, mode)
     path = write_skip_plan(out, plan, force, source=str(importance_file))
     skipped = [len(blocks) for blocks in plan.skip]
     console.print(
-        f"keeps {plan.kept} of {plan.total} block-calls ({plan.kept / plan.total:.1%}); "
+        f"keeps {plan.kept} of {plan.total} block-calls ({plan.kept / plan.total:.1%}; {plan.mode}, "
+        f"planned on {plan.metric}); "
         f"blocks skipped per step: {' '.join(map(str, skipped))}"
     )
     emit({"path": str(path), **plan.to_json()} if as_json else path, as_json=as_json)

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError
-from sanatool.io.importance_file import Calibration, ImportanceResult, write_importance_file
+from sanatool.io.importance_file import METRICS, Calibration, ImportanceResult, write_importance_file
 from sanatool.io.prompts import PromptItem
 from sanatool.progress import ProgressFn, no_progress
 
-METRICS = ("cosine", "ablation")
 DEFAULT_NUM_PROMPTS = 100
 METRIC_DEFINITIONS = {
     "cosine": "1 - mean over tokens of cos(block input, block output); mean over prompts, CFG branches, timesteps",
@@ -43,8 +42,10 @@ METRIC_DEFINITIONS = {
 class CosineHooks:
     """Forward hooks on every block that add ``1 − mean_tokens cos(h_in, h_out)`` into ``sums[step, block]``.
 
-    Set :attr:`step` before each transformer call. Only one scalar per sample and block is
-    computed per call; the hidden states are never kept.
+    They also add the residual change ``‖r_s − r_{s−1}‖₁ / ‖h_out‖₁`` (``r = h_out − h_in``, per
+    sample) into ``changes[step, block]``: the error of reusing the block's last residual, which
+    cache skip plans rank on. Set :attr:`step` (:meth:`set_step`) before each transformer call;
+    step 0 starts a new trajectory. Only the last residual of each block is kept.
     """
 
     def __init__(self, blocks: Sequence[Any], steps: int, device: Any) -> None:
@@ -52,6 +53,8 @@ class CosineHooks:
 
         self.blocks = list(blocks)
         self.sums = torch.zeros(steps, len(self.blocks), dtype=torch.float32, device=device)
+        self.changes = torch.zeros(steps, len(self.blocks), dtype=torch.float32, device=device)
+        self._previous: dict[int, Any] = {}
         #: Samples (batch rows, both CFG branches) seen by block 0 at each step: the divisor of ``sums``.
         self.samples = [0] * steps
         self.step = 0
@@ -74,6 +77,14 @@ class CosineHooks:
             cosine = dot / norms.clamp_min(1e-8)  # (batch, tokens)
             # Σ over rows of (1 − mean over tokens of cos)
             self.sums[self.step, index] += rows - cosine.sum() / tokens
+            residual = hidden_out - hidden_in
+            previous = self._previous.get(index)
+            if previous is not None and previous.shape == residual.shape:
+                moved = (residual - previous).abs().flatten(1).sum(dim=1)
+                self.changes[self.step, index] += (
+                    moved / hidden_out.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
+                ).sum()
+            self._previous[index] = residual
             if index == 0:
                 self.samples[self.step] += rows
 
@@ -88,10 +99,13 @@ class CosineHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._previous.clear()
 
     def set_step(self, step: int) -> None:
-        """Attribute the next transformer call to sampler step ``step``."""
+        """Attribute the next transformer call to sampler step ``step`` (0: a new trajectory)."""
         self.step = step
+        if step == 0:
+            self._previous.clear()
 
 
 @contextmanager
@@ -175,6 +189,7 @@ def compute_importance(
     offload: bool = False,
     variant: str | None = None,
     allow_pickle: bool = False,
+    skip_plan: Any = None,
 ) -> ImportanceResult:
     """Score every block of a pipeline's transformer over calibration prompts (see the module docstring).
 
@@ -184,6 +199,9 @@ def compute_importance(
     ``sampler``/``steps`` ``None``: the pipeline's own scheduler and its default steps (SANA-Sprint:
     SCM, 2 steps, guidance embedded so one branch); ``variant``: the weight files of a path; ``offload``: models visit the GPU only while they run.
     ``allow_pickle`` lets pickle component weights load (torch's weights_only loader).
+    ``skip_plan`` (a :class:`~sanatool.inference.skipping.SkipPlan` or its file): every sampling
+    follows it, so the blocks are scored as the plan runs them (its steps and sampler unless
+    given; a plan for another model, step count or sampler is refused); the file records its id.
     """
     from sanatool.distributed import resolve_device, setup_distributed
     from sanatool.inference.pipeline import (
@@ -205,6 +223,7 @@ def compute_importance(
         step_timesteps,
         uses_cfg,
     )
+    from sanatool.inference.skipping import apply_skip_plan
     from sanatool.io.modeldir import as_model_dir
 
     if metric not in METRICS:
@@ -212,8 +231,17 @@ def compute_importance(
     check_settings(steps, guidance, sampler, batch_size)
     model = as_model_dir(model_spec, variant)
     model.require_pipeline("importance")
+    if skip_plan is not None:
+        from sanatool.inference.skipping import SkipPlan, read_skip_plan
+
+        if not isinstance(skip_plan, SkipPlan):
+            skip_plan = read_skip_plan(skip_plan)
+        sampler = skip_plan.sampler if sampler is None else sampler
+        steps = skip_plan.steps if steps is None else steps
     sampler = resolve_sampler(model, sampler)
     steps = default_steps(sampler) if steps is None else steps
+    if skip_plan is not None:
+        skip_plan.check(model.fingerprint(), steps, sampler)
     items, source_name = _prompt_set(model, prompts, num_prompts, prompts_source)
     height, width = check_size(model, size)
     import torch  # after every check that needs no model: a bad option is refused at once
@@ -238,7 +266,8 @@ def compute_importance(
         distances = torch.zeros(steps, depth, dtype=torch.float32, device=target)
         report = progress if dist.is_main else no_progress
         report("importance", 0, total)
-        with CosineHooks(transformer.transformer_blocks, steps, target) as hooks:
+        following = nullcontext() if skip_plan is None else apply_skip_plan(transformer, skip_plan)
+        with following, CosineHooks(transformer.transformer_blocks, steps, target) as hooks:
             for number, batch in enumerate(batches):
                 embeds, mask = encoder.conditional([items[p].prompt for p in batch])
                 negative = encoder.unconditional(len(batch)) if cfg else None
@@ -294,10 +323,12 @@ def compute_importance(
                 hooks.active = True
         samples = torch.tensor(hooks.samples, dtype=torch.float32, device=target)
         dist.all_reduce_sum(hooks.sums)
+        dist.all_reduce_sum(hooks.changes)
         dist.all_reduce_sum(samples)
         dist.all_reduce_sum(distances)
     cosine_matrix = (hooks.sums / samples.clamp_min(1.0)[:, None]).double().cpu()
     cosine_scores = [float(v) for v in cosine_matrix.mean(dim=0)]
+    change_matrix = (hooks.changes / samples.clamp_min(1.0)[:, None]).double().cpu()
     branches = ("cond", "uncond") if cfg else ("cond",)
     extra: dict[str, Any] = {
         "model": str(model.path),
@@ -305,7 +336,11 @@ def compute_importance(
         "sampler": sampler,
         "size": [height, width],
         "instruction": bool(chosen),
+        # row 0 is 0: there is no earlier step to change from
+        "residual_change": [[float(v) for v in row] for row in change_matrix],
     }
+    if skip_plan is not None:
+        extra["skip_plan"] = skip_plan.plan_id()
     if metric == "ablation":
         matrix = (distances / len(items)).double().cpu()
         scores = [float(v) for v in matrix[-1]]

@@ -4,11 +4,21 @@
 that shapes the layout at the first steps may be nearly an identity at the last ones, so instead
 of pruning a block at every step, :func:`make_skip_plan` skips the least important
 ``(step, block)`` calls of the whole matrix until only a fraction ``budget`` of the block-calls is
-left. A skipped block passes its input hidden states straight through (the residual stream).
+left. What a skipped call does is the plan's ``mode``:
 
-``cosine`` files are ranked on their matrix as written (``1 − cos`` at that step). ``ablation``
-files hold, per step, the divergence so far of the trajectory with the block removed at every
-step; a call is ranked on that divergence's growth over its step (the first row as is).
+- ``cache`` (as Learning-to-Cache, Δ-DiT, FORA and TeaCache do): the block adds the residual
+  (output − input) it computed at the last step it ran, so only the change of its contribution
+  since then is lost. Nothing is cached before the first step, so a cache plan never skips step 0.
+- ``identity``: the block passes its input hidden states straight through (the residual stream).
+
+The calls are ranked on one of the importance file's per-timestep matrices (``metric``):
+
+- ``change`` (for cache plans): how much the block's residual changes from one step to the next,
+  relative to its output (``residual_change``). Skipping a run of consecutive steps costs the sum
+  of their changes since the block last ran, so calls are skipped greedily by that running cost.
+- ``cosine``: the matrix as written (``1 − cos`` at that step).
+- ``ablation``: the divergence so far of the trajectory with the block removed at every step; a
+  call is ranked on that divergence's growth over its step (the first row as is).
 
 The plan file, format ``sanatool-skip-plan/1``::
 
@@ -16,9 +26,11 @@ The plan file, format ``sanatool-skip-plan/1``::
       "format": "sanatool-skip-plan/1",
       "fingerprint": "3f2a…",     # the model the importance file scored
       "depth": 20, "steps": 20, "sampler": "flow-dpm", "guidance": 4.5,
-      "metric": "cosine", "budget": 0.6, "kept": 240, "total": 400,
-      "skip": [[3, 17], [], …]     # one list per step: the blocks skipped at that step
+      "mode": "cache", "metric": "change", "budget": 0.6, "kept": 240, "total": 400,
+      "skip": [[], [3, 17], …]     # one list per step: the blocks skipped at that step
     }
+
+A plan without ``mode`` (written before modes existed) is an ``identity`` plan.
 
 :func:`apply_skip_plan` makes a loaded pipeline (sanatool's sampler or a plain diffusers
 ``SanaPipeline``) follow a plan: each transformer call is one sampler step (classifier-free
@@ -38,11 +50,16 @@ from typing import Any
 
 from sanatool import __version__
 from sanatool.errors import InputError
-from sanatool.inference.importance import METRICS
+from sanatool.io.importance_file import METRICS
 from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_file
 
 FORMAT = "sanatool-skip-plan/1"
+MODES = ("cache", "identity")
+DEFAULT_MODE = "cache"
+#: What each mode plans from by default: the matrix that predicts its error.
+DEFAULT_METRIC = {"cache": "change", "identity": "cosine"}
+PLAN_METRICS = ("change", *METRICS)
 _HOW_TO_MAKE = "make one with `sanatool plan-skips IMPORTANCE.json --budget F -o plan.json`"
 
 
@@ -58,8 +75,11 @@ class SkipPlan:
     metric: str
     budget: float
     skip: tuple[frozenset[int], ...]
+    mode: str = "identity"
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
             raise InputError(f"depth must be a positive integer, got {self.depth!r}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -73,6 +93,10 @@ class SkipPlan:
                 raise InputError(
                     f"the plan skips every block at step {step}: the transformer would do nothing there"
                 )
+        if self.mode == "cache" and self.skip and self.skip[0]:
+            raise InputError(
+                "a cache plan cannot skip at step 0: no residual is cached before the first step"
+            )
 
     @property
     def total(self) -> int:
@@ -86,7 +110,9 @@ class SkipPlan:
 
     def plan_id(self) -> str:
         """A short fingerprint of what the plan does (model, steps, sampler, skipped calls): the manifest's ``skip_plan``."""
-        what = [self.fingerprint, self.steps, self.sampler, [sorted(blocks) for blocks in self.skip]]
+        what: list[Any] = [self.fingerprint, self.steps, self.sampler, [sorted(b) for b in self.skip]]
+        if self.mode != "identity":  # identity plans keep the ids they had before modes existed
+            what.append(self.mode)
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def check(self, fingerprint: str, steps: int, sampler: str) -> None:
@@ -115,6 +141,7 @@ class SkipPlan:
             "steps": self.steps,
             "sampler": self.sampler,
             "guidance": self.guidance,
+            "mode": self.mode,
             "metric": self.metric,
             "budget": self.budget,
             "kept": self.kept,
@@ -147,13 +174,40 @@ class SkipPlan:
             metric=str(data.get("metric", "")),
             budget=float(data.get("budget", 0.0)),
             skip=tuple(frozenset(row) for row in skip),
+            mode=data.get("mode", "identity"),
         )
 
 
-def _call_scores(importance: Any) -> list[list[float]]:
-    """The importance of each (step, block) call: see the module docstring."""
+def _check_matrix(rows: Any, steps: int, depth: int, what: str) -> list[list[float]]:
+    if not isinstance(rows, list | tuple) or len(rows) != steps:
+        raise InputError(f"the importance file's {what} must hold one row per step ({steps})")
+    out = []
+    for row in rows:
+        if not isinstance(row, list | tuple) or len(row) != depth:
+            raise InputError(f"the importance file's {what} must hold one value per block ({depth}) per step")
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in row):
+            raise InputError(f"the importance file's {what} must hold finite numbers")
+        out.append([float(v) for v in row])
+    return out
+
+
+def _call_scores(importance: Any, metric: str) -> list[list[float]]:
+    """The per-step matrix a plan ranks calls on: see the module docstring."""
+    if metric == "change":
+        if "residual_change" not in importance.extra:
+            raise InputError(
+                "the importance file has no residual_change matrix (it predates it); rescore it with "
+                "`sanatool importance MODEL -o importance.json`, or pass --metric "
+                f"{importance.metric}"
+            )
+        return _check_matrix(
+            importance.extra["residual_change"],
+            importance.calibration.steps,
+            importance.depth,
+            "residual_change",
+        )
     rows = [list(row) for row in importance.per_timestep]
-    if importance.metric != "ablation":
+    if metric != "ablation":
         return rows
     return [rows[0]] + [
         [now - before for now, before in zip(row, prev, strict=True)]
@@ -161,39 +215,10 @@ def _call_scores(importance: Any) -> list[list[float]]:
     ]
 
 
-def make_skip_plan(importance: Any, budget: float, metric: str | None = None) -> SkipPlan:
-    """Skip the least important block-calls of ``importance``'s matrix so a fraction ``budget`` is kept.
-
-    ``importance`` is an :class:`~sanatool.io.importance_file.ImportanceResult`. Exactly
-    ``round(budget × steps × depth)`` calls are kept; ties go to the later step and higher block.
-    ``metric`` (``cosine``/``ablation``), when given, must be the file's. Raises
-    :class:`InputError` for a budget outside (0, 1] or a plan that would skip every block at a step.
-    """
-    if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget):
-        raise InputError(f"--budget must be a number in (0, 1], got {budget!r}")
-    if not 0 < budget <= 1:
-        raise InputError(f"--budget is the fraction of block-calls kept: it must be in (0, 1], got {budget}")
-    if metric is not None and metric not in METRICS:
-        raise InputError(f"unknown --metric {metric!r}; choose one of: {', '.join(METRICS)}")
-    if metric is not None and metric != importance.metric:
-        raise InputError(
-            f"the importance file holds the {importance.metric} matrix, not {metric}; make one with "
-            f"`sanatool importance MODEL --metric {metric} -o importance-{metric}.json`"
-        )
-    sampler = importance.extra.get("sampler")
-    if not isinstance(sampler, str):
-        raise InputError(
-            "the importance file does not record its sampler; rescore it with `sanatool importance`"
-        )
-    scores = _call_scores(importance)
-    steps, depth = len(scores), importance.depth
-    if steps != importance.calibration.steps:
-        raise InputError(
-            f"the importance file scores {steps} timesteps but records {importance.calibration.steps} steps"
-        )
-    total = steps * depth
-    drop = total - round(budget * total)
-    calls = sorted((scores[s][b], -s, -b) for s in range(steps) for b in range(depth))[:drop]
+def _static_plan(scores: list[list[float]], drop: int, first: int, budget: float) -> list[set[int]]:
+    """Skip the ``drop`` lowest-scoring calls from step ``first`` on (ties: later step, higher block)."""
+    steps, depth = len(scores), len(scores[0])
+    calls = sorted((scores[s][b], -s, -b) for s in range(first, steps) for b in range(depth))[:drop]
     skip: list[set[int]] = [set() for _ in range(steps)]
     for _, step, block in calls:
         skip[-step].add(-block)
@@ -203,15 +228,102 @@ def make_skip_plan(importance: Any, budget: float, metric: str | None = None) ->
             f"--budget {budget} would skip every block at step {full[0]}, where the transformer would then do "
             "nothing; raise --budget"
         )
+    return skip
+
+
+def _cache_plan(change: list[list[float]], drop: int) -> list[set[int]]:
+    """Greedily skip the calls whose reuse adds the least accumulated residual change.
+
+    Reusing block ``b``'s residual from step ``c`` (its last run) at step ``s`` errs by about the
+    sum of its changes over steps ``c+1 … s``; skipping ``s`` also lengthens the reuse of every
+    skipped step right after it, so its marginal cost is that sum times (1 + those steps). Step 0
+    is never skipped and no step loses every block.
+    """
+    steps, depth = len(change), len(change[0])
+    skip: list[set[int]] = [set() for _ in range(steps)]
+    for _ in range(drop):
+        best: tuple[float, int, int] | None = None
+        for block in range(depth):
+            since = 0.0  # accumulated change since the block last ran
+            for step in range(1, steps):
+                since += change[step][block]
+                if block in skip[step]:
+                    continue
+                following = 0
+                while step + 1 + following < steps and block in skip[step + 1 + following]:
+                    following += 1
+                if len(skip[step]) < depth - 1:
+                    cost = since * (1 + following)
+                    candidate = (cost, -step, -block)
+                    if best is None or candidate < best:
+                        best = candidate
+                since = 0.0
+        if best is None:
+            raise InputError(
+                "the budget is too low: every step but the first would lose every block; raise --budget"
+            )
+        skip[-best[1]].add(-best[2])
+    return skip
+
+
+def make_skip_plan(
+    importance: Any, budget: float, metric: str | None = None, mode: str = DEFAULT_MODE
+) -> SkipPlan:
+    """Skip the block-calls of ``importance``'s matrix that matter least so a fraction ``budget`` is kept.
+
+    ``importance`` is an :class:`~sanatool.io.importance_file.ImportanceResult`; ``mode`` is
+    ``cache`` or ``identity`` (what a skipped call does, see the module docstring). ``metric``
+    (``change``/``cosine``/``ablation``) picks the matrix; ``None``: ``change`` for a cache plan
+    when the file holds it, else the file's own matrix. Exactly ``round(budget × steps × depth)``
+    calls are kept; a cache plan keeps all of step 0. Raises :class:`InputError` for a budget
+    outside (0, 1], a matrix the file lacks, or a plan that would skip every block at a step.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget):
+        raise InputError(f"--budget must be a number in (0, 1], got {budget!r}")
+    if not 0 < budget <= 1:
+        raise InputError(f"--budget is the fraction of block-calls kept: it must be in (0, 1], got {budget}")
+    if mode not in MODES:
+        raise InputError(f"unknown --skip-mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if metric is not None and metric not in PLAN_METRICS:
+        raise InputError(f"unknown --metric {metric!r}; choose one of: {', '.join(PLAN_METRICS)}")
+    if metric is None:
+        wanted = DEFAULT_METRIC[mode]
+        metric = wanted if wanted == "change" and "residual_change" in importance.extra else importance.metric
+    if metric != "change" and metric != importance.metric:
+        raise InputError(
+            f"the importance file holds the {importance.metric} matrix, not {metric}; make one with "
+            f"`sanatool importance MODEL --metric {metric} -o importance-{metric}.json`"
+        )
+    sampler = importance.extra.get("sampler")
+    if not isinstance(sampler, str):
+        raise InputError(
+            "the importance file does not record its sampler; rescore it with `sanatool importance`"
+        )
+    steps, depth = len(importance.per_timestep), importance.depth
+    if steps != importance.calibration.steps:
+        raise InputError(
+            f"the importance file scores {steps} timesteps but records {importance.calibration.steps} steps"
+        )
+    scores = _call_scores(importance, metric)
+    total = steps * depth
+    drop = total - round(budget * total)
+    first = 1 if mode == "cache" or metric == "change" else 0
+    if drop > (steps - first) * (depth - 1):
+        raise InputError(
+            f"--budget {budget} is too low: at most {(steps - first) * (depth - 1)} of {total} block-calls can be "
+            "skipped (every step keeps a block" + (", and a cache plan all of step 0)" if first else ")")
+        )
+    skip = _cache_plan(scores, drop) if metric == "change" else _static_plan(scores, drop, first, budget)
     return SkipPlan(
         fingerprint=importance.fingerprint,
         depth=depth,
         steps=steps,
         sampler=sampler,
         guidance=float(importance.calibration.guidance),
-        metric=importance.metric,
+        metric=metric,
         budget=float(budget),
         skip=tuple(frozenset(blocks) for blocks in skip),
+        mode=mode,
     )
 
 
@@ -244,7 +356,10 @@ class SkipHandle:
 
     Each transformer call counts as the next sampler step, wrapping around after ``plan.steps``
     calls, so every pipeline call must run ``plan.steps`` steps (call :meth:`reset` after an
-    interrupted one).
+    interrupted one). In ``cache`` mode each block the plan skips keeps the residual of its last
+    run, one per batch row (so both classifier-free guidance branches keep their own); the cache
+    is dropped at every step 0, and a skipped call with no cached residual for its batch shape
+    (e.g. after :meth:`reset` mid-call with another batch size) runs the block instead.
     """
 
     def __init__(self, transformer: Any, plan: SkipPlan) -> None:
@@ -256,6 +371,7 @@ class SkipHandle:
         self.plan = plan
         self.step = 0
         self._calls = 0
+        self._cache: dict[int, Any] = {}
         self._patched: list[tuple[Any, Any]] = []
         self._counter = transformer.register_forward_pre_hook(self._next_step)
         for index, block in enumerate(blocks):
@@ -265,25 +381,35 @@ class SkipHandle:
     def _next_step(self, module: Any, args: Any) -> None:
         self.step = self._calls % self.plan.steps
         self._calls += 1
+        if self.step == 0:
+            self._cache.clear()  # a new pipeline call: residuals of the last one are stale
 
     def _patch(self, index: int, block: Any) -> None:
         # An instance ``forward`` (accelerate's offload hooks set one) is kept and put back on removal.
         own = block.__dict__.get("forward")
         original = block.forward
         skip = self.plan.skip
+        cache = self._cache if self.plan.mode == "cache" else None
 
         def forward(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
-            if index in skip[self.step]:
-                return hidden_states
-            return original(hidden_states, *args, **kwargs)
+            skipped = index in skip[self.step]
+            if cache is None:
+                return hidden_states if skipped else original(hidden_states, *args, **kwargs)
+            residual = cache.get(index)
+            if skipped and residual is not None and residual.shape == hidden_states.shape:
+                return hidden_states + residual
+            output = original(hidden_states, *args, **kwargs)
+            cache[index] = (output - hidden_states).detach()
+            return output
 
         block.forward = forward
         self._patched.append((block, own))
 
     def reset(self) -> None:
-        """Make the next transformer call step 0 again."""
+        """Make the next transformer call step 0 again (and drop cached residuals)."""
         self._calls = 0
         self.step = 0
+        self._cache.clear()
 
     def remove(self) -> None:
         """Restore the blocks' own forwards and stop counting steps (idempotent)."""
@@ -294,6 +420,7 @@ class SkipHandle:
             else:
                 block.forward = own
         self._patched.clear()
+        self._cache.clear()
 
     def __enter__(self) -> SkipHandle:
         return self

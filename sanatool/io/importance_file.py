@@ -15,6 +15,11 @@ One JSON object, format ``sanatool-importance/1``::
       "ranking": [0, 7, …]                # blocks from most to least important
     }
 
+Files from ``importance`` also hold ``residual_change`` (one row per timestep, one value per
+block: how much the block's residual changed since the previous step, relative to its output;
+row 0 is 0), which cache skip plans rank on (``plan-skips --metric change``); older files without
+it stay readable. A file scored under a skip plan records the plan's id (``skip_plan``).
+
 ``prune --keep K --importance FILE`` keeps ``ranking[:K]`` in their original order, after checking
 the file belongs to the model being pruned. Unknown extra keys are allowed (later versions may add
 some); a different ``format`` is refused.
@@ -36,6 +41,8 @@ from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_file
 
 FORMAT = "sanatool-importance/1"
+#: How ``importance`` scores blocks (``--metric``).
+METRICS = ("cosine", "ablation")
 CFG_BRANCHES = ("cond", "uncond")
 _SCHEMA_KEYS = frozenset(
     (
