@@ -220,3 +220,76 @@ def test_bad_lora_input_exits_2_and_writes_nothing(
     assert expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert _snapshot(tmp_path) == before
     assert (_snapshot(cache) if cache.exists() else {}) == cache_before  # not even a latent cache
+
+
+def test_parse_lora_spec(tmp_path):
+    from sanatool.errors import InputError
+    from sanatool.inference.lora import LORA_WEIGHTS_NAME, parse_lora_spec
+
+    (tmp_path / "a:b").mkdir()
+    (tmp_path / "a:b" / LORA_WEIGHTS_NAME).write_bytes(b"")
+    file = tmp_path / "style.safetensors"
+    file.write_bytes(b"")
+    assert parse_lora_spec(str(tmp_path / "a:b")).path == tmp_path / "a:b" / LORA_WEIGHTS_NAME
+    assert parse_lora_spec(f"{tmp_path / 'a:b'}:0.25").scale == 0.25
+    spec = parse_lora_spec(f"{file}:1.5")
+    assert spec.path == file and spec.scale == 1.5
+    assert parse_lora_spec(str(file)).scale == 1.0
+    for bad, message in (
+        (f"{file}:-1", "finite number ≥ 0"),
+        (f"{file}:nan", "finite number ≥ 0"),
+        (f"{file}:abc", "SCALE a number"),
+        (str(tmp_path), "holds no pytorch_lora_weights"),
+        (str(tmp_path / "missing.safetensors"), "does not exist"),
+    ):
+        with pytest.raises(InputError, match=message):
+            parse_lora_spec(bad)
+
+
+def _sample(cli, model, out, *extra):
+    return cli("sample", model, "--prompt", "a red circle", "-n", "2", "--steps", "2", "-o", out, *extra)
+
+
+def test_sample_with_a_lora_unmerged(cli, lora_runs, tiny_pipeline, tmp_path):
+    from sanatool.io.manifest import read_manifest
+
+    lora = lora_runs / "lora"
+    assert _sample(cli, tiny_pipeline, tmp_path / "plain").code == 0
+    res = _sample(cli, tiny_pipeline, tmp_path / "zero", "--lora", f"{lora}:0")
+    assert res.code == 0, res.stderr
+    res = _sample(cli, tiny_pipeline, tmp_path / "full", "--lora", str(lora))
+    assert res.code == 0, res.stderr
+    images = {name: _snapshot(tmp_path / name / "images") for name in ("plain", "zero", "full")}
+    assert images["zero"] == images["plain"]  # scale 0: the base model
+    assert images["full"] != images["plain"]
+    records, _ = read_manifest(tmp_path / "full")
+    assert records[0]["lora"][0]["scale"] == 1.0 and len(records[0]["lora"][0]["fingerprint"]) == 16
+    assert "lora" not in read_manifest(tmp_path / "plain")[0][0]
+    # The LoRA and its scale are settings of the samples dir: --resume refuses another one.
+    res = _sample(cli, tiny_pipeline, tmp_path / "full", "--lora", f"{lora}:0.5", "--resume")
+    assert res.code == 2 and "lora" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("case", ["narrower", "deeper", "not-lora", "negative"])
+def test_sample_refuses_a_lora_for_another_model(cli, lora_runs, tiny_pipeline, tmp_path, case):
+    import torch
+    from safetensors.torch import save_file
+
+    key = "transformer.transformer_blocks.{}.attn1.to_q.lora_{}.weight"
+    file = tmp_path / "other.safetensors"
+    lora = str(file)
+    if case == "narrower":  # a LoRA of a 32-wide SANA
+        save_file({key.format(0, "A"): torch.zeros(4, 32), key.format(0, "B"): torch.zeros(32, 4)}, str(file))
+    elif case == "deeper":  # a block the 8-block model does not have
+        save_file(
+            {key.format(11, "A"): torch.zeros(4, 128), key.format(11, "B"): torch.zeros(128, 4)}, str(file)
+        )
+    elif case == "not-lora":
+        lora = str(tiny_pipeline / "transformer" / "diffusion_pytorch_model.safetensors")
+    else:
+        lora = f"{lora_runs / 'lora'}:-0.5"
+    before = _snapshot(tmp_path)
+    res = _sample(cli, tiny_pipeline, tmp_path / "out", "--lora", lora)
+    assert res.code == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert _snapshot(tmp_path) == before

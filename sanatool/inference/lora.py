@@ -134,6 +134,10 @@ def parse_lora_spec(text: str) -> LoraSpec:
             path_text = head
             if not math.isfinite(scale) or scale < 0:
                 raise InputError(f"--lora {text}: the scale must be a finite number ≥ 0, got {tail}")
+    if sep and path_text == text and not Path(text).expanduser().exists():
+        raise InputError(
+            f"--lora {text}: no such LoRA; give PATH[:SCALE], PATH a LoRA dir or .safetensors file and SCALE a number"
+        )
     return LoraSpec(lora_file(path_text), scale)
 
 
