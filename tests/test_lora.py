@@ -293,3 +293,45 @@ def test_sample_refuses_a_lora_for_another_model(cli, lora_runs, tiny_pipeline, 
     assert res.code == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert _snapshot(tmp_path) == before
+
+
+def test_two_process_ddp_lora_matches_single_process(tiny_pipeline, shapes_data, tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from sanatool.training import TrainOptions, run_training
+
+    run_training(
+        TrainOptions(
+            source=str(tiny_pipeline),
+            data=shapes_data,
+            out=tmp_path / "one",
+            steps=2,
+            optimizer="adamw",
+            lr=1e-2,
+            batch_size=4,
+            device="cpu",
+            seed=4,
+            lora_rank=2,
+        )  # fmt: skip
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "sanatool", "finetune", str(tiny_pipeline), "--data", str(shapes_data), "-o", str(tmp_path / "two"),
+        "--batch-size", "2", "--steps", "2", "--optimizer", "adamw", "--lr", "1e-2", "--device", "cpu",
+        "--seed", "4", "--lora-rank", "2", "--save-every", "1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "address" in proc.stderr.lower():
+        pytest.skip("gloo cannot open a socket on this machine")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "two.checkpoints" / "step-00000001" / "pytorch_lora_weights.safetensors").is_file()
+    name = "pytorch_lora_weights.safetensors"
+    a, b = load_file(str(tmp_path / "one" / name)), load_file(str(tmp_path / "two" / name))
+    assert a.keys() == b.keys()
+    update = sum(float(a[k].pow(2).sum()) for k in a if ".lora_B." in k) ** 0.5
+    disagreement = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+    assert update > 0 and disagreement / update < 1e-2
