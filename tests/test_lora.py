@@ -335,3 +335,61 @@ def test_two_process_ddp_lora_matches_single_process(tiny_pipeline, shapes_data,
     update = sum(float(a[k].pow(2).sum()) for k in a if ".lora_B." in k) ** 0.5
     disagreement = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
     assert update > 0 and disagreement / update < 1e-2
+
+
+def test_convert_a_lora_to_original_keys_and_back(cli, lora_runs, tiny_pipeline, tmp_path):
+    """Both files compute the same update: on the original checkpoint's fused qkv/kv, and back in diffusers."""
+    import torch
+    from diffusers import SanaPipeline, SanaTransformer2DModel
+    from safetensors.torch import load_file, save_file
+
+    original = tmp_path / "lora-original.safetensors"
+    res = cli("convert", lora_runs / "lora", "-o", original)
+    assert res.code == 0 and res.stdout.strip() == str(original), res.stderr
+    tensors = load_file(str(original))
+    assert tensors["blocks.0.attn.qkv.lora_A.weight"].shape == (12, 128)  # q, k, v stacked: rank 3 × 4
+    assert tensors["blocks.0.attn.qkv.lora_B.weight"].shape == (384, 12)
+    assert tensors["blocks.0.mlp.inverted_conv.conv.lora_A.weight"].shape == (4, 128, 1, 1)
+    back = tmp_path / "lora-back"
+    assert cli("convert", original, "-o", back).code == 0
+    pipe = SanaPipeline.from_pretrained(str(tiny_pipeline))
+    pipe.load_lora_weights(str(lora_runs / "lora"))
+    expected = _forward(pipe.transformer)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(str(back))
+    torch.testing.assert_close(_forward(pipe.transformer), expected, atol=1e-5, rtol=1e-4)
+    # The original-key file, applied to the original checkpoint's weights (W + alpha/rank · B·A) and
+    # converted to diffusers, is the adapted model too.
+    checkpoint = tmp_path / "tiny-original.safetensors"
+    assert cli("convert", tiny_pipeline, "-o", checkpoint).code == 0
+    weights = load_file(str(checkpoint))
+    for key in [k for k in tensors if k.endswith(".lora_A.weight")]:
+        module = key.removesuffix(".lora_A.weight")
+        down, up = tensors[key], tensors[f"{module}.lora_B.weight"]
+        scale = float(tensors[f"{module}.alpha"]) / down.shape[0]
+        weight = weights[f"{module}.weight"]
+        weights[f"{module}.weight"] = weight + scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    save_file(weights, str(checkpoint))
+    assert cli("convert", checkpoint, "-o", tmp_path / "adapted").code == 0
+    adapted = SanaTransformer2DModel.from_pretrained(str(tmp_path / "adapted"))
+    torch.testing.assert_close(_forward(adapted), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_convert_refuses_a_lora_it_cannot_place(cli, lora_runs, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    stray = tmp_path / "stray.safetensors"
+    save_file({"transformer.nowhere.lora_A.weight": torch.zeros(2, 4), "transformer.nowhere.lora_B.weight": torch.zeros(4, 2)}, str(stray))  # fmt: skip
+    for args, message in (
+        ([stray, "-o", tmp_path / "x.safetensors"], "no place in the original SANA layout"),
+        (
+            [lora_runs / "lora", "-o", tmp_path / "x.pth", "--format", "pth"],
+            "a LoRA converts to a safetensors",
+        ),
+    ):
+        res = cli("convert", *args)
+        assert res.code == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, (
+            res.stderr
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stray.safetensors"]
