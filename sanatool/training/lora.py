@@ -37,8 +37,9 @@ LORA_FORMAT = "sanatool-lora/1"
 def check_lora_run(opts: TrainOptions, config: dict[str, Any]) -> None:
     """Refuse what a LoRA run cannot do, before anything is loaded or written (options already validated).
 
-    Targets that match no module of the transformer; int8/nf4 without CUDA; options that train or
-    keep full weights (``--ema``, ``--train-text-encoder``) or shard them (``--fsdp``).
+    Targets that match no module of the transformer; int8/nf4 without CUDA; a base precision with
+    nothing frozen; options that train or keep full weights (``--ema``, ``--train-text-encoder``) or
+    shard them (``--fsdp``).
     """
     from sanatool.distributed import resolve_device
 
@@ -48,6 +49,11 @@ def check_lora_run(opts: TrainOptions, config: dict[str, Any]) -> None:
             "--base-precision bf16 on this device, or run on a CUDA GPU"
         )
     if opts.lora_rank is None:
+        if opts.base_precision is not None and opts.teacher is None:
+            raise InputError(
+                f"--base-precision {opts.base_precision} sets the precision of a frozen model (the base of "
+                "--lora-rank R); a full fine-tune trains every weight in fp32: add --lora-rank R or drop it"
+            )
         return
     for flag, given in (
         ("--ema", opts.ema_decay is not None),

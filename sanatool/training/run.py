@@ -196,7 +196,7 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     """
     validate_options(opts)
     sources = resolve_sources(opts)
-    if opts.lora_rank is not None:
+    if opts.lora_rank is not None or opts.base_precision is not None:
         from sanatool.training.lora import check_lora_run
 
         check_lora_run(opts, sources.config)
