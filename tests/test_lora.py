@@ -81,9 +81,12 @@ def test_lora_file_loads_in_plain_diffusers_and_equals_the_merged_model(lora_run
     assert a.shape == (4, 128) and b.shape == (128, 4) and b.abs().sum() > 0  # B moved off its zero init
     record = json.loads((out / "sanatool.json").read_text())
     assert record["lora"]["rank"] == 4 and record["lora"]["targets"][-1] == "conv_inverted"
+    from sanatool.errors import ModelDirError
     from sanatool.io.modeldir import open_model_dir
 
     assert record["base"]["fingerprint"] == open_model_dir(tiny_pipeline).fingerprint()
+    with pytest.raises(ModelDirError, match="is a LoRA, not a model dir"):
+        open_model_dir(out)
 
     # Plain diffusers: the pipeline loads the dir, and its transformer computes base + (alpha/r)·B·A.
     pipe = SanaPipeline.from_pretrained(str(tiny_pipeline))
