@@ -106,6 +106,20 @@ def test_lora_file_loads_in_plain_diffusers_and_equals_the_merged_model(lora_run
     by_hand = _forward(base)
     assert not torch.allclose(plain, by_hand, atol=1e-4)  # the adapter changes the output
     torch.testing.assert_close(adapted, by_hand, atol=1e-5, rtol=1e-4)
+    # The in-memory adapted model (as training builds it, adapters read back from OUT) computes it too.
+    from sanatool.training import TrainOptions
+    from sanatool.training.lora import build_lora_transformer, load_lora_state
+    from sanatool.training.options import validate_options
+
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "conv_inverted")
+    opts = TrainOptions(
+        data=Path("d"), out=Path("o"), steps=1, source=str(tiny_pipeline), lora_rank=4, lora_alpha=8.0,
+        lora_targets=targets,
+    )  # fmt: skip
+    validate_options(opts)
+    in_memory = build_lora_transformer(opts, tiny_pipeline / "transformer")
+    load_lora_state(in_memory, out)
+    torch.testing.assert_close(_forward(in_memory), adapted, atol=1e-5, rtol=1e-4)
     # --merge writes a whole model dir with the same function.
     merged = SanaTransformer2DModel.from_pretrained(str(lora_runs / "merged" / "transformer"))
     torch.testing.assert_close(_forward(merged), adapted, atol=1e-5, rtol=1e-4)
