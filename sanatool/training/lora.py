@@ -123,7 +123,9 @@ def load_base_transformer(path: Path, variant: str | None, base_precision: str |
             quant = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
             )
-        extra = {"quantization_config": quant, "device_map": {"": str(device)}}
+        target = torch.device(device)
+        index = target.index if target.index is not None else torch.cuda.current_device()
+        extra = {"quantization_config": quant, "device_map": {"": index}}
     try:
         return load_component(SanaTransformer2DModel, path, dtype, variant, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
