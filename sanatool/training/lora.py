@@ -49,7 +49,7 @@ def check_lora_run(opts: TrainOptions, config: dict[str, Any]) -> None:
             "--base-precision bf16 on this device, or run on a CUDA GPU"
         )
     if opts.lora_rank is None:
-        if opts.base_precision is not None and opts.teacher is None:
+        if opts.base_precision is not None:
             raise InputError(
                 f"--base-precision {opts.base_precision} sets the precision of a frozen model (the base of "
                 "--lora-rank R); a full fine-tune trains every weight in fp32: add --lora-rank R or drop it"
