@@ -14,7 +14,8 @@ from sanatool.cli.options import ALLOW_PICKLE, FORCE, MAX_SHARD_SIZE, VARIANT, c
 def convert(
     src: str = typer.Argument(
         ...,
-        help="A diffusers model dir (pipeline or bare transformer), or an original SANA .safetensors/.pth.",
+        help="A diffusers model dir (pipeline or bare transformer), or an original SANA .safetensors/.pth; "
+        "or a LoRA (a LoRA dir or .safetensors file, diffusers or original keys).",
     ),
     out: Path = typer.Option(
         ...,
@@ -51,6 +52,10 @@ def convert(
     Any depth, with or without QK-norm, SANA 1.0, 1.5 and Sprint. Tensors diffusers has no slot for
     (the null caption y_embedding, pos_embed) are kept beside the diffusers weights and restored on
     the way back. Streams tensor by tensor: memory stays near one block.
+
+    A LoRA converts to the other naming: diffusers' (a finetune --lora-rank output) to one
+    .safetensors file with original keys (blocks.N.attn.qkv.lora_A.weight …, fused q/k/v stacked),
+    and back to a LoRA dir that SanaPipeline.load_lora_weights reads.
 
     Example: sanatool convert SANA1.5_4.8B.safetensors --components sana15-pipeline -o sana15-dir
     """

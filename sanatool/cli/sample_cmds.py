@@ -122,6 +122,12 @@ def sample(
         "00000/samples/00000.png … from --prompts evaluation_metadata.jsonl (manifest.jsonl and grid.png "
         "beside them), for the GenEval toolkit.",
     ),
+    lora: list[str] | None = typer.Option(
+        None,
+        "--lora",
+        help="Sample with a LoRA, unmerged: PATH[:SCALE], PATH a LoRA dir or .safetensors file (scale 1.0); "
+        "repeat for several.",
+    ),
     *,
     shared: dict[str, Any],
     resume: bool = typer.Option(
@@ -175,6 +181,7 @@ def sample(
             progress=progress,
             skip_plan=skip_plan,
             layout=layout,
+            lora=lora or (),
             **_sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result

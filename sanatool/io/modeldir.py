@@ -149,6 +149,10 @@ def open_transformer_dir(path: Path, variant: str | None = None) -> TransformerD
     """
     config_path = path / "config.json"
     if not config_path.is_file():
+        if (path / "pytorch_lora_weights.safetensors").is_file():
+            raise ModelDirError(
+                f"{path} is a LoRA, not a model dir: sample with it as `sanatool sample BASE_MODEL --lora {path}`"
+            )
         raise ModelDirError(f"{path} is not a model dir: it has no config.json (nor model_index.json)")
     config = _read_json(config_path, "config")
     validate_config(config, config_path)

@@ -69,6 +69,7 @@ from sanatool.surgery.convert_keys import (
     describe_original,
     key_pairs,
 )
+from sanatool.surgery.convert_lora import LoraConvertResult, convert_lora, lora_source
 from sanatool.surgery.plan import shard_size
 
 #: The header field (safetensors ``__metadata__``, or a top-level key of a ``.pth``) with sanatool's record.
@@ -622,9 +623,22 @@ def convert(
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressFn = no_progress,
-) -> ConvertResult:
-    """Convert either way: a model dir (or ``builtin:NAME``) → an original file, an original file → a diffusers dir."""
+) -> ConvertResult | LoraConvertResult:
+    """Convert either way: a model dir (or ``builtin:NAME``) → an original file, an original file → a diffusers dir.
+
+    A LoRA (diffusers' LoRA dir or file, or a file with original keys) converts to the other naming
+    (:func:`~sanatool.surgery.convert_lora.convert_lora`).
+    """
     path = Path(str(src)).expanduser()
+    if lora_source(path) is not None:
+        for flag, given in (
+            ("--components", components is not None),
+            ("--variant", variant is not None),
+            ("--format pth", fmt != "safetensors"),
+        ):
+            if given:
+                raise InputError(f"{flag} is for model checkpoints; a LoRA converts to a safetensors LoRA")
+        return convert_lora(path, out, dtype, force)
     if path.is_file():
         if variant is not None:
             raise InputError("--variant picks the weights of a model dir; the source is a single file")
@@ -642,8 +656,14 @@ def convert(
     return convert_to_original(src, out, fmt, dtype, variant, seed, force, progress)
 
 
-def describe_bytes(result: ConvertResult) -> str:
+def describe_bytes(result: ConvertResult | LoraConvertResult) -> str:
     """One line for people: what was written."""
+    if isinstance(result, LoraConvertResult):
+        naming = "original" if result.direction == "lora-to-original" else "diffusers"
+        return (
+            f"LoRA of {result.modules} modules ({result.depth} blocks) in {naming} keys, "
+            f"{human_bytes(result.bytes)} written to {result.out}"
+        )
     qk = "QK-norm" if result.qk_norm else "no QK-norm"
     kind = ", Sprint" if result.sprint else ""
     return f"{result.depth} blocks, {qk}{kind}, {human_bytes(result.bytes)} written to {result.out}"
