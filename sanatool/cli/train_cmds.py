@@ -234,6 +234,16 @@ def finetune(
         "--lr",
         help="Peak learning rate (default: 1e-5 with came/came8bit, whose early steps are ~10x AdamW's; 1e-4 otherwise).",
     ),
+    teacher: Path | None = typer.Option(
+        None,
+        "--teacher",
+        help="Distil from this model dir (e.g. the unpruned model): frozen, same inputs; depth may differ, width not.",
+    ),
+    distill_weight: float | None = typer.Option(
+        None,
+        "--distill-weight",
+        help="w in (1 − w)·flow-matching loss + w·‖v_student − v_teacher‖² (default 1: pure distillation).",
+    ),
 ) -> None:
     """Fine-tune a pipeline's transformer with flow matching; the text encoder and VAE stay frozen
     (unless [bold]--train-text-encoder[/], for the shapes world's small encoder).
@@ -242,9 +252,11 @@ def finetune(
     [bold]torchrun --nproc-per-node N[/] with DDP ([bold]--fsdp[/] for FSDP2). Ctrl-C saves a
     checkpoint; [bold]--resume[/] continues bit for bit. Writes loss.jsonl and loss.png into OUT.
 
-    Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100
+    [bold]--teacher[/] heals a pruned or grown model by distillation from the model it came from.
+
+    Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100 --teacher full/
     """
-    _run(shared, source=model, optimizer=optimizer, lr=lr)
+    _run(shared, source=model, optimizer=optimizer, lr=lr, teacher=teacher, distill_weight=distill_weight)
 
 
 @app.command()
