@@ -205,8 +205,13 @@ def _dry_run(opts: Any, as_json: bool) -> None:
         emit(budget.to_json(), as_json=True)
         return
     settings = budget.settings
+    lora = (
+        f", LoRA rank {settings['lora_rank']} ({human_count(settings['trained_params'])} trained)"
+        if settings["mode"] == "lora"
+        else ""
+    )
     title = (
-        f"memory per device: {human_count(settings['params'])} params, batch {settings['batch_size']}, "
+        f"memory per device: {human_count(settings['params'])} params{lora}, batch {settings['batch_size']}, "
         f"{settings['latent_side']}×{settings['latent_side']} latents, {settings['optimizer']}, {settings['precision']}"
         + (", grad checkpointing" if settings["grad_checkpointing"] else "")
     )
@@ -215,9 +220,11 @@ def _dry_run(opts: Any, as_json: bool) -> None:
     table.add_column("memory", justify="right")
     for name, value in budget.rows.items():
         table.add_row(name, human_bytes(value))
-    table.add_row(bold("total"), bold(human_bytes(budget.total)))
+    phased = budget.forward_only or budget.backward_only
+    table.add_row(bold("total (peak)" if phased else "total"), bold(human_bytes(budget.total)))
     fits = ", ".join(f"{size}: {'yes' if ok else 'no'}" for size, ok in budget.fits().items())
-    table.caption = f"fits (with ~1.5 GB for CUDA context and buffers): {fits}"
+    note = " The peak holds autocast's forward copies or the gradients, never both." if phased else ""
+    table.caption = f"fits (with ~1.5 GB for CUDA context and buffers): {fits}.{note}"
     # The budget is this command's result, so the table goes to stdout.
     make_console().print(table)
 

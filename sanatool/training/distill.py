@@ -31,10 +31,11 @@ def _width(config: dict[str, Any]) -> dict[str, Any]:
     return width
 
 
-def open_teacher(spec: Any, student_config: dict[str, Any], components: ModelDir) -> ModelDir:
+def open_teacher(spec: Any, student_config: dict[str, Any], components: ModelDir | None) -> ModelDir:
     """Open and check the teacher of a distillation run (headers only); raise :class:`InputError` if it cannot teach.
 
-    ``components`` is the pipeline whose text encoder and VAE made the student's latent cache.
+    ``components`` is the pipeline whose text encoder and VAE made the student's latent cache (``None``:
+    not known, as in a dry run of a bare transformer; the encoders are then not compared).
     """
     try:
         teacher = open_model_dir(str(spec))
@@ -47,7 +48,7 @@ def open_teacher(spec: Any, student_config: dict[str, Any], components: ModelDir
             f"the teacher {spec} has another architecture width: {', '.join(differ)}; a teacher may differ in "
             "depth only (e.g. the unpruned model this one was pruned from)"
         )
-    if teacher.kind == "pipeline":
+    if teacher.kind == "pipeline" and components is not None:
         from sanatool.training.cache import encoder_hash
 
         if encoder_hash(teacher.path) != encoder_hash(components.path):
