@@ -172,6 +172,57 @@ TRAINING_OPTIONS = (
 )
 
 
+def _lora_targets(value: str | None) -> tuple[str, ...] | None:
+    """``--lora-targets to_q,to_k`` → ``("to_q", "to_k")`` (an empty name is refused by the options check)."""
+    return None if value is None else tuple(part.strip() for part in value.split(","))
+
+
+# ``finetune`` only: a LoRA fine-tune (TrainOptions' LoRA fields).
+LORA_OPTIONS = (
+    Opt(
+        "lora_rank",
+        int | None,
+        typer.Option(
+            None,
+            "--lora-rank",
+            help="Train LoRA adapters of this rank (the base stays frozen) instead of every weight.",
+        ),
+    ),
+    Opt(
+        "lora_alpha", float | None, typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank).")
+    ),
+    Opt(
+        "lora_targets",
+        str | None,
+        typer.Option(
+            None,
+            "--lora-targets",
+            help="Modules to adapt, comma-separated (default: to_q,to_k,to_v; e.g. add to_out.0,conv_inverted).",
+            callback=_lora_targets,
+        ),
+    ),
+    Opt(
+        "lora_dropout", float, typer.Option(0.0, "--lora-dropout", help="Dropout on the LoRA branch's input.")
+    ),
+    Opt(
+        "merge",
+        bool,
+        typer.Option(
+            False, "--merge", help="Write a whole model dir with the adapters merged, not the LoRA file."
+        ),
+    ),
+    Opt(
+        "base_precision",
+        str | None,
+        typer.Option(
+            None,
+            "--base-precision",
+            help="Hold the frozen base in bf16, or int8/nf4 (bitsandbytes, CUDA only); adapters stay fp32.",
+        ),
+    ),
+)
+
+
 def _run(shared: dict[str, Any], **command_options: Any) -> None:
     """Build the run's options from the shared set and the command's own, then dry-run or train."""
     from sanatool.training.options import TrainOptions
@@ -230,7 +281,7 @@ def _dry_run(opts: Any, as_json: bool) -> None:
 
 
 @app.command()
-@with_options(*TRAINING_OPTIONS)
+@with_options(*TRAINING_OPTIONS, *LORA_OPTIONS)
 def finetune(
     model: str = typer.Argument(..., help="Pipeline dir to fine-tune, or builtin:tiny-shapes."),
     *,
@@ -259,7 +310,10 @@ def finetune(
     [bold]torchrun --nproc-per-node N[/] with DDP ([bold]--fsdp[/] for FSDP2). Ctrl-C saves a
     checkpoint; [bold]--resume[/] continues bit for bit. Writes loss.jsonl and loss.png into OUT.
 
-    [bold]--teacher[/] heals a pruned or grown model by distillation from the model it came from.
+    With [bold]--lora-rank R[/] only LoRA adapters train (peft) and OUT holds
+    pytorch_lora_weights.safetensors (SanaPipeline.load_lora_weights reads it) and sanatool.json;
+    [bold]--merge[/] writes a whole model dir instead. [bold]--teacher[/] heals a pruned or grown
+    model by distillation from the model it came from.
 
     Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100 --teacher full/
     """

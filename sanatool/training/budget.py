@@ -208,7 +208,7 @@ def memory_budget(
     lora_rank: int | None = None,
     lora_targets: tuple[str, ...] | None = None,
     base_precision: str | None = None,
-    teacher_params: int | None = None,
+    teacher_config: dict[str, Any] | None = None,
     grad_accum: int = 1,
 ) -> Budget:
     """The per-device memory of training ``config`` with the given settings.
@@ -219,7 +219,8 @@ def memory_budget(
     forward pass and halves the activations. ``encoders_bytes`` (text encoder + VAE) is reported
     as the separate, earlier cache phase, not added to the training total. ``lora_rank`` budgets a
     LoRA run (adapters on ``lora_targets``, the base frozen in ``base_precision``; see the module
-    docstring); ``teacher_params`` adds a frozen distillation teacher held in the compute dtype. With
+    docstring); ``teacher_config`` adds a frozen distillation teacher, held as the frozen base is (a
+    full fine-tune's teacher: in the compute dtype). With
     ``grad_accum`` > 1 later micro-steps run their forward pass beside the gradients of earlier ones,
     so nothing is phased.
     """
@@ -262,8 +263,12 @@ def memory_budget(
             f"optimizer state ({optimizer}, adapters)": int(estimate_state_bytes(optimizer, adapters)),
         }
         backward_only.append("gradients (fp32, adapters)")
-    if teacher_params is not None:
-        rows[f"teacher weights (frozen, {precision})"] = teacher_params * act_dtype.itemsize
+    teacher_params = None
+    if teacher_config is not None:
+        teacher = build_meta_transformer(teacher_config)
+        teacher_params = sum(p.numel() for p in teacher.parameters())
+        held = base_precision or ("bf16" if precision == "bf16" else None)
+        rows[f"teacher weights (frozen, {held or 'fp32'})"] = frozen_base_bytes(teacher, held)
     rows["activations"] = activation_bytes(
         config, batch_size, side, text_len, act_dtype, grad_checkpointing, lora=lora
     )

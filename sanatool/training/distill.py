@@ -66,20 +66,28 @@ def teacher_identity(teacher: ModelDir) -> dict[str, str]:
     return {"fingerprint": teacher.fingerprint(), "weights": content_hash(teacher.transformer.path)}
 
 
-def load_teacher(teacher: ModelDir, dtype: str, device: Any) -> Any:
-    """The teacher's transformer, frozen (eval mode, no gradients), in ``dtype`` (``bf16``/``fp32``) on ``device``."""
+def load_teacher(teacher: ModelDir, precision: str, device: Any) -> Any:
+    """The teacher's transformer, frozen (eval mode, no gradients) on ``device``.
+
+    ``precision``: ``fp32`` or ``bf16``, or a LoRA run's ``--base-precision`` (``int8``/``nf4``
+    through bitsandbytes, CUDA only), so the teacher costs what the student's frozen base costs.
+    """
     from diffusers import SanaTransformer2DModel
 
     from sanatool.arch import torch_dtype
     from sanatool.errors import ModelDirError
     from sanatool.inference.pipeline import load_component
 
-    path = teacher.transformer.path
-    try:
-        model = load_component(
-            SanaTransformer2DModel, path, torch_dtype(dtype), teacher.component_variant("transformer")
-        )
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ModelDirError(f"cannot load the teacher's transformer in {path}: {err}") from err
+    path, variant = teacher.transformer.path, teacher.component_variant("transformer")
+    if precision in ("int8", "nf4"):
+        from sanatool.training.lora import load_base_transformer
+
+        model = load_base_transformer(path, variant, precision, device)
+    else:
+        try:
+            model = load_component(SanaTransformer2DModel, path, torch_dtype(precision), variant)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelDirError(f"cannot load the teacher's transformer in {path}: {err}") from err
+        model.to(device)
     model.requires_grad_(False)
-    return model.to(device).eval()
+    return model.eval()

@@ -49,11 +49,11 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
         encoders_bytes = _folder_bytes(components, "text_encoder") + _folder_bytes(components, "vae")
     side = opts.resolution // factor if opts.resolution else int(config.get("sample_size") or 32)
     shards = int(os.environ.get("WORLD_SIZE", "1")) if opts.fsdp else 1
-    teacher_params = None
+    teacher_config = None
     if opts.teacher is not None:
         from sanatool.training.distill import open_teacher
 
-        teacher_params = open_teacher(opts.teacher, config, components).transformer.num_params
+        teacher_config = open_teacher(opts.teacher, config, components).transformer.config
     return memory_budget(
         config,
         batch_size=opts.batch_size,
@@ -67,7 +67,7 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
         lora_rank=opts.lora_rank,
         lora_targets=opts.lora_targets,
         base_precision=opts.base_precision,
-        teacher_params=teacher_params,
+        teacher_config=teacher_config,
         grad_accum=opts.grad_accum,
     )
 

@@ -100,6 +100,8 @@ class Trainer:
         self.flow_shift = flow_shift
         self.time_scale = num_train_timesteps * timestep_scale
         self.generator = torch.Generator().manual_seed(opts.seed)
+        if opts.lora_dropout:  # LoRA dropout draws from torch's global generator: make it --seed's too
+            torch.manual_seed(opts.seed)
         self.stream = DataStream(reader.count, self.generator)
         self.step_count = 0
         self.ema = None
@@ -107,7 +109,9 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(model.parameters(), decay=opts.ema_decay)
-        self.autocast = resolve_precision(opts.precision, ctx.device.type) == "bf16"
+        # A LoRA run's base in --base-precision is not fp32: it computes in bf16 whatever --precision says.
+        lowered_base = opts.lora_rank is not None and opts.base_precision is not None
+        self.autocast = lowered_base or resolve_precision(opts.precision, ctx.device.type) == "bf16"
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -255,15 +259,23 @@ class Trainer:
 
     def random_state(self) -> dict[str, Any]:
         """The data-order and random-number state (identical on every rank)."""
+        import torch
+
+        # torch's own generator draws what the model itself draws (LoRA dropout).
         return {
             "generator": self.generator.get_state(),
             "perm": self.stream.perm.clone(),
             "pos": self.stream.pos,
+            "torch": torch.get_rng_state(),
         }
 
     def load_random_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`random_state` saved."""
+        import torch
+
         self.generator.set_state(state["generator"])
+        if "torch" in state:  # checkpoints of earlier versions lack it
+            torch.set_rng_state(state["torch"])
         self.stream.perm = state["perm"]
         self.stream.pos = int(state["pos"])
 

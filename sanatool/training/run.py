@@ -211,6 +211,10 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     """
     validate_options(opts)
     sources = resolve_sources(opts)
+    if opts.lora_rank is not None:
+        from sanatool.training.lora import check_lora_run
+
+        check_lora_run(opts, sources.config)
     if opts.train_text_encoder:
         from sanatool.inference.pipeline import default_instruction
 
@@ -259,9 +263,28 @@ class _Run:
 
     @property
     def checkpoints(self) -> CheckpointPlan:
+        if self.opts.lora_rank is not None:  # a LoRA run's checkpoints hold the adapters, never the base
+            from sanatool.training.lora import lora_state
+
+            return CheckpointPlan(
+                self.opts,
+                self.run_dir,
+                self.sources.identity,
+                self.cache.meta["key"],
+                self.write_adapters,
+                weights=lora_state,
+            )
         return CheckpointPlan(
             self.opts, self.run_dir, self.sources.identity, self.cache.meta["key"], self.write_model
         )
+
+    def write_adapters(self, root: Path, weights: dict[str, Any], dtype: str, summary: str) -> None:
+        """A LoRA dir: diffusers' ``pytorch_lora_weights.safetensors`` of ``weights`` and ``sanatool.json``."""
+        from sanatool.training.lora import adapter_metadata, write_lora_dir
+
+        assert self.sources.parent is not None
+        metadata = adapter_metadata(self.trainer.model)
+        write_lora_dir(root, weights, metadata, dtype, self.sources.parent, self.opts, summary)
 
     def write_model(self, root: Path, weights: dict[str, Any], dtype: str, summary: str) -> None:
         """A full pipeline dir: carried components, the transformer (and a trained text encoder)."""
@@ -322,9 +345,21 @@ def _train(
     return _summary(run, out, start_step, resume_from is not None, losses, seconds)
 
 
-def _load_model(opts: TrainOptions, sources: Sources, resume_from: Path | None) -> tuple[Any, Any]:
+def _load_model(
+    opts: TrainOptions, sources: Sources, resume_from: Path | None, device: Any = "cpu"
+) -> tuple[Any, Any]:
     """The model to train (from the checkpoint, the parent or fresh) and the text encoder if it trains too."""
     variant = sources.components.variant
+    if opts.lora_rank is not None:
+        from sanatool.training.lora import build_lora_transformer, load_lora_state
+
+        assert sources.parent is not None
+        model = build_lora_transformer(opts, sources.parent.transformer.path, variant, device)
+        if resume_from is not None:
+            load_lora_state(model, resume_from)
+        if opts.grad_checkpointing:
+            model.enable_gradient_checkpointing()
+        return model, None
     if resume_from is not None:
         model = load_transformer(resume_from / "transformer", variant)
     elif sources.parent is not None:
@@ -354,8 +389,10 @@ def _build_run(
     """Load the model onto the device, wrap it for DDP/FSDP, and build its optimizer and trainer."""
     from sanatool.training.loop import Trainer
 
-    model, text_encoder = _load_model(opts, sources, resume_from)
-    model.to(ctx.device).train()
+    model, text_encoder = _load_model(opts, sources, resume_from, ctx.device)
+    if not getattr(model, "is_quantized", False):  # a bitsandbytes base is loaded onto its device
+        model.to(ctx.device)
+    model.train()
     wrapped = wrap_model(model, ctx, opts.fsdp)
     optimizer = _build_optimizer(opts, model)
     shift, timesteps = _scheduler_settings(sources.components)
@@ -364,8 +401,9 @@ def _build_run(
     if sources.teacher is not None:
         from sanatool.training.distill import load_teacher
 
-        autocast = resolve_precision(opts.precision, ctx.device.type) == "bf16"
-        teacher = load_teacher(sources.teacher, "bf16" if autocast else "fp32", ctx.device)
+        # In the student's base precision (a LoRA run's), else in the precision the step computes in.
+        compute = "bf16" if resolve_precision(opts.precision, ctx.device.type) == "bf16" else "fp32"
+        teacher = load_teacher(sources.teacher, opts.base_precision or compute, ctx.device)
     trainer = Trainer(
         opts,
         ctx,
@@ -478,14 +516,28 @@ def _report_step(
 def _write_output(run: _Run, out: Path, dataset: ImageDataset) -> None:
     """Write the trained model (the EMA weights with ``--ema``) with its loss log and curve to ``out``."""
     opts, ctx, sources = run.opts, run.ctx, run.sources
-    weights = run.trainer.final_weights() or full_state_dict(run.trainer.wrapped, ctx, opts.fsdp)
+    lora = opts.lora_rank is not None
+    if lora:
+        from sanatool.training.lora import lora_state, merged_weights
+
+        weights = lora_state(run.trainer.wrapped)
+    else:
+        weights = run.trainer.final_weights() or full_state_dict(run.trainer.wrapped, ctx, opts.fsdp)
     out_dtype = opts.dtype or (stored_dtype(sources.parent) if sources.parent is not None else "fp32")
     if ctx.is_main:
         records = read_log(run.live_log)
         with atomic_output_dir(out, force=opts.force, inputs=[*sources.inputs, dataset.root]) as tmp:
             detail = ", text encoder trained" if opts.train_text_encoder else ""
+            if lora:
+                detail += f", LoRA rank {opts.lora_rank}{' merged' if opts.merge else ''}"
             summary = f"{opts.command}({opts.preset + ', ' if opts.preset else ''}{opts.steps} steps{detail})"
-            run.write_model(tmp, weights, out_dtype, summary)
+            if lora and not opts.merge:
+                run.write_adapters(tmp, weights, opts.dtype or "fp32", summary)
+            else:
+                if lora:
+                    assert sources.parent is not None
+                    weights = merged_weights(opts, sources.parent, weights)
+                run.write_model(tmp, weights, out_dtype, summary)
             shutil.copyfile(run.live_log, tmp / LOSS_LOG)
             plot_loss(records, tmp / LOSS_CURVE, title=f"{opts.command}: {out.name}")
         if not opts.save_every:
