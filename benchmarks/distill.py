@@ -9,7 +9,7 @@ run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base'
 - ``loraR``: LoRA of rank R on the default targets (``--lora-rank R --merge``), the adapters merged
   into a whole model for sampling;
 - ``distill``: a full fine-tune with ``--teacher`` = the unpruned model (pure distillation, w = 1);
-- ``loraR+distill``: both.
+- ``loraR+distill``: both; ``distillW`` (e.g. ``distill0.5``) mixes in flow matching with ``--distill-weight W``.
 
 A run is ``METHOD[@LR]`` (default lr: ``--lr`` for full fine-tunes, ``--lora-lr`` for LoRA), so a
 learning-rate sweep is a list of runs, every one of which lands in the table (nothing is
@@ -48,18 +48,23 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """``METHOD[@LR]`` → the run's name, LoRA rank (or None), teacher flag and lr."""
     method, _, lr = spec.partition("@")
     parts = method.split("+")
-    rank = None
+    rank, weight = None, None
     for part in parts:
         if part.startswith("lora"):
             rank = int(part[4:])
-        elif part not in ("plain", "distill"):
-            raise SystemExit(f"--runs: unknown method {method!r} (plain, loraR, distill, loraR+distill)")
+        elif part.startswith("distill"):
+            weight = float(part[7:] or 1.0)
+        elif part != "plain":
+            raise SystemExit(
+                f"--runs: unknown method {method!r} (plain, loraR, distill[W], loraR+distill[W])"
+            )
     default_lr = args.lora_lr if rank is not None else args.lr
     return {
         "name": spec,
         "method": method,
         "rank": rank,
-        "teacher": "distill" in parts,
+        "teacher": weight is not None,
+        "distill_weight": weight,
         "lr": float(lr) if lr else default_lr,
     }
 
@@ -100,7 +105,7 @@ def finetune(args: argparse.Namespace, run: dict[str, Any], work: Path, base: An
             data=data, out=out, steps=args.steps, source=str(pruned), optimizer=args.optimizer,
             lr=run["lr"], batch_size=args.batch_size, seed=args.seed, cache_dir=work / "cache",
             warmup_steps=min(args.warmup, args.steps - 1), precision="fp32", force=True,
-            teacher=base.path if run["teacher"] else None,
+            teacher=base.path if run["teacher"] else None, distill_weight=run["distill_weight"],
         )  # fmt: skip
         if run["rank"] is not None:
             opts.lora_rank, opts.merge = run["rank"], True
