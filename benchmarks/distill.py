@@ -206,12 +206,14 @@ def main() -> None:
         low, high = interval(boot[name])
         ratio_low, ratio_high = interval(boot[name] / boot["full"])
         info = trained.get(name, {})
+        versus = interval(boot[name] - boot["plain"]) if "plain" in boot and name != "plain" else None
         rows.append({
             "run": name, "lr": info.get("lr"), "overall": round(overall(m, categories), 4),
             "low": round(low, 4), "high": round(high, 4), "of_full": round(overall(m, categories) / full, 4),
             "of_full_low": round(ratio_low, 4), "of_full_high": round(ratio_high, 4),
             "loss_last10": info.get("loss_last10"), "flow_loss_last10": info.get("flow_loss_last10"),
             "train_seconds": info.get("seconds"),
+            "vs_plain": None if versus is None else [round(versus[0], 4), round(versus[1], 4)],
         })  # fmt: skip
     kept = json.loads((pruned / "sanatool.json").read_text())["chain"][-1]["args"].get("kept")
     result = {
@@ -229,17 +231,19 @@ def main() -> None:
     )
     print("")
     print(
-        "| run | lr | eval overall [95% CI] | % of full [95% CI] | train loss (last 10) | flow loss (last 10) |"
+        "| run | lr | eval overall [95% CI] | % of full [95% CI] | − plain [95% CI] | train loss (last 10) "
+        "| flow loss (last 10) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         loss = "—" if r["loss_last10"] is None else f"{r['loss_last10']:.4f}"
         flow = "—" if r["flow_loss_last10"] is None else f"{r['flow_loss_last10']:.4f}"
         lr = "—" if r["lr"] is None else f"{r['lr']:g}"
+        versus = "—" if r["vs_plain"] is None else f"[{r['vs_plain'][0]:+.3f}, {r['vs_plain'][1]:+.3f}]"
         print(
             f"| {r['run']} | {lr} | {r['overall']:.3f} "
             f"[{r['low']:.3f}, {r['high']:.3f}] | {r['of_full']:.0%} [{r['of_full_low']:.0%}, {r['of_full_high']:.0%}] "
-            f"| {loss} | {flow} |"
+            f"| {versus} | {loss} | {flow} |"
         )
     log(f"done in {result['wall_seconds']:.0f} s; {work / 'results.json'}")
 
