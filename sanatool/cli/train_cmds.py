@@ -292,8 +292,13 @@ def _dry_run(opts: Any, as_json: bool) -> None:
         emit(budget.to_json(), as_json=True)
         return
     settings = budget.settings
+    lora = (
+        f", LoRA rank {settings['lora_rank']} ({human_count(settings['trained_params'])} trained)"
+        if settings["mode"] == "lora"
+        else ""
+    )
     title = (
-        f"memory per device: {human_count(settings['params'])} params, batch {settings['batch_size']}, "
+        f"memory per device: {human_count(settings['params'])} params{lora}, batch {settings['batch_size']}, "
         f"{settings['latent_side']}×{settings['latent_side']} latents, {settings['optimizer']}, {settings['precision']}"
         + (", grad checkpointing" if settings["grad_checkpointing"] else "")
     )
@@ -302,9 +307,11 @@ def _dry_run(opts: Any, as_json: bool) -> None:
     table.add_column("memory", justify="right")
     for name, value in budget.rows.items():
         table.add_row(name, human_bytes(value))
-    table.add_row(bold("total"), bold(human_bytes(budget.total)))
+    phased = budget.forward_only or budget.backward_only
+    table.add_row(bold("total (peak)" if phased else "total"), bold(human_bytes(budget.total)))
     fits = ", ".join(f"{size}: {'yes' if ok else 'no'}" for size, ok in budget.fits().items())
-    table.caption = f"fits (with ~1.5 GB for CUDA context and buffers): {fits}"
+    note = " The peak holds autocast's forward copies or the gradients, never both." if phased else ""
+    table.caption = f"fits (with ~1.5 GB for CUDA context and buffers): {fits}.{note}"
     # The budget is this command's result, so the table goes to stdout.
     make_console().print(table)
 
@@ -321,6 +328,16 @@ def finetune(
         "--lr",
         help="Peak learning rate (default: 1e-5 with came/came8bit, whose early steps are ~10x AdamW's; 1e-4 otherwise).",
     ),
+    teacher: Path | None = typer.Option(
+        None,
+        "--teacher",
+        help="Distil from this model dir (e.g. the unpruned model): frozen, same inputs; depth may differ, width not.",
+    ),
+    distill_weight: float | None = typer.Option(
+        None,
+        "--distill-weight",
+        help="w in (1 − w)·flow-matching loss + w·‖v_student − v_teacher‖² (default 1: pure distillation).",
+    ),
 ) -> None:
     """Fine-tune a pipeline's transformer with flow matching; the text encoder and VAE stay frozen
     (unless [bold]--train-text-encoder[/], for the shapes world's small encoder).
@@ -331,11 +348,12 @@ def finetune(
 
     With [bold]--lora-rank R[/] only LoRA adapters train (peft) and OUT holds
     pytorch_lora_weights.safetensors (SanaPipeline.load_lora_weights reads it) and sanatool.json;
-    [bold]--merge[/] writes a whole model dir instead.
+    [bold]--merge[/] writes a whole model dir instead. [bold]--teacher[/] heals a pruned or grown
+    model by distillation from the model it came from.
 
-    Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100
+    Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100 --teacher full/
     """
-    _run(shared, source=model, optimizer=optimizer, lr=lr)
+    _run(shared, source=model, optimizer=optimizer, lr=lr, teacher=teacher, distill_weight=distill_weight)
 
 
 @app.command()

@@ -114,6 +114,7 @@ RESUME_SETTINGS = (
     "lora_targets",
     "lora_dropout",
     "base_precision",
+    "distill_weight",
 )
 
 
@@ -129,7 +130,16 @@ def check_resume(opts: TrainOptions, identity: dict[str, Any], checkpoint: Path)
     ``identity`` is the model the run starts from; returns the checkpoint's ``checkpoint.json``.
     """
     meta = read_checkpoint_meta(checkpoint)
-    if meta.get("identity") != identity:
+    recorded_identity = meta.get("identity")
+    if isinstance(recorded_identity, dict) and recorded_identity.get("teacher") != identity.get("teacher"):
+        how = "with another --teacher" if identity.get("teacher") else "with --teacher"
+        if not recorded_identity.get("teacher"):
+            how = "without --teacher"
+        raise InputError(
+            f"the checkpoint {checkpoint} was trained {how}; resume with the teacher it was trained with, or "
+            "start afresh with --force"
+        )
+    if recorded_identity != identity:
         raise InputError(
             f"the checkpoint {checkpoint} belongs to a run of another model ({_describe(meta.get('identity'))}), "
             f"not {_describe(identity)}; resume with the model it was trained from, or start afresh with --force"

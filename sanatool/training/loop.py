@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sanatool.arch import resolve_precision
@@ -34,6 +34,8 @@ class StepResult:
     loss: float
     grad_norm: float
     lr: float
+    #: The loss's parts when it has several (distillation: ``flow_loss``, ``distill_loss``), global-batch means.
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def finite(self) -> bool:
@@ -102,7 +104,9 @@ class Trainer:
         flow_shift: float,
         num_train_timesteps: int,
         timestep_scale: float,
+        teacher: Any = None,
     ) -> None:
+        """``teacher``: a frozen transformer to distil from (``--teacher``), weighted by ``opts.distill_weight``."""
         import torch
 
         self.opts = opts
@@ -110,6 +114,7 @@ class Trainer:
         self.model = model
         self.wrapped = wrapped
         self.optimizer = optimizer
+        self.teacher = teacher
         self.reader = reader
         self.null_embeds, self.null_mask, self.null_ids = null_embedding
         # With --train-text-encoder the model is a TextConditionedTransformer fed token ids.
@@ -174,8 +179,12 @@ class Trainer:
         drop = torch.rand(global_batch, generator=self.generator) < opts.caption_dropout
         return {"indices": indices, "noise": noise, "u": u, "drop": drop}
 
-    def _micro_loss(self, draw: dict[str, Any]) -> Any:
-        """This rank's share of one micro-batch: forward pass and weighted flow-matching loss."""
+    def _micro_loss(self, draw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """This rank's share of one micro-batch: forward pass and the weighted loss, with its parts if several.
+
+        With a teacher the loss is ``(1 − w)·flow-matching + w·‖v_student − v_teacher‖²`` (same timestep
+        weighting for both terms).
+        """
         import torch
         from diffusers.training_utils import compute_loss_weighting_for_sd3
 
@@ -215,9 +224,25 @@ class Trainer:
                     encoder_attention_mask=mask.to(device),
                     return_dict=False,
                 )[0]
+            if self.teacher is not None:
+                with torch.no_grad():
+                    # The same inputs as the student's; its depth may differ, never its width.
+                    teacher_pred = self.teacher(
+                        noisy.to(self.teacher.dtype),
+                        encoder_hidden_states=batch["embeds"].to(device, self.teacher.dtype),
+                        timestep=sigmas * self.time_scale,
+                        encoder_attention_mask=mask.to(device),
+                        return_dict=False,
+                    )[0]
         weighting = compute_loss_weighting_for_sd3(self.opts.weighting_scheme, sigmas=sigmas)
         per_sample = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
-        return (weighting * per_sample).mean()
+        flow = (weighting * per_sample).mean()
+        if self.teacher is None:
+            return flow, {}
+        w = float(self.opts.distill_weight or 1.0)
+        distill = (weighting * ((pred.float() - teacher_pred.float()) ** 2).mean(dim=(1, 2, 3))).mean()
+        parts = {"flow_loss": flow.detach(), "distill_loss": distill.detach()}
+        return (1.0 - w) * flow + w * distill, parts
 
     def step(self) -> StepResult:
         """One optimizer step over the global batch (micro-batches × ranks); does not step on NaN."""
@@ -231,6 +256,7 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
+        parts: dict[str, float] = {}
         global_batch = opts.batch_size * self.ctx.world_size
         for micro in range(opts.grad_accum):
             draw = self._draw(global_batch)
@@ -242,12 +268,16 @@ class Trainer:
                 else self.wrapped.no_sync()
             )
             with sync:
-                loss = self._micro_loss(draw) / opts.grad_accum
+                loss, micro_parts = self._micro_loss(draw)
+                loss = loss / opts.grad_accum
                 loss.backward()
             total += float(loss.detach())
+            for name, value in micro_parts.items():
+                parts[name] = parts.get(name, 0.0) + float(value) / opts.grad_accum
         limit = opts.max_grad_norm if opts.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
-        result = StepResult(self.step_count + 1, self.ctx.mean(total), grad_norm, lr)
+        parts = {name: self.ctx.mean(value) for name, value in parts.items()}
+        result = StepResult(self.step_count + 1, self.ctx.mean(total), grad_norm, lr, parts)
         if not result.finite:
             self.optimizer.zero_grad(set_to_none=True)
             return result

@@ -69,6 +69,7 @@ class Sources:
     identity: dict[str, Any]
     origin: str | None
     inputs: list[Path] = field(default_factory=list)
+    teacher: ModelDir | None = None  # --teacher, checked (headers only) but not loaded
 
 
 def check_components(config: dict[str, Any], components: ModelDir) -> dict[str, Any]:
@@ -122,6 +123,20 @@ def resolve_sources(opts: TrainOptions) -> Sources:
     components.require_pipeline("train")
     identity = {"preset": opts.preset, "seed": opts.seed}
     return Sources(config, components, None, identity, opts.preset, [components.path])
+
+
+def _add_teacher(opts: TrainOptions, sources: Sources) -> None:
+    """Check ``--teacher`` against the student (headers only) and make it part of the run's identity."""
+    from sanatool.training.distill import open_teacher, teacher_identity
+
+    if opts.train_text_encoder:
+        raise InputError(
+            "--teacher with --train-text-encoder is not supported: the teacher reads the frozen text encoder's "
+            "embeddings; drop one of them"
+        )
+    sources.teacher = open_teacher(opts.teacher, sources.config, sources.components)
+    sources.inputs.append(sources.teacher.path)
+    sources.identity["teacher"] = teacher_identity(sources.teacher)
 
 
 class _DeferredInterrupt:
@@ -212,6 +227,8 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
                 "model encodes prompts with the complex human instruction of a pretrained Gemma, keep it frozen"
             )
     vae_config = check_components(sources.config, sources.components)
+    if opts.teacher is not None:
+        _add_teacher(opts, sources)
     assert opts.data is not None and opts.out is not None
     factor = vae_scale_factor(vae_config) * int(sources.config.get("patch_size", 1))
     if opts.aspect_buckets:
@@ -398,6 +415,13 @@ def _build_run(
     optimizer = _build_optimizer(opts, model)
     shift, timesteps = _scheduler_settings(sources.components)
     null = cache.null_embedding()
+    teacher = None
+    if sources.teacher is not None:
+        from sanatool.training.distill import load_teacher
+
+        # In the student's base precision (a LoRA run's), else in the precision the step computes in.
+        compute = "bf16" if resolve_precision(opts.precision, ctx.device.type) == "bf16" else "fp32"
+        teacher = load_teacher(sources.teacher, opts.base_precision or compute, ctx.device)
     trainer = Trainer(
         opts,
         ctx,
@@ -409,6 +433,7 @@ def _build_run(
         shift,
         timesteps,
         float(sources.config.get("timestep_scale", 1.0)),
+        teacher=teacher,
     )
     return _Run(opts, sources, ctx, cache, run_dir, trainer, text_encoder)
 
@@ -495,6 +520,7 @@ def _report_step(
                 "loss": result.loss,
                 "grad_norm": result.grad_norm,
                 "lr": result.lr,
+                **result.parts,
                 "elapsed_s": round(elapsed, 3),
             },
         )
