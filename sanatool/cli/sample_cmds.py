@@ -115,6 +115,12 @@ def sample(
         "--skip-plan",
         help="Skip the blocks a plan from `plan-skips` names at each step (same model, steps, sampler).",
     ),
+    lora: list[str] | None = typer.Option(
+        None,
+        "--lora",
+        help="Sample with a LoRA, unmerged: PATH[:SCALE], PATH a LoRA dir or .safetensors file (scale 1.0); "
+        "repeat for several.",
+    ),
     *,
     shared: dict[str, Any],
     resume: bool = typer.Option(
@@ -157,6 +163,7 @@ def sample(
             force=force,
             progress=progress,
             skip_plan=skip_plan,
+            lora=lora or (),
             **_sampler_settings(shared),
         )
     if not is_main_process():  # under torchrun only rank 0 prints the result

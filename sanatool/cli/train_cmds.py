@@ -172,6 +172,57 @@ TRAINING_OPTIONS = (
 )
 
 
+def _lora_targets(value: str | None) -> tuple[str, ...] | None:
+    """``--lora-targets to_q,to_k`` → ``("to_q", "to_k")`` (an empty name is refused by the options check)."""
+    return None if value is None else tuple(part.strip() for part in value.split(","))
+
+
+# ``finetune`` only: a LoRA fine-tune (TrainOptions' LoRA fields).
+LORA_OPTIONS = (
+    Opt(
+        "lora_rank",
+        int | None,
+        typer.Option(
+            None,
+            "--lora-rank",
+            help="Train LoRA adapters of this rank (the base stays frozen) instead of every weight.",
+        ),
+    ),
+    Opt(
+        "lora_alpha", float | None, typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank).")
+    ),
+    Opt(
+        "lora_targets",
+        str | None,
+        typer.Option(
+            None,
+            "--lora-targets",
+            help="Modules to adapt, comma-separated (default: to_q,to_k,to_v; e.g. add to_out.0,conv_inverted).",
+            callback=_lora_targets,
+        ),
+    ),
+    Opt(
+        "lora_dropout", float, typer.Option(0.0, "--lora-dropout", help="Dropout on the LoRA branch's input.")
+    ),
+    Opt(
+        "merge",
+        bool,
+        typer.Option(
+            False, "--merge", help="Write a whole model dir with the adapters merged, not the LoRA file."
+        ),
+    ),
+    Opt(
+        "base_precision",
+        str | None,
+        typer.Option(
+            None,
+            "--base-precision",
+            help="Hold the frozen base in bf16, or int8/nf4 (bitsandbytes, CUDA only); adapters stay fp32.",
+        ),
+    ),
+)
+
+
 def _run(shared: dict[str, Any], **command_options: Any) -> None:
     """Build the run's options from the shared set and the command's own, then dry-run or train."""
     from sanatool.training.options import TrainOptions
@@ -205,8 +256,13 @@ def _dry_run(opts: Any, as_json: bool) -> None:
         emit(budget.to_json(), as_json=True)
         return
     settings = budget.settings
+    lora = (
+        f", LoRA rank {settings['lora_rank']} ({human_count(settings['trained_params'])} trained)"
+        if settings["mode"] == "lora"
+        else ""
+    )
     title = (
-        f"memory per device: {human_count(settings['params'])} params, batch {settings['batch_size']}, "
+        f"memory per device: {human_count(settings['params'])} params{lora}, batch {settings['batch_size']}, "
         f"{settings['latent_side']}×{settings['latent_side']} latents, {settings['optimizer']}, {settings['precision']}"
         + (", grad checkpointing" if settings["grad_checkpointing"] else "")
     )
@@ -215,15 +271,17 @@ def _dry_run(opts: Any, as_json: bool) -> None:
     table.add_column("memory", justify="right")
     for name, value in budget.rows.items():
         table.add_row(name, human_bytes(value))
-    table.add_row(bold("total"), bold(human_bytes(budget.total)))
+    phased = budget.forward_only or budget.backward_only
+    table.add_row(bold("total (peak)" if phased else "total"), bold(human_bytes(budget.total)))
     fits = ", ".join(f"{size}: {'yes' if ok else 'no'}" for size, ok in budget.fits().items())
-    table.caption = f"fits (with ~1.5 GB for CUDA context and buffers): {fits}"
+    note = " The peak holds autocast's forward copies or the gradients, never both." if phased else ""
+    table.caption = f"fits (with ~1.5 GB for CUDA context and buffers): {fits}.{note}"
     # The budget is this command's result, so the table goes to stdout.
     make_console().print(table)
 
 
 @app.command()
-@with_options(*TRAINING_OPTIONS)
+@with_options(*TRAINING_OPTIONS, *LORA_OPTIONS)
 def finetune(
     model: str = typer.Argument(..., help="Pipeline dir to fine-tune, or builtin:tiny-shapes."),
     *,
@@ -234,6 +292,16 @@ def finetune(
         "--lr",
         help="Peak learning rate (default: 1e-5 with came/came8bit, whose early steps are ~10x AdamW's; 1e-4 otherwise).",
     ),
+    teacher: Path | None = typer.Option(
+        None,
+        "--teacher",
+        help="Distil from this model dir (e.g. the unpruned model): frozen, same inputs; depth may differ, width not.",
+    ),
+    distill_weight: float | None = typer.Option(
+        None,
+        "--distill-weight",
+        help="w in (1 − w)·flow-matching loss + w·‖v_student − v_teacher‖² (default 1: pure distillation).",
+    ),
 ) -> None:
     """Fine-tune a pipeline's transformer with flow matching; the text encoder and VAE stay frozen
     (unless [bold]--train-text-encoder[/], for the shapes world's small encoder).
@@ -242,9 +310,14 @@ def finetune(
     [bold]torchrun --nproc-per-node N[/] with DDP ([bold]--fsdp[/] for FSDP2). Ctrl-C saves a
     checkpoint; [bold]--resume[/] continues bit for bit. Writes loss.jsonl and loss.png into OUT.
 
-    Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100
+    With [bold]--lora-rank R[/] only LoRA adapters train (peft) and OUT holds
+    pytorch_lora_weights.safetensors (SanaPipeline.load_lora_weights reads it) and sanatool.json;
+    [bold]--merge[/] writes a whole model dir instead. [bold]--teacher[/] heals a pruned or grown
+    model by distillation from the model it came from.
+
+    Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100 --teacher full/
     """
-    _run(shared, source=model, optimizer=optimizer, lr=lr)
+    _run(shared, source=model, optimizer=optimizer, lr=lr, teacher=teacher, distill_weight=distill_weight)
 
 
 @app.command()

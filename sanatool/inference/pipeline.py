@@ -107,16 +107,19 @@ SANA_KIND = "SANA"
 VAE_TILING_ABOVE = 2048
 
 
-def load_component(cls: Any, folder: str | os.PathLike, dtype: Any, variant: str | None = None) -> Any:
+def load_component(
+    cls: Any, folder: str | os.PathLike, dtype: Any, variant: str | None = None, **extra: Any
+) -> Any:
     """``cls.from_pretrained(folder)`` by sanatool's loading rules: local files, low memory, quiet, ``dtype``.
 
     ``cls`` is a diffusers model or transformers class. ``variant`` (the model's, e.g. ``bf16``) is
     read where the folder holds that set of weights, else its default files, as diffusers'
     pipelines do per component (a variant snapshot often has a variant for some components only).
+    ``extra``: more ``from_pretrained`` arguments (``quantization_config``, ``device_map`` …).
     """
     from sanatool.io.modelfiles import weight_sets
 
-    kwargs: dict[str, Any] = {"local_files_only": True, "low_cpu_mem_usage": True}
+    kwargs: dict[str, Any] = {"local_files_only": True, "low_cpu_mem_usage": True, **extra}
     # transformers 5 names it ``dtype``; diffusers renamed it in 0.36 (see dtype_keyword).
     kwargs["dtype" if cls.__module__.startswith("transformers") else dtype_keyword()] = dtype
     if variant is not None and variant in weight_sets(Path(folder)):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sanatool.errors import InputError, Interrupted, OutputExistsError, RunFailure
+from sanatool.inference.lora import LoraSpec, apply_loras, check_lora_fits, parse_lora_spec
 from sanatool.inference.sampler import (
     DEFAULT_GUIDANCE,
     check_settings,
@@ -54,6 +55,7 @@ RESUME_KEYS = (
     "dtypes",
     "instruction",
     "skip_plan",
+    "lora",
 )
 log = logging.getLogger("sanatool.samples")
 _JOURNAL_GLOB = ".journal-*.jsonl"
@@ -90,6 +92,8 @@ class SampleSettings:
     vae_tiling: bool = False
     #: The :meth:`~sanatool.inference.skipping.SkipPlan.plan_id` of the skip plan followed, if any.
     skip_plan: str | None = None
+    #: The LoRAs sampled with (:meth:`~sanatool.inference.lora.LoraSpec.record` each), if any.
+    lora: list[dict[str, Any]] | None = None
 
     def record(self, job: SampleJob) -> dict[str, Any]:
         """The manifest line of a job."""
@@ -113,6 +117,8 @@ class SampleSettings:
             row["vae_tiling"] = True
         if self.skip_plan is not None:
             row["skip_plan"] = self.skip_plan
+        if self.lora:
+            row["lora"] = [dict(entry) for entry in self.lora]
         if job.item.category is not None:
             row["category"] = job.item.category
         if job.item.spec is not None:
@@ -315,6 +321,7 @@ def sample_to_dir(
     variant: str | None = None,
     allow_pickle: bool = False,
     skip_plan: Any = None,
+    lora: Sequence[Any] = (),
 ) -> Path:
     """Sample ``candidates`` images per prompt into a samples dir; return its path.
 
@@ -332,6 +339,9 @@ def sample_to_dir(
     ``skip_plan`` (a :class:`~sanatool.inference.skipping.SkipPlan` or its file) skips blocks at the
     steps it names; each manifest line then records the plan's id (``skip_plan``), which ``resume``
     treats as a setting.
+    ``lora``: LoRAs to sample with, unmerged (:class:`~sanatool.inference.lora.LoraSpec` or ``PATH[:SCALE]``
+    strings); each is checked against the transformer before anything loads, and the manifest records
+    each file's fingerprint and scale (``lora``, a setting for ``resume``).
     """
     from sanatool.arch import dtype_name
     from sanatool.distributed import resolve_device, setup_distributed
@@ -353,6 +363,9 @@ def sample_to_dir(
     check_settings(steps, guidance, sampler, batch_size, candidates)
     model = as_model_dir(model_spec, variant)
     model.require_pipeline("sample")
+    loras = [spec if isinstance(spec, LoraSpec) else parse_lora_spec(str(spec)) for spec in lora]
+    for spec in loras:
+        check_lora_fits(spec.path, model.transformer.config)
     if skip_plan is not None and not isinstance(skip_plan, SkipPlan):
         skip_plan = read_skip_plan(skip_plan)
     # A plan is made for one sampler and step count: unless told otherwise, sample with those.
@@ -371,6 +384,7 @@ def sample_to_dir(
         pipe = load_pipeline(
             model, target, dtype, command="sample", offload=offload, allow_pickle=allow_pickle
         )
+        apply_loras(pipe, loras)
         chosen = resolve_instruction(model, instruction)
         settings = SampleSettings(
             steps=steps,
@@ -384,6 +398,7 @@ def sample_to_dir(
             dtypes=component_dtypes(pipe),
             vae_tiling=configure_vae(pipe, height, width),
             skip_plan=None if skip_plan is None else skip_plan.plan_id(),
+            lora=[spec.record() for spec in loras] or None,
         )
         jobs = sample_jobs(items, candidates, seed)
         reused = find_reusable(out_path, jobs, settings) if resume else {}

@@ -8,6 +8,19 @@ length, and every tensor autograd saves for the backward pass is counted once. W
 checkpointing only each block's input is kept, plus one block's activations while it is
 recomputed. Transient buffers (attention scores, optimizer temporaries) and the CUDA context add
 roughly 1–2 GB on a GPU; the table says so rather than pretending to be exact.
+
+The total is the peak, not the sum of the rows: autocast's bf16 copies of trained weights live
+during the forward pass only (PyTorch drops its cast cache when the autocast region ends, before
+the backward pass fills the gradients), so the peak is the persistent memory plus the larger of
+(forward copies + activations) and (gradients + activations).
+
+A LoRA run (``lora_rank``) trains adapters only: ``rank × (in + out)`` parameters per targeted
+linear (peft's rule for ``--lora-targets``), kept in fp32 with their gradients and optimizer state;
+the frozen base is held in ``--base-precision``: fp32 (none given), bf16 (2 bytes/param), or
+bitsandbytes int8 (1 byte/param plus an fp32 scale per row) or nf4 (half a byte/param plus an fp32
+absmax per 64 weights) for the ``nn.Linear`` weights, which is what bitsandbytes quantizes; every
+other parameter (SANA's 1×1 convolutions of the feed-forward, norms, embeddings) stays bf16.
+Activations are measured on the meta model with the base frozen and peft's adapters in place.
 """
 
 from __future__ import annotations
@@ -22,16 +35,33 @@ GPU_SIZES_GB = (24, 48, 80)
 OVERHEAD_BYTES = int(1.5e9)
 
 
+#: Bytes of a frozen base's ``nn.Linear`` weight per parameter, and of its per-row / per-block scales.
+NF4_BLOCK = (
+    64  # bitsandbytes' default 4-bit block size; diffusers' BitsAndBytesConfig keeps it (no double quant)
+)
+
+
 @dataclass
 class Budget:
-    """A memory budget per device, in bytes, with the settings it was computed for."""
+    """A memory budget per device, in bytes, with the settings it was computed for.
+
+    ``forward_only`` rows (autocast copies) and ``backward_only`` rows (gradients) are never held at
+    once; :attr:`total` is the peak.
+    """
 
     rows: dict[str, int]
     settings: dict[str, Any]
+    forward_only: tuple[str, ...] = ()
+    backward_only: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
-        return sum(self.rows.values())
+        """The peak: persistent rows + the larger of the forward-only and backward-only rows (activations in both)."""
+        phased = set(self.forward_only) | set(self.backward_only)
+        persistent = sum(v for k, v in self.rows.items() if k not in phased)
+        forward = sum(self.rows[k] for k in self.forward_only)
+        backward = sum(self.rows[k] for k in self.backward_only)
+        return persistent + max(forward, backward)
 
     def fits(self) -> dict[str, bool]:
         """For each GPU size: does the total plus overhead fit?"""
@@ -43,20 +73,41 @@ class Budget:
             "settings": self.settings,
             "bytes": dict(self.rows),
             "total_bytes": self.total,
+            "forward_only": list(self.forward_only),
+            "backward_only": list(self.backward_only),
             "overhead_allowance_bytes": OVERHEAD_BYTES,
             "fits": self.fits(),
         }
 
 
+def _lora_config(rank: int, targets: tuple[str, ...]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets))
+
+
 def _saved_activation_bytes(
-    config: dict[str, Any], batch: int, side: int, text_len: int, dtype: Any, checkpointing: bool
+    config: dict[str, Any],
+    batch: int,
+    side: int,
+    text_len: int,
+    dtype: Any,
+    checkpointing: bool,
+    lora: tuple[int, tuple[str, ...]] | None = None,
 ) -> int:
-    """Bytes autograd saves in one forward pass of the transformer, measured on the meta device."""
+    """Bytes autograd saves in one forward pass of the transformer, measured on the meta device.
+
+    ``lora`` = (rank, targets): the base frozen and peft's adapters added, as a LoRA run trains it.
+    """
     import torch
 
     from sanatool.surgery.initialize import build_meta_transformer
 
     model = build_meta_transformer(config).to(dtype)
+    if lora is not None:
+        model.requires_grad_(False)
+        with torch.device("meta"):
+            model.add_adapter(_lora_config(*lora))
     if checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
@@ -81,14 +132,20 @@ def _saved_activation_bytes(
 
 
 def activation_bytes(
-    config: dict[str, Any], batch: int, side: int, text_len: int, dtype: Any, checkpointing: bool
+    config: dict[str, Any],
+    batch: int,
+    side: int,
+    text_len: int,
+    dtype: Any,
+    checkpointing: bool,
+    lora: tuple[int, tuple[str, ...]] | None = None,
 ) -> int:
     """Peak activation memory of one micro-batch's forward + backward (see the module docstring)."""
-    full = _saved_activation_bytes(config, batch, side, text_len, dtype, checkpointing=False)
+    full = _saved_activation_bytes(config, batch, side, text_len, dtype, checkpointing=False, lora=lora)
     if not checkpointing:
         return full
     # With checkpointing the hooks see only what lives outside the blocks.
-    outside = _saved_activation_bytes(config, batch, side, text_len, dtype, checkpointing=True)
+    outside = _saved_activation_bytes(config, batch, side, text_len, dtype, checkpointing=True, lora=lora)
     layers = int(config["num_layers"])
     patch = int(config.get("patch_size", 1))
     tokens = (side // patch) ** 2
@@ -97,6 +154,44 @@ def activation_bytes(
     block_inputs = layers * batch * tokens * width * element
     one_block = max(0, full - outside) // layers
     return outside + block_inputs + one_block
+
+
+def adapter_shapes(model: Any, rank: int, targets: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """The ``lora_A`` / ``lora_B`` weight shapes peft adds for ``targets`` (its matching rule) to ``model``.
+
+    Linears get ``[rank, in]`` and ``[out, rank]``; ungrouped convolutions (SANA's 1×1 feed-forward)
+    ``[rank, in, k, k]`` and ``[out, rank, 1, 1]``.
+    """
+    import torch
+
+    shapes: list[tuple[int, ...]] = []
+    for name, module in model.named_modules():
+        if not any(name == t or name.endswith(f".{t}") for t in targets):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            shapes += [(rank, module.in_features), (module.out_features, rank)]
+        elif isinstance(module, torch.nn.Conv2d) and module.groups == 1:
+            shapes += [(rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)]
+    return shapes
+
+
+def frozen_base_bytes(model: Any, base_precision: str | None) -> int:
+    """Bytes of a LoRA run's frozen base: fp32 (``None``), bf16, or int8/nf4 ``nn.Linear`` weights with the rest bf16."""
+    import torch
+
+    params = sum(p.numel() for p in model.parameters())
+    if base_precision is None:
+        return params * 4
+    if base_precision == "bf16":
+        return params * 2
+    quantized = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            numel, rows = module.weight.numel(), module.out_features
+            scales = rows * 4 if base_precision == "int8" else math.ceil(numel / NF4_BLOCK) * 4
+            quantized += (numel if base_precision == "int8" else math.ceil(numel / 2)) + scales
+            params -= numel  # its bias (if any) stays bf16 with the other parameters
+    return quantized + params * 2
 
 
 def memory_budget(
@@ -110,6 +205,11 @@ def memory_budget(
     text_len: int = 300,
     shards: int = 1,
     encoders_bytes: int | None = None,
+    lora_rank: int | None = None,
+    lora_targets: tuple[str, ...] | None = None,
+    base_precision: str | None = None,
+    teacher_config: dict[str, Any] | None = None,
+    grad_accum: int = 1,
 ) -> Budget:
     """The per-device memory of training ``config`` with the given settings.
 
@@ -117,31 +217,67 @@ def memory_budget(
     gradients, optimizer state and EMA (FSDP over that many devices). Master weights and
     gradients are fp32; ``bf16`` precision adds the bf16 weight copies autocast keeps during the
     forward pass and halves the activations. ``encoders_bytes`` (text encoder + VAE) is reported
-    as the separate, earlier cache phase, not added to the training total.
+    as the separate, earlier cache phase, not added to the training total. ``lora_rank`` budgets a
+    LoRA run (adapters on ``lora_targets``, the base frozen in ``base_precision``; see the module
+    docstring); ``teacher_config`` adds a frozen distillation teacher, held as the frozen base is (a
+    full fine-tune's teacher: in the compute dtype). With
+    ``grad_accum`` > 1 later micro-steps run their forward pass beside the gradients of earlier ones,
+    so nothing is phased.
     """
     import torch
 
     from sanatool.optim import estimate_state_bytes
     from sanatool.surgery.initialize import build_meta_transformer
+    from sanatool.training.options import DEFAULT_LORA_TARGETS
 
     model = build_meta_transformer(config)
     shapes = [tuple(p.shape) for p in model.parameters()]
     params = sum(math.prod(shape) for shape in shapes)
     side = int(latent_side or config.get("sample_size") or 32)
     act_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    rows = {
-        "weights (fp32 master)": params * 4 // shards,
-        "gradients (fp32)": params * 4 // shards,
-        f"optimizer state ({optimizer})": int(estimate_state_bytes(optimizer, shapes)) // shards,
-    }
-    if precision == "bf16":
-        rows["weights (bf16 autocast copies)"] = params * 2
-    if ema:
-        rows["EMA weights (fp32)"] = params * 4 // shards
-    rows["activations"] = activation_bytes(config, batch_size, side, text_len, act_dtype, grad_checkpointing)
+    forward_only: list[str] = []
+    backward_only: list[str] = []
+    lora = None
+    if lora_rank is None:
+        rows = {
+            "weights (fp32 master)": params * 4 // shards,
+            "gradients (fp32)": params * 4 // shards,
+            f"optimizer state ({optimizer})": int(estimate_state_bytes(optimizer, shapes)) // shards,
+        }
+        backward_only.append("gradients (fp32)")
+        if precision == "bf16":
+            rows["weights (bf16 autocast copies)"] = params * 2
+            forward_only.append("weights (bf16 autocast copies)")
+        if ema:
+            rows["EMA weights (fp32)"] = params * 4 // shards
+        trained = params
+    else:
+        targets = tuple(lora_targets or DEFAULT_LORA_TARGETS)
+        lora = (lora_rank, targets)
+        adapters = adapter_shapes(model, lora_rank, targets)
+        trained = sum(math.prod(shape) for shape in adapters)
+        rows = {
+            f"base weights (frozen, {base_precision or 'fp32'})": frozen_base_bytes(model, base_precision),
+            f"LoRA adapters (fp32, rank {lora_rank})": trained * 4,
+            "gradients (fp32, adapters)": trained * 4,
+            f"optimizer state ({optimizer}, adapters)": int(estimate_state_bytes(optimizer, adapters)),
+        }
+        backward_only.append("gradients (fp32, adapters)")
+    teacher_params = None
+    if teacher_config is not None:
+        teacher = build_meta_transformer(teacher_config)
+        teacher_params = sum(p.numel() for p in teacher.parameters())
+        held = base_precision or ("bf16" if precision == "bf16" else None)
+        rows[f"teacher weights (frozen, {held or 'fp32'})"] = frozen_base_bytes(teacher, held)
+    rows["activations"] = activation_bytes(
+        config, batch_size, side, text_len, act_dtype, grad_checkpointing, lora=lora
+    )
     settings = {
         "params": params,
+        "trained_params": trained,
+        "mode": "full" if lora_rank is None else "lora",
         "batch_size": batch_size,
+        "grad_accum": grad_accum,
         "latent_side": side,
         "text_len": text_len,
         "optimizer": optimizer,
@@ -150,6 +286,14 @@ def memory_budget(
         "ema": ema,
         "shards": shards,
     }
+    if lora is not None:
+        settings.update(
+            lora_rank=lora_rank, lora_targets=list(lora[1]), base_precision=base_precision or "fp32"
+        )
+    if teacher_params is not None:
+        settings["teacher_params"] = teacher_params
     if encoders_bytes is not None:
         settings["cache_phase_encoders_bytes"] = encoders_bytes
-    return Budget(rows, settings)
+    if grad_accum > 1:
+        forward_only, backward_only = [], []
+    return Budget(rows, settings, tuple(forward_only), tuple(backward_only))

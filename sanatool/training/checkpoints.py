@@ -108,11 +108,19 @@ RESUME_SETTINGS = (
     "mode_scale",
     "ema_decay",
     "max_grad_norm",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
+    "lora_dropout",
+    "base_precision",
+    "distill_weight",
 )
 
 
 def _settings(opts: TrainOptions) -> dict[str, Any]:
-    return {name: getattr(opts, name) for name in RESUME_SETTINGS}
+    # Tuples as lists: what the checkpoint's JSON gives back.
+    values = {name: getattr(opts, name) for name in RESUME_SETTINGS}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
 
 
 def check_resume(opts: TrainOptions, identity: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
@@ -121,7 +129,16 @@ def check_resume(opts: TrainOptions, identity: dict[str, Any], checkpoint: Path)
     ``identity`` is the model the run starts from; returns the checkpoint's ``checkpoint.json``.
     """
     meta = read_checkpoint_meta(checkpoint)
-    if meta.get("identity") != identity:
+    recorded_identity = meta.get("identity")
+    if isinstance(recorded_identity, dict) and recorded_identity.get("teacher") != identity.get("teacher"):
+        how = "with another --teacher" if identity.get("teacher") else "with --teacher"
+        if not recorded_identity.get("teacher"):
+            how = "without --teacher"
+        raise InputError(
+            f"the checkpoint {checkpoint} was trained {how}; resume with the teacher it was trained with, or "
+            "start afresh with --force"
+        )
+    if recorded_identity != identity:
         raise InputError(
             f"the checkpoint {checkpoint} belongs to a run of another model ({_describe(meta.get('identity'))}), "
             f"not {_describe(identity)}; resume with the model it was trained from, or start afresh with --force"
@@ -222,6 +239,8 @@ class CheckpointPlan:
     identity: dict[str, Any]
     cache_key: str
     write_model: WriteModel
+    #: The weights a checkpoint keeps, from the (wrapped) model; default: the full state dict.
+    weights: Callable[[Any], dict[str, Any]] | None = None
 
 
 def _record(plan: CheckpointPlan, step: int, world_size: int) -> dict[str, Any]:
@@ -246,7 +265,10 @@ def save_checkpoint(plan: CheckpointPlan, trainer: Trainer) -> Path:
     """
     opts, ctx = plan.opts, trainer.ctx
     step = trainer.step_count
-    weights = full_state_dict(trainer.wrapped, ctx, opts.fsdp)
+    if plan.weights is not None:
+        weights = plan.weights(trainer.wrapped)
+    else:
+        weights = full_state_dict(trainer.wrapped, ctx, opts.fsdp)
     opt_state = full_optimizer_state(trainer.wrapped, trainer.optimizer, ctx, opts.fsdp)
     target = plan.run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
     if ctx.is_main:

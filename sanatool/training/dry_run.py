@@ -21,7 +21,8 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
     """The per-device memory budget for ``opts`` (no data, no output, nothing loaded).
 
     ``--precision auto`` is budgeted as bf16 (the GPU case the question is about); under
-    ``--fsdp`` the model is sharded over ``WORLD_SIZE`` devices.
+    ``--fsdp`` the model is sharded over ``WORLD_SIZE`` devices. ``--lora-rank``, ``--base-precision``
+    and ``--teacher`` are budgeted too (see :mod:`~sanatool.training.budget`); nothing needs CUDA.
     """
     from sanatool.arch import detect_world, preset_config, vae_scale_factor
     from sanatool.training.run import TINY_COMPONENTS
@@ -48,6 +49,11 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
         encoders_bytes = _folder_bytes(components, "text_encoder") + _folder_bytes(components, "vae")
     side = opts.resolution // factor if opts.resolution else int(config.get("sample_size") or 32)
     shards = int(os.environ.get("WORLD_SIZE", "1")) if opts.fsdp else 1
+    teacher_config = None
+    if opts.teacher is not None:
+        from sanatool.training.distill import open_teacher
+
+        teacher_config = open_teacher(opts.teacher, config, components).transformer.config
     return memory_budget(
         config,
         batch_size=opts.batch_size,
@@ -58,6 +64,11 @@ def dry_run_budget(opts: TrainOptions) -> Budget:
         latent_side=max(1, side),
         shards=max(1, shards),
         encoders_bytes=encoders_bytes,
+        lora_rank=opts.lora_rank,
+        lora_targets=opts.lora_targets,
+        base_precision=opts.base_precision,
+        teacher_config=teacher_config,
+        grad_accum=opts.grad_accum,
     )
 
 

@@ -17,7 +17,7 @@ not change the draws, and saving the generator state is enough to resume bit for
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sanatool.arch import resolve_precision
@@ -33,6 +33,8 @@ class StepResult:
     loss: float
     grad_norm: float
     lr: float
+    #: The loss's parts when it has several (distillation: ``flow_loss``, ``distill_loss``), global-batch means.
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def finite(self) -> bool:
@@ -80,7 +82,9 @@ class Trainer:
         flow_shift: float,
         num_train_timesteps: int,
         timestep_scale: float,
+        teacher: Any = None,
     ) -> None:
+        """``teacher``: a frozen transformer to distil from (``--teacher``), weighted by ``opts.distill_weight``."""
         import torch
 
         self.opts = opts
@@ -88,6 +92,7 @@ class Trainer:
         self.model = model
         self.wrapped = wrapped
         self.optimizer = optimizer
+        self.teacher = teacher
         self.reader = reader
         self.null_embeds, self.null_mask, self.null_ids = null_embedding
         # With --train-text-encoder the model is a TextConditionedTransformer fed token ids.
@@ -95,6 +100,8 @@ class Trainer:
         self.flow_shift = flow_shift
         self.time_scale = num_train_timesteps * timestep_scale
         self.generator = torch.Generator().manual_seed(opts.seed)
+        if opts.lora_dropout:  # LoRA dropout draws from torch's global generator: make it --seed's too
+            torch.manual_seed(opts.seed)
         self.stream = DataStream(reader.count, self.generator)
         self.step_count = 0
         self.ema = None
@@ -102,7 +109,9 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(model.parameters(), decay=opts.ema_decay)
-        self.autocast = resolve_precision(opts.precision, ctx.device.type) == "bf16"
+        # A LoRA run's base in --base-precision is not fp32: it computes in bf16 whatever --precision says.
+        lowered_base = opts.lora_rank is not None and opts.base_precision is not None
+        self.autocast = lowered_base or resolve_precision(opts.precision, ctx.device.type) == "bf16"
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -138,8 +147,12 @@ class Trainer:
         drop = torch.rand(global_batch, generator=self.generator) < opts.caption_dropout
         return {"indices": indices, "noise": noise, "u": u, "drop": drop}
 
-    def _micro_loss(self, draw: dict[str, Any]) -> Any:
-        """This rank's share of one micro-batch: forward pass and weighted flow-matching loss."""
+    def _micro_loss(self, draw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """This rank's share of one micro-batch: forward pass and the weighted loss, with its parts if several.
+
+        With a teacher the loss is ``(1 − w)·flow-matching + w·‖v_student − v_teacher‖²`` (same timestep
+        weighting for both terms).
+        """
         import torch
         from diffusers.training_utils import compute_loss_weighting_for_sd3
 
@@ -179,9 +192,25 @@ class Trainer:
                     encoder_attention_mask=mask.to(device),
                     return_dict=False,
                 )[0]
+            if self.teacher is not None:
+                with torch.no_grad():
+                    # The same inputs as the student's; its depth may differ, never its width.
+                    teacher_pred = self.teacher(
+                        noisy.to(self.teacher.dtype),
+                        encoder_hidden_states=batch["embeds"].to(device, self.teacher.dtype),
+                        timestep=sigmas * self.time_scale,
+                        encoder_attention_mask=mask.to(device),
+                        return_dict=False,
+                    )[0]
         weighting = compute_loss_weighting_for_sd3(self.opts.weighting_scheme, sigmas=sigmas)
         per_sample = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
-        return (weighting * per_sample).mean()
+        flow = (weighting * per_sample).mean()
+        if self.teacher is None:
+            return flow, {}
+        w = float(self.opts.distill_weight or 1.0)
+        distill = (weighting * ((pred.float() - teacher_pred.float()) ** 2).mean(dim=(1, 2, 3))).mean()
+        parts = {"flow_loss": flow.detach(), "distill_loss": distill.detach()}
+        return (1.0 - w) * flow + w * distill, parts
 
     def step(self) -> StepResult:
         """One optimizer step over the global batch (micro-batches × ranks); does not step on NaN."""
@@ -195,6 +224,7 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
+        parts: dict[str, float] = {}
         global_batch = opts.batch_size * self.ctx.world_size
         for micro in range(opts.grad_accum):
             draw = self._draw(global_batch)
@@ -206,12 +236,16 @@ class Trainer:
                 else self.wrapped.no_sync()
             )
             with sync:
-                loss = self._micro_loss(draw) / opts.grad_accum
+                loss, micro_parts = self._micro_loss(draw)
+                loss = loss / opts.grad_accum
                 loss.backward()
             total += float(loss.detach())
+            for name, value in micro_parts.items():
+                parts[name] = parts.get(name, 0.0) + float(value) / opts.grad_accum
         limit = opts.max_grad_norm if opts.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
-        result = StepResult(self.step_count + 1, self.ctx.mean(total), grad_norm, lr)
+        parts = {name: self.ctx.mean(value) for name, value in parts.items()}
+        result = StepResult(self.step_count + 1, self.ctx.mean(total), grad_norm, lr, parts)
         if not result.finite:
             self.optimizer.zero_grad(set_to_none=True)
             return result
@@ -225,15 +259,23 @@ class Trainer:
 
     def random_state(self) -> dict[str, Any]:
         """The data-order and random-number state (identical on every rank)."""
+        import torch
+
+        # torch's own generator draws what the model itself draws (LoRA dropout).
         return {
             "generator": self.generator.get_state(),
             "perm": self.stream.perm.clone(),
             "pos": self.stream.pos,
+            "torch": torch.get_rng_state(),
         }
 
     def load_random_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`random_state` saved."""
+        import torch
+
         self.generator.set_state(state["generator"])
+        if "torch" in state:  # checkpoints of earlier versions lack it
+            torch.set_rng_state(state["torch"])
         self.stream.perm = state["perm"]
         self.stream.pos = int(state["pos"])
 

@@ -67,6 +67,7 @@ class Sources:
     identity: dict[str, Any]
     origin: str | None
     inputs: list[Path] = field(default_factory=list)
+    teacher: ModelDir | None = None  # --teacher, checked (headers only) but not loaded
 
 
 def check_components(config: dict[str, Any], components: ModelDir) -> dict[str, Any]:
@@ -120,6 +121,20 @@ def resolve_sources(opts: TrainOptions) -> Sources:
     components.require_pipeline("train")
     identity = {"preset": opts.preset, "seed": opts.seed}
     return Sources(config, components, None, identity, opts.preset, [components.path])
+
+
+def _add_teacher(opts: TrainOptions, sources: Sources) -> None:
+    """Check ``--teacher`` against the student (headers only) and make it part of the run's identity."""
+    from sanatool.training.distill import open_teacher, teacher_identity
+
+    if opts.train_text_encoder:
+        raise InputError(
+            "--teacher with --train-text-encoder is not supported: the teacher reads the frozen text encoder's "
+            "embeddings; drop one of them"
+        )
+    sources.teacher = open_teacher(opts.teacher, sources.config, sources.components)
+    sources.inputs.append(sources.teacher.path)
+    sources.identity["teacher"] = teacher_identity(sources.teacher)
 
 
 class _DeferredInterrupt:
@@ -196,6 +211,10 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
     """
     validate_options(opts)
     sources = resolve_sources(opts)
+    if opts.lora_rank is not None:
+        from sanatool.training.lora import check_lora_run
+
+        check_lora_run(opts, sources.config)
     if opts.train_text_encoder:
         from sanatool.inference.pipeline import default_instruction
 
@@ -205,6 +224,8 @@ def run_training(opts: TrainOptions, progress: ProgressFn = no_progress) -> dict
                 "model encodes prompts with the complex human instruction of a pretrained Gemma, keep it frozen"
             )
     vae_config = check_components(sources.config, sources.components)
+    if opts.teacher is not None:
+        _add_teacher(opts, sources)
     assert opts.data is not None and opts.out is not None
     dataset = load_dataset(opts.data, opts.resolution)
     factor = vae_scale_factor(vae_config) * int(sources.config.get("patch_size", 1))
@@ -242,9 +263,28 @@ class _Run:
 
     @property
     def checkpoints(self) -> CheckpointPlan:
+        if self.opts.lora_rank is not None:  # a LoRA run's checkpoints hold the adapters, never the base
+            from sanatool.training.lora import lora_state
+
+            return CheckpointPlan(
+                self.opts,
+                self.run_dir,
+                self.sources.identity,
+                self.cache.meta["key"],
+                self.write_adapters,
+                weights=lora_state,
+            )
         return CheckpointPlan(
             self.opts, self.run_dir, self.sources.identity, self.cache.meta["key"], self.write_model
         )
+
+    def write_adapters(self, root: Path, weights: dict[str, Any], dtype: str, summary: str) -> None:
+        """A LoRA dir: diffusers' ``pytorch_lora_weights.safetensors`` of ``weights`` and ``sanatool.json``."""
+        from sanatool.training.lora import adapter_metadata, write_lora_dir
+
+        assert self.sources.parent is not None
+        metadata = adapter_metadata(self.trainer.model)
+        write_lora_dir(root, weights, metadata, dtype, self.sources.parent, self.opts, summary)
 
     def write_model(self, root: Path, weights: dict[str, Any], dtype: str, summary: str) -> None:
         """A full pipeline dir: carried components, the transformer (and a trained text encoder)."""
@@ -305,9 +345,21 @@ def _train(
     return _summary(run, out, start_step, resume_from is not None, losses, seconds)
 
 
-def _load_model(opts: TrainOptions, sources: Sources, resume_from: Path | None) -> tuple[Any, Any]:
+def _load_model(
+    opts: TrainOptions, sources: Sources, resume_from: Path | None, device: Any = "cpu"
+) -> tuple[Any, Any]:
     """The model to train (from the checkpoint, the parent or fresh) and the text encoder if it trains too."""
     variant = sources.components.variant
+    if opts.lora_rank is not None:
+        from sanatool.training.lora import build_lora_transformer, load_lora_state
+
+        assert sources.parent is not None
+        model = build_lora_transformer(opts, sources.parent.transformer.path, variant, device)
+        if resume_from is not None:
+            load_lora_state(model, resume_from)
+        if opts.grad_checkpointing:
+            model.enable_gradient_checkpointing()
+        return model, None
     if resume_from is not None:
         model = load_transformer(resume_from / "transformer", variant)
     elif sources.parent is not None:
@@ -337,12 +389,21 @@ def _build_run(
     """Load the model onto the device, wrap it for DDP/FSDP, and build its optimizer and trainer."""
     from sanatool.training.loop import Trainer
 
-    model, text_encoder = _load_model(opts, sources, resume_from)
-    model.to(ctx.device).train()
+    model, text_encoder = _load_model(opts, sources, resume_from, ctx.device)
+    if not getattr(model, "is_quantized", False):  # a bitsandbytes base is loaded onto its device
+        model.to(ctx.device)
+    model.train()
     wrapped = wrap_model(model, ctx, opts.fsdp)
     optimizer = _build_optimizer(opts, model)
     shift, timesteps = _scheduler_settings(sources.components)
     null = cache.null_embedding()
+    teacher = None
+    if sources.teacher is not None:
+        from sanatool.training.distill import load_teacher
+
+        # In the student's base precision (a LoRA run's), else in the precision the step computes in.
+        compute = "bf16" if resolve_precision(opts.precision, ctx.device.type) == "bf16" else "fp32"
+        teacher = load_teacher(sources.teacher, opts.base_precision or compute, ctx.device)
     trainer = Trainer(
         opts,
         ctx,
@@ -354,6 +415,7 @@ def _build_run(
         shift,
         timesteps,
         float(sources.config.get("timestep_scale", 1.0)),
+        teacher=teacher,
     )
     return _Run(opts, sources, ctx, cache, run_dir, trainer, text_encoder)
 
@@ -437,6 +499,7 @@ def _report_step(
                 "loss": result.loss,
                 "grad_norm": result.grad_norm,
                 "lr": result.lr,
+                **result.parts,
                 "elapsed_s": round(elapsed, 3),
             },
         )
@@ -453,14 +516,28 @@ def _report_step(
 def _write_output(run: _Run, out: Path, dataset: ImageDataset) -> None:
     """Write the trained model (the EMA weights with ``--ema``) with its loss log and curve to ``out``."""
     opts, ctx, sources = run.opts, run.ctx, run.sources
-    weights = run.trainer.final_weights() or full_state_dict(run.trainer.wrapped, ctx, opts.fsdp)
+    lora = opts.lora_rank is not None
+    if lora:
+        from sanatool.training.lora import lora_state, merged_weights
+
+        weights = lora_state(run.trainer.wrapped)
+    else:
+        weights = run.trainer.final_weights() or full_state_dict(run.trainer.wrapped, ctx, opts.fsdp)
     out_dtype = opts.dtype or (stored_dtype(sources.parent) if sources.parent is not None else "fp32")
     if ctx.is_main:
         records = read_log(run.live_log)
         with atomic_output_dir(out, force=opts.force, inputs=[*sources.inputs, dataset.root]) as tmp:
             detail = ", text encoder trained" if opts.train_text_encoder else ""
+            if lora:
+                detail += f", LoRA rank {opts.lora_rank}{' merged' if opts.merge else ''}"
             summary = f"{opts.command}({opts.preset + ', ' if opts.preset else ''}{opts.steps} steps{detail})"
-            run.write_model(tmp, weights, out_dtype, summary)
+            if lora and not opts.merge:
+                run.write_adapters(tmp, weights, opts.dtype or "fp32", summary)
+            else:
+                if lora:
+                    assert sources.parent is not None
+                    weights = merged_weights(opts, sources.parent, weights)
+                run.write_model(tmp, weights, out_dtype, summary)
             shutil.copyfile(run.live_log, tmp / LOSS_LOG)
             plot_loss(records, tmp / LOSS_CURVE, title=f"{opts.command}: {out.name}")
         if not opts.save_every:

@@ -1,0 +1,98 @@
+"""--dry-run budgets of every mode: full, LoRA (rank × (in + out) per target), frozen base precisions, teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sanatool.arch import preset_config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return preset_config("tiny")
+
+
+def _budget(config, **kwargs):
+    from sanatool.training.budget import memory_budget
+
+    settings = {"batch_size": 2, "optimizer": "adamw", "precision": "bf16", "grad_checkpointing": True}
+    return memory_budget(config, **{**settings, **kwargs})
+
+
+def test_lora_trains_rank_times_in_plus_out_per_targeted_linear_only(tiny):
+    rank = 4
+    budget = _budget(tiny, lora_rank=rank)  # default targets: to_q, to_k, to_v of attn1 and attn2
+    # tiny: every targeted projection is 128 → 128; 6 per block, 8 blocks.
+    adapters = 8 * 6 * rank * (128 + 128)
+    assert budget.settings["trained_params"] == adapters and budget.settings["mode"] == "lora"
+    rows = budget.rows
+    assert rows[f"LoRA adapters (fp32, rank {rank})"] == rows["gradients (fp32, adapters)"] == 4 * adapters
+    # AdamW: two fp32 moments per adapter parameter, and a step counter per tensor.
+    assert rows["optimizer state (adamw, adapters)"] == 8 * adapters + 4 * 8 * 6 * 2
+    assert rows["base weights (frozen, fp32)"] == 4 * budget.settings["params"]
+    wider = _budget(tiny, lora_rank=rank, lora_targets=("to_q", "to_k", "to_v", "to_out.0", "conv_point"))
+    assert wider.settings["trained_params"] > adapters
+    full = _budget(tiny)
+    assert budget.rows["activations"] <= full.rows["activations"]  # frozen linears keep no inputs
+
+
+def test_a_quantized_base_counts_linears_at_their_bytes_and_the_rest_at_bf16(tiny):
+    import torch
+
+    from sanatool.surgery.initialize import build_meta_transformer
+    from sanatool.training.budget import NF4_BLOCK
+
+    model = build_meta_transformer(tiny)
+    params = sum(p.numel() for p in model.parameters())
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = sum(m.weight.numel() for m in linears)
+    rows = sum(m.out_features for m in linears)
+    expected = {
+        "bf16": 2 * params,
+        "int8": weights + 4 * rows + 2 * (params - weights),
+        "nf4": sum(
+            math.ceil(m.weight.numel() / 2) + 4 * math.ceil(m.weight.numel() / NF4_BLOCK) for m in linears
+        )
+        + 2 * (params - weights),
+    }
+    for precision, value in expected.items():
+        budget = _budget(tiny, lora_rank=8, base_precision=precision)
+        assert budget.rows[f"base weights (frozen, {precision})"] == value
+    assert expected["nf4"] < expected["int8"] < expected["bf16"]
+
+
+def test_the_peak_holds_autocast_copies_or_gradients_never_both(tiny):
+    budget = _budget(tiny)
+    rows = budget.rows
+    copies, grads = rows["weights (bf16 autocast copies)"], rows["gradients (fp32)"]
+    assert budget.total == sum(rows.values()) - min(copies, grads)
+    # Accumulating micro-steps run forward passes beside the gradients already there.
+    accumulated = _budget(tiny, grad_accum=2)
+    assert accumulated.total == sum(accumulated.rows.values())
+    fp32 = _budget(tiny, precision="fp32")
+    assert "weights (bf16 autocast copies)" not in fp32.rows
+
+
+def test_dry_run_budgets_a_teacher_and_refuses_one_of_another_width(cli, tiny_pipeline, tmp_path):
+    res = cli("finetune", tiny_pipeline, "--dry-run", "--json", "--teacher", tiny_pipeline)
+    assert res.code == 0, res.stderr
+    budget = json.loads(res.stdout)
+    params = budget["settings"]["params"]
+    assert (
+        budget["bytes"]["teacher weights (frozen, bf16)"]
+        == 2 * params
+        == 2 * budget["settings"]["teacher_params"]
+    )
+    table = cli("finetune", tiny_pipeline, "--dry-run", "--teacher", tiny_pipeline)
+    assert table.code == 0 and "teacher weights" in table.stdout and "total (peak)" in table.stdout
+
+    from sanatool.io.modeldir import write_transformer_dir
+    from sanatool.surgery.initialize import random_init_entries
+
+    config = {**preset_config("tiny"), "in_channels": 4, "out_channels": 4}
+    write_transformer_dir(tmp_path / "other", config, random_init_entries(config, "fp32", 0), 10**9)
+    res = cli("finetune", tiny_pipeline, "--dry-run", "--teacher", tmp_path / "other")
+    assert res.code == 2 and "in_channels 4 (student 8)" in res.stderr, res.stderr
