@@ -718,7 +718,13 @@ def optimizer_report(
 
 
 def scaling_report(ctx: Ctx) -> list[str]:
-    """Summarised from inference_scaling.py's results.json, never recomputed here."""
+    """Summarised from inference_scaling.py's results.json, never recomputed here.
+
+    Each point there carries its own 95% interval over prompts (``interval``); "best-of-N lifts the
+    score" is read from those unpaired intervals (yes only when they do not overlap, which is
+    conservative), "a pruned model with best-of-N beats the full model at N = 1" from the paired
+    difference intervals the script reports (``pruned_vs_full``).
+    """
     path = ctx.scaling_results
     if path is None or not path.is_file():
         note = ("not run here: it comes from `python benchmarks/inference_scaling.py` (pass its results.json "
@@ -726,30 +732,43 @@ def scaling_report(ctx: Ctx) -> list[str]:
         ctx.summary.append(["4", "best-of-N with a judge lifts the score", "GenEval 0.72 → 0.80", note, "—"])
         return ["## 4. Inference-time scaling", "", note, ""]
     data = json.loads(path.read_text())
-    rows, ns = [], sorted({int(p["n"]) for m in data.get("models", {}).values()
-                           for pts in m.get("judges", {}).values() for p in pts})  # fmt: skip
-    for model, per_model in data.get("models", {}).items():
+    models = data.get("models", {})
+    ns = sorted({int(p["n"]) for m in models.values() for pts in m.get("judges", {}).values() for p in pts})
+    rows = []
+    for model, per_model in models.items():
         for judge, points in per_model.get("judges", {}).items():
             by_n = {int(p["n"]): p for p in points}
             rows.append([model, judge, *(scaling_cell(by_n.get(k)) for k in ns)])
             if 1 in by_n and len(by_n) > 1:
-                top = max(by_n)
-                low = by_n[top].get("diff_low")
-                verdict = "—" if low is None else Interval(0, low, by_n[top]["diff_high"]).verdict("above")
-                ctx.summary.append(["4", f"best-of-N with a judge lifts the score ({judge}, {model})",
-                                    "GenEval 0.72 → 0.80", f"N=1 {by_n[1]['overall']:.3f} → N={top} "
-                                    f"{by_n[top]['overall']:.3f}" + ("" if low is not None else
-                                    " (results.json gives no paired interval)"), verdict])  # fmt: skip
-    return ["## 4. Inference-time scaling", "", f"From `{path}` (by `benchmarks/inference_scaling.py`).", "",
-            *table(["model", "judge", *(f"N={k}" for k in ns)], rows), ""]  # fmt: skip
+                top = by_n[max(by_n)]
+                one, many = (
+                    Interval(by_n[1]["overall"], *by_n[1]["interval"]),
+                    Interval(top["overall"], *top["interval"]),
+                )
+                verdict = YES if many.low > one.high else NO if many.high < one.low else OPEN
+                ctx.summary.append(["4", f"best-of-N with a judge lifts the score ({judge}; {model})",
+                                    "GenEval 0.72 → 0.80", f"N=1 {one.cell()} → N={top['n']} {many.cell()} "
+                                    "(unpaired intervals)", verdict])  # fmt: skip
+        agree = per_model.get("verifier_agreement")
+        if agree:
+            rows.append([model, "verifier vs evaluator", f"balanced accuracy {agree['balanced_accuracy']:.3f}",
+                         *([""] * (len(ns) - 1))])  # fmt: skip
+    for row in data.get("pruned_vs_full", []):
+        low, high = row["difference_interval"]
+        diff = Interval(row["overall"] - row["full_n1"], low, high)
+        ctx.summary.append(["4", f"a pruned model with best-of-{row['n']} (verifier) beats the full model at N = 1",
+                            "smaller models with repeated sampling match larger ones", f"{row['model']}: "
+                            f"{row['overall']:.3f} vs {row['full_n1']:.3f}, difference {diff.cell(signed=True)}",
+                            diff.verdict("above")])  # fmt: skip
+    return ["## 4. Inference-time scaling", "", f"From `{path}` (by `benchmarks/inference_scaling.py`; overall "
+            "with its 95% interval over prompts).", "", *table(["model", "judge", *(f"N={k}" for k in ns)], rows), ""]  # fmt: skip
 
 
 def scaling_cell(point: dict[str, Any] | None) -> str:
     if point is None:
         return "—"
-    if "low" in point:
-        return f"{point['overall']:.3f} [{point['low']:.3f}, {point['high']:.3f}]"
-    return f"{point['overall']:.3f}"
+    low, high = point["interval"]
+    return f"{point['overall']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
