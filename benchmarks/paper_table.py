@@ -56,7 +56,7 @@ HERE = Path(__file__).parent
 TABLE_PARTS = ("growth", "pruning", "importance", "scaling", "optimizers")
 ALL_PARTS = ("regime", *TABLE_PARTS)
 #: The shipped model's build script (examples/build_tiny_shapes.sh) trains under torchrun with one
-#: process per core and a per-process batch of 64 / processes; provenance records the per-process batch.
+#: process per core and a per-process batch of 64 / processes: a global batch of 64.
 BUILD_GLOBAL_BATCH = 64
 
 
@@ -83,6 +83,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"Comma-separated, of: {', '.join(ALL_PARTS)} "
         f"(default: {', '.join(TABLE_PARTS)}; with --quick all).",
+    )
+    parser.add_argument(
+        "--base-global-batch",
+        type=int,
+        default=BUILD_GLOBAL_BATCH,
+        help="The base's global training batch (provenance has the per-process one).",
     )
     parser.add_argument("--jobs", type=int, default=2, help="Worker processes (one torch thread each).")
     parser.add_argument("--seed", type=int, default=0)
@@ -122,31 +128,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def pretraining(model: Any, depth: int) -> dict[str, Any]:
-    """The base's training compute and recipe, from its provenance (``sanatool.json``)."""
+def pretraining(model: Any, depth: int, global_batch: int) -> dict[str, Any]:
+    """The base's training compute and recipe, from its provenance (``sanatool.json``).
+
+    Provenance records the per-process batch, not the number of processes: ``global_batch`` says it.
+    """
     chain = json.loads((model.path / "sanatool.json").read_text()).get("chain", [])
     runs = [e["args"] for e in chain if e.get("command") in ("train", "finetune")]
     if not runs:
         raise SystemExit(f"{model.path}: no training in its provenance; compute cannot be matched")
     steps = sum(int(a["steps"]) for a in runs)
     last = runs[-1]
-    batch = (
-        BUILD_GLOBAL_BATCH
-        if int(last["batch_size"]) * int(last.get("grad_accum", 1)) <= BUILD_GLOBAL_BATCH
-        else int(last["batch_size"])
-    )
     recipe = {"optimizer": last["optimizer"], "lr": last["lr"], "schedule": last["lr_schedule"],
               "ema": last.get("ema_decay"), "warmup": last.get("warmup_steps")}  # fmt: skip
-    note = (f"{steps} steps × global batch {batch} × {depth} blocks (provenance records batch "
-            f"{last['batch_size']} per process; the build script ran one process per core on 2 cores, global batch "
-            f"{BUILD_GLOBAL_BATCH})")  # fmt: skip
-    return {
-        "steps": steps,
-        "global_batch": batch,
-        "block_samples": steps * batch * depth,
-        "recipe": recipe,
-        "note": note,
-    }
+    note = (f"{steps} steps × global batch {global_batch} × {depth} blocks (provenance records batch "
+            f"{last['batch_size']} per process; --base-global-batch {global_batch})")  # fmt: skip
+    return {"steps": steps, "block_samples": steps * global_batch * depth, "recipe": recipe, "note": note}
 
 
 def distillation_available() -> bool:
@@ -169,7 +166,7 @@ def make_ctx(args: argparse.Namespace) -> tuple[P.Ctx, work.Env, dict[str, int]]
     prompts = len(work.eval_prompts(e.per_category))
     ctx = P.Ctx(
         work=Path(e.work), base=args.model, depth=depth, batch_size=e.batch_size,
-        pretrain=pretraining(base, depth), regime_file=args.regime, regime_out=args.regime_out, parts=args.parts,
+        pretrain=pretraining(base, depth, args.base_global_batch), regime_file=args.regime, regime_out=args.regime_out, parts=args.parts,
         regime_steps=6 if q else 200, regime_every=2 if q else 50, finetune_steps=4 if q else 100,
         scratch_cap=12 if q else None, calibration_prompts=4 if q else 100, ablation_prompts=2 if q else 24,
         eval_images=prompts * e.images_per_prompt, sample_steps=e.sample_steps,
