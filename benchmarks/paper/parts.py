@@ -694,8 +694,9 @@ def optimizer_report(
     )
     return [
         "## 5. Optimizers", "",
-        f"The base fine-tuned with each optimizer at its own tuned lr (section 0), {describe(regime['chosen'])} "
-        f"schedule, {regime['chosen']['steps']} steps, the same batches, noise and timesteps. Optimizer state "
+        f"The base fine-tuned with each optimizer at its own tuned lr (section 0) under the chosen regime's "
+        f"{regime['chosen']['schedule']} schedule for {regime['chosen']['steps']} steps, with the same batches, "
+        "noise and timesteps. Optimizer state "
         "is measured on the optimizer's state tensors after one step (fp32 parameters); the sana1.5-4.8b "
         "column is `estimate_state_bytes` over that preset's parameter shapes. Plot: `paper_came8bit.png`.", "",
         *table(["optimizer", "lr", "state B/param (tiny)", "B/param (sana1.5-4.8b)", "held-out loss",
