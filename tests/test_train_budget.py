@@ -96,3 +96,21 @@ def test_dry_run_budgets_a_teacher_and_refuses_one_of_another_width(cli, tiny_pi
     write_transformer_dir(tmp_path / "other", config, random_init_entries(config, "fp32", 0), 10**9)
     res = cli("finetune", tiny_pipeline, "--dry-run", "--teacher", tmp_path / "other")
     assert res.code == 2 and "in_channels 4 (student 8)" in res.stderr, res.stderr
+
+
+def test_dry_run_budgets_a_lora_run_on_an_nf4_base_without_cuda(cli, tiny_pipeline):
+    res = cli(
+        "finetune", tiny_pipeline, "--dry-run", "--json", "--lora-rank", "4", "--base-precision", "nf4",
+        "--grad-checkpointing", "--teacher", tiny_pipeline,
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    budget = json.loads(res.stdout)
+    settings, rows = budget["settings"], budget["bytes"]
+    assert settings["mode"] == "lora" and settings["trained_params"] == 8 * 6 * 4 * 256
+    assert settings["base_precision"] == "nf4" and settings["lora_targets"] == ["to_k", "to_q", "to_v"]
+    # The teacher is held as the student's base is.
+    assert rows["teacher weights (frozen, nf4)"] == rows["base weights (frozen, nf4)"]
+    assert (
+        "gradients (fp32)" not in rows
+        and rows["gradients (fp32, adapters)"] == 4 * settings["trained_params"]
+    )

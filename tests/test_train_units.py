@@ -173,7 +173,7 @@ def test_accumulated_gradient_is_the_mean_over_micro_steps():
     trainer.optimizer = torch.optim.SGD([weight], lr=0.5)
     trainer.ema, trainer.step_count = None, 0
     trainer._draw = lambda batch: None
-    trainer._micro_loss = lambda draw: (weight - 1.0) ** 2  # gradient −2 at 0
+    trainer._micro_loss = lambda draw: ((weight - 1.0) ** 2, {})  # gradient −2 at 0; no loss parts
     result = trainer.step()
     assert result.loss == pytest.approx(1.0) and result.grad_norm == pytest.approx(2.0)
     assert float(weight.detach()) == pytest.approx(1.0)  # 0 − 0.5 × (−2)
