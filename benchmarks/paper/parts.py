@@ -218,8 +218,7 @@ def regime_report(ctx: Ctx, results: dict[str, Any]) -> list[str]:
     rows = []
     for r in regime["rows"]:
         change = None if r["change"] is None else Interval(**r["change"])
-        rows.append([r["cfg"]["optimizer"], f"{r['cfg']['lr']:g}", r["cfg"]["schedule"], f"{r['cfg'].get('ema') or '—'}",
-                     str(r["cfg"]["steps"]), "—" if r["loss"] is None else f"{r['loss']['value']:.4f}",
+        rows.append([r["cfg"]["optimizer"], f"{r['cfg']['lr']:g}", r["cfg"]["schedule"], str(r["cfg"]["steps"]), "—" if r["loss"] is None else f"{r['loss']['value']:.4f}",
                      "—" if change is None else pct(change),
                      "NaN" if r["nan_at"] else "—" if change is None else lowers(change)])  # fmt: skip
     plots.regime(ctx, results, regime)
@@ -232,7 +231,7 @@ def regime_report(ctx: Ctx, results: dict[str, Any]) -> list[str]:
         "(32-bit state) at CAME-8bit's best lr. Constant-lr runs are also scored at their checkpoints (the same run "
         "stopped earlier). Change = held-out loss relative to the base, 95% paired bootstrap interval over "
         "held-out images. Plot: `paper_regime.png`.", "",
-        *table(["optimizer", "lr", "schedule", "EMA", "steps", "held-out loss", "change vs base", "verdict"], rows),
+        *table(["optimizer", "lr", "schedule", "steps", "held-out loss", "change vs base", "verdict"], rows),
         "",
         f"**Chosen**: {c['optimizer']}, lr {c['lr']:g}, {c['schedule']}"
         f"{', EMA ' + format(c['ema'], 'g') if c.get('ema') else ''}, {c['steps']} steps "
