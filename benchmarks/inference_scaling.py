@@ -85,10 +85,16 @@ def judge_all(judge: Any, root: Path) -> tuple[list[Any], dict[str, Any], float]
     return groups, by_path, time.perf_counter() - start
 
 
+def _keyed(values: dict[str, list[float]]) -> dict[tuple[str, str], float]:
+    """Per-category lists of per-prompt values as :mod:`sanatool.samples.stats` takes them."""
+    return {(c, f"{i:05d}"): v for c, vs in values.items() for i, v in enumerate(vs)}
+
+
 def overall(values: dict[str, list[float]]) -> float:
     """GenEval's overall: the mean over categories of the per-prompt mean."""
-    means = [statistics.fmean(v) for v in values.values() if v]
-    return statistics.fmean(means)
+    from sanatool.samples import stats
+
+    return stats.overall(_keyed(values))
 
 
 def bootstrap(
@@ -101,16 +107,11 @@ def bootstrap(
 
     Prompts are resampled within each category, so every resample keeps GenEval's weighting.
     """
-    rng = random.Random(seed)
-    stats = []
-    for _ in range(reps):
-        picks = {c: [rng.randrange(len(v)) for _ in v] for c, v in per_prompt.items() if v}
-        value = overall({c: [per_prompt[c][i] for i in idx] for c, idx in picks.items()})
-        if other is not None:
-            value -= overall({c: [other[c][i] for i in idx] for c, idx in picks.items()})
-        stats.append(value)
-    stats.sort()
-    return stats[int(0.025 * reps)], stats[int(0.975 * reps) - 1]
+    from sanatool.samples import stats
+
+    models = {"this": _keyed(per_prompt)} | ({} if other is None else {"other": _keyed(other)})
+    boot = stats.bootstrap_overall(models, resamples=reps, seed=seed)
+    return stats.percentile_interval(boot["this"] - boot["other"] if other is not None else boot["this"])
 
 
 def verdict(low: float, high: float) -> str:

@@ -72,31 +72,36 @@ def correct_matrix(samples: Path, prompts: int, candidates: int) -> np.ndarray:
     return out
 
 
+def _per_prompt(m: np.ndarray, categories: list[str]) -> dict[tuple[str, str], float]:
+    """A ``prompts × candidates`` 0/1 matrix as :mod:`sanatool.samples.stats` takes it."""
+    return {
+        (category, f"{i:05d}"): float(v)
+        for i, (category, v) in enumerate(zip(categories, m.mean(axis=1), strict=True))
+    }
+
+
 def bootstrap_overall(
     results: dict[str, np.ndarray], categories: list[str], seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Per configuration, ``RESAMPLES`` overall scores on the same stratified resamples of prompts."""
-    rng = np.random.default_rng(seed)
-    groups = [
-        np.array([i for i, c in enumerate(categories) if c == name]) for name in dict.fromkeys(categories)
-    ]
-    picks = [rng.choice(g, size=(RESAMPLES, len(g))) for g in groups]
-    per_prompt = {key: m.mean(axis=1) for key, m in results.items()}
-    return {
-        key: np.mean([v[p].mean(axis=1) for p in picks], axis=0)  # mean over categories of category means
-        for key, v in per_prompt.items()
-    }
+    from sanatool.samples import stats
+
+    per_prompt = {key: _per_prompt(m, categories) for key, m in results.items()}
+    return stats.bootstrap_overall(per_prompt, resamples=RESAMPLES, seed=seed)
 
 
 def overall(m: np.ndarray, categories: list[str]) -> float:
-    per_prompt = m.mean(axis=1)
-    names = list(dict.fromkeys(categories))
-    return float(np.mean([per_prompt[[c == n for c in categories]].mean() for n in names]))
+    """GenEval's overall (the mean over categories of the category means) of a 0/1 matrix."""
+    from sanatool.samples import stats
+
+    return stats.overall(_per_prompt(m, categories))
 
 
 def interval(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    """The 95% percentile interval of bootstrap values."""
+    from sanatool.samples import stats
+
+    return stats.percentile_interval(values)
 
 
 def beats(low: float, high: float, what: str) -> str:
