@@ -419,6 +419,26 @@ def test_dangling_blob_link_is_refused(cli, hub_sharded, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_loop_of_links_in_a_subfolder_is_refused(cli, side_by_side, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(side_by_side, model)
+    (model / "extras").mkdir()
+    (model / "extras" / "a").symlink_to("b")
+    (model / "extras" / "b").symlink_to("a")
+    _assert_refused(cli("info", model), str(model / "extras" / "a"), "cannot be resolved")
+
+
+def test_a_folder_that_is_not_a_model_is_refused_before_it_is_walked(cli, tmp_path):
+    # A wrong path (a home dir, /tmp) must not be walked: a loop of links in someone else's files
+    # would otherwise be what the user hears about.
+    folder = tmp_path / "not-a-model"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "deep" / "a").symlink_to("b")
+    (folder / "deep" / "b").symlink_to("a")
+    for args in (("info", folder), ("finetune", "builtin:tiny-shapes", "--teacher", folder, "--dry-run")):
+        _assert_refused(cli(*args), f"{folder} is not a model dir", "model_index.json")
+
+
 def test_link_inside_the_model_dir_is_followed_and_resolved_in_the_output(cli, side_by_side, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(side_by_side, model)

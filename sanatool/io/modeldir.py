@@ -301,6 +301,12 @@ def open_model_dir(spec: str | os.PathLike, variant: str | None = None) -> Model
             f"{spec} is a file, not a model dir (expected a diffusers directory); an original SANA checkpoint "
             "becomes one with `sanatool convert FILE --components PIPELINE_DIR -o DIR`"
         )
+    if not (path / "model_index.json").is_file() and not (path / "config.json").is_file():
+        # Checked before the files are walked: a wrong path (a home dir, /tmp) fails at once.
+        raise ModelDirError(
+            f"{spec} is not a model dir: it has neither model_index.json (a diffusers pipeline) nor "
+            "config.json (a bare SanaTransformer2DModel)"
+        )
     check_model_files(path)
     provenance: dict[str, Any] = {}
     if (path / PROVENANCE_NAME).is_file():

@@ -104,7 +104,13 @@ def walk_model_files(root: Path) -> Iterator[tuple[Path, Path]]:
             entries = [entry for entry in entries if not entry.name.startswith(".")]
         for entry in entries:
             path = Path(entry.path)
-            if entry.is_dir():  # follows a link (its target is checked by the recursion)
+            try:
+                is_dir = entry.is_dir()  # follows a link (its target is checked by the recursion)
+            except OSError as err:  # a loop of links
+                raise ModelDirError(
+                    f"{path} is a symlink that cannot be resolved ({err.strerror or err})"
+                ) from err
+            if is_dir:
                 yield from walk(path)
             else:
                 yield path, check_link(path, roots)
