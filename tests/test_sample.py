@@ -360,3 +360,21 @@ def test_cli_seed_chooses_the_images(cli, tiny_pipeline, tmp_path):
     other_seeds, other_images = run("6", "six")
     assert other_seeds == [image_seed(6, 0, 0), image_seed(6, 0, 1)]
     assert not set(other_images) & set(images)
+
+
+def test_prompts_come_from_a_pipe_and_not_from_a_directory(tmp_path):
+    """`--prompts <(grep red prompts.txt)` hands over a pipe, not a regular file."""
+    import os
+    import threading
+
+    from sanatool.errors import InputError
+    from sanatool.io.prompts import read_prompts
+
+    fifo = tmp_path / "prompts.txt"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("a red circle\n\na blue square\n"))
+    writer.start()
+    assert [item.prompt for item in read_prompts(fifo)] == ["a red circle", "a blue square"]
+    writer.join()
+    with pytest.raises(InputError, match="is a directory"):
+        read_prompts(tmp_path)

@@ -50,8 +50,11 @@ def read_prompts(path: str | os.PathLike) -> list[PromptItem]:
     malformed JSONL line (with its line number).
     """
     file = Path(path)
-    if not file.is_file():
+    # Not is_file(): a pipe (`--prompts <(grep red prompts.txt)`) is a prompts file too.
+    if not file.exists():
         raise InputError(f"prompts file {path} does not exist")
+    if file.is_dir():
+        raise InputError(f"prompts file {path} is a directory; give a .txt (one prompt a line) or .jsonl file")
     if file.suffix == ".jsonl":
         items = [_item_from_row(row, f"{path}:{number}") for number, row in read_jsonl(file)]
     else:
