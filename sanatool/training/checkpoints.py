@@ -115,6 +115,7 @@ RESUME_SETTINGS = (
     "lora_dropout",
     "base_precision",
     "distill_weight",
+    "distill_features",
 )
 
 

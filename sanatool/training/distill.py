@@ -91,3 +91,52 @@ def load_teacher(teacher: ModelDir, precision: str, device: Any) -> Any:
         model.to(device)
     model.requires_grad_(False)
     return model.eval()
+
+
+def feature_pairs(
+    provenance: dict[str, Any], student_depth: int, teacher_depth: int
+) -> list[tuple[int, int]]:
+    """(student block, teacher block) pairs whose outputs ``--distill-features`` matches.
+
+    When the student was pruned from a model of the teacher's depth (its provenance's last step is a
+    prune recording the kept blocks), student block i stands for the teacher's blocks from the one it
+    was kept from up to the next kept one, so its output is matched to the last of them (the final
+    block to the teacher's final block). Otherwise (a grown model, unknown history) depths map
+    proportionally: block i ↔ teacher block ⌈(i + 1)·T/S⌉ − 1.
+    """
+    chain = provenance.get("chain") or []
+    last = chain[-1] if chain else {}
+    kept = (last.get("args") or {}).get("kept") if last.get("command") == "prune" else None
+    if (
+        isinstance(kept, list)
+        and len(kept) == student_depth
+        and all(isinstance(k, int) for k in kept)
+        and kept == sorted(set(kept))
+        and 0 <= kept[0]
+        and kept[-1] < teacher_depth
+    ):
+        ends = [nxt - 1 for nxt in kept[1:]] + [teacher_depth - 1]
+        return list(enumerate(ends))
+    return [(i, -(-(i + 1) * teacher_depth // student_depth) - 1) for i in range(student_depth)]
+
+
+class BlockOutputs:
+    """Keeps the outputs of chosen transformer blocks from each forward pass (forward hooks)."""
+
+    def __init__(self, model: Any, blocks: list[int]) -> None:
+        """Hook ``model.transformer_blocks[i]`` for each i in ``blocks``."""
+        self.outputs: dict[int, Any] = {}
+        self.handles = [
+            model.transformer_blocks[i].register_forward_hook(self._keeper(i)) for i in sorted(set(blocks))
+        ]
+
+    def _keeper(self, index: int) -> Any:
+        def keep(_module: Any, _inputs: Any, output: Any) -> None:
+            self.outputs[index] = output[0] if isinstance(output, tuple) else output
+
+        return keep
+
+    def take(self) -> dict[int, Any]:
+        """The outputs of the last forward pass, forgetting them (so no graph outlives its step)."""
+        outputs, self.outputs = self.outputs, {}
+        return outputs
