@@ -246,6 +246,8 @@ def main() -> None:
         ratio_low, ratio_high = interval(boot[name] / boot["full"])
         info = trained.get(name, {})
         versus = interval(boot[name] - boot["plain"]) if "plain" in boot and name != "plain" else None
+        # Every variant of distillation against plain distillation, paired over the same resamples.
+        over = interval(boot[name] - boot["distill"]) if "distill" in boot and name != "distill" else None
         rows.append({
             "run": name, "lr": info.get("lr"), "overall": round(overall(m, categories), 4),
             "low": round(low, 4), "high": round(high, 4), "of_full": round(overall(m, categories) / full, 4),
@@ -253,6 +255,7 @@ def main() -> None:
             "loss_last10": info.get("loss_last10"), "flow_loss_last10": info.get("flow_loss_last10"),
             "train_seconds": info.get("seconds"),
             "vs_plain": None if versus is None else [round(versus[0], 4), round(versus[1], 4)],
+            "vs_distill": None if over is None else [round(over[0], 4), round(over[1], 4)],
         })  # fmt: skip
     kept = json.loads((pruned / "sanatool.json").read_text())["chain"][-1]["args"].get("kept")
     result = {
@@ -270,19 +273,22 @@ def main() -> None:
     )
     print("")
     print(
-        "| run | lr | eval overall [95% CI] | % of full [95% CI] | − plain [95% CI] | train loss (last 10) "
-        "| flow loss (last 10) |"
+        "| run | lr | eval overall [95% CI] | % of full [95% CI] | − plain [95% CI] | − distill [95% CI] "
+        "| train loss (last 10) | flow loss (last 10) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         loss = "—" if r["loss_last10"] is None else f"{r['loss_last10']:.4f}"
         flow = "—" if r["flow_loss_last10"] is None else f"{r['flow_loss_last10']:.4f}"
         lr = "—" if r["lr"] is None else f"{r['lr']:g}"
-        versus = "—" if r["vs_plain"] is None else f"[{r['vs_plain'][0]:+.3f}, {r['vs_plain'][1]:+.3f}]"
+        versus, over = (
+            "—" if r[key] is None else f"[{r[key][0]:+.3f}, {r[key][1]:+.3f}]"
+            for key in ("vs_plain", "vs_distill")
+        )
         print(
             f"| {r['run']} | {lr} | {r['overall']:.3f} "
             f"[{r['low']:.3f}, {r['high']:.3f}] | {r['of_full']:.0%} [{r['of_full_low']:.0%}, {r['of_full_high']:.0%}] "
-            f"| {versus} | {loss} | {flow} |"
+            f"| {versus} | {over} | {loss} | {flow} |"
         )
     log(f"done in {result['wall_seconds']:.0f} s; {work / 'results.json'}")
 
