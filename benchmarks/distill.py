@@ -10,9 +10,6 @@ run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base'
   into a whole model for sampling;
 - ``distill``: a full fine-tune with ``--teacher`` = the unpruned model (pure distillation, w = 1);
 - ``loraR+distill``: both; ``distillW`` (e.g. ``distill0.5``) mixes in flow matching with ``--distill-weight W``;
-- ``distill+featW2``: also matches block outputs to the teacher's (``--distill-features W2``), student
-  block i's output to the teacher's block before the next kept one (from the pruned model's provenance);
-  ``distill+featW2p``: the same on a copy without provenance, so blocks map proportionally by depth;
 - ``+cdP`` (e.g. ``distill+cd0.3``): caption dropout P instead of ``finetune``'s 0.1, so the null-caption
   branch that guidance extrapolates from gets more of the training; ``+tsS`` (e.g. ``distill+tsuniform``):
   ``--weighting-scheme S`` (timestep density and weighting) instead of logit-normal; ``+bN``: batch N.
@@ -54,7 +51,7 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """``METHOD[@LR]`` → the run's name, LoRA rank (or None), teacher flag and lr."""
     method, _, lr = spec.partition("@")
     parts = method.split("+")
-    rank, weight, features, anonymous, dropout, timesteps, batch = None, None, None, False, None, None, None
+    rank, weight, dropout, timesteps, batch = None, None, None, None, None
     for part in parts:
         if part.startswith("cd"):
             dropout = float(part[2:])
@@ -62,19 +59,14 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             timesteps = part[2:]
         elif part.startswith("b") and part[1:].isdigit():
             batch = int(part[1:])
-        elif part.startswith("feat"):
-            anonymous = part.endswith("p")
-            features = float(part[4:].rstrip("p") or 1.0)
         elif part.startswith("lora"):
             rank = int(part[4:])
         elif part.startswith("distill"):
             weight = float(part[7:] or 1.0)
         elif part != "plain":
             raise SystemExit(
-                f"--runs: unknown method {method!r} (plain, loraR, distill[W], loraR+distill[W], distill[W]+feat[W2])"
+                f"--runs: unknown method {method!r} (plain, loraR, distill[W], joined by + with loraR, cdP, tsS, bN)"
             )
-    if features is not None and weight is None:
-        raise SystemExit(f"--runs: {method!r}: feat[W2] (feature distillation) needs distill[W]")
     default_lr = args.lora_lr if rank is not None else args.lr
     return {
         "name": spec,
@@ -82,8 +74,6 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "rank": rank,
         "teacher": weight is not None,
         "distill_weight": weight,
-        "distill_features": features,
-        "anonymous": anonymous,
         "caption_dropout": dropout,
         "weighting_scheme": timesteps,
         "batch_size": batch or args.batch_size,
@@ -122,15 +112,12 @@ def finetune(args: argparse.Namespace, run: dict[str, Any], work: Path, base: An
     from sanatool.training.logs import LOSS_LOG, read_log
 
     out = work / "models" / run["name"].replace("+", "_").replace("@", "_lr")
-    if run["anonymous"]:
-        pruned = anonymous_copy(pruned)
     if not (out / LOSS_LOG).exists():
         opts = TrainOptions(
             data=data, out=out, steps=args.steps, source=str(pruned), optimizer=args.optimizer,
             lr=run["lr"], batch_size=run["batch_size"], seed=args.seed, cache_dir=work / "cache",
             warmup_steps=min(args.warmup, args.steps - 1), precision="fp32", force=True,
             teacher=base.path if run["teacher"] else None, distill_weight=run["distill_weight"],
-            distill_features=run["distill_features"],
         )  # fmt: skip
         if run["rank"] is not None:
             opts.lora_rank, opts.merge = run["rank"], True
@@ -145,16 +132,6 @@ def finetune(args: argparse.Namespace, run: dict[str, Any], work: Path, base: An
         if run["rank"] is not None:
             check_lora_only(pruned, out)
     return out, read_log(out / LOSS_LOG), float((out / "seconds.txt").read_text())
-
-
-def anonymous_copy(model: Path) -> Path:
-    """``model`` without its provenance, so feature distillation maps blocks by depth alone (made once)."""
-    import shutil
-
-    copy = model.with_name(model.name + "-anonymous")
-    if not copy.exists():
-        shutil.copytree(model, copy, ignore=shutil.ignore_patterns("sanatool.json"))
-    return copy
 
 
 def check_lora_only(source: Path, out: Path) -> None:

@@ -98,9 +98,6 @@ def _other_vae(tiny_pipeline: Path, tmp_path: Path) -> Path:
         ("text-encoder", "--train-text-encoder"),
         ("weight-without-teacher", "--distill-weight needs --teacher"),
         ("weight-out-of-range", "--distill-weight must be in (0, 1]"),
-        ("features-without-teacher", "--distill-features needs --teacher"),
-        ("features-zero", "--distill-features must be positive"),
-        ("features-negative", "--distill-features must be positive"),
     ],
 )
 def test_a_teacher_that_cannot_teach_is_refused_before_any_work(
@@ -124,10 +121,6 @@ def test_a_teacher_that_cannot_teach_is_refused_before_any_work(
         teacher = ["--distill-weight", "0.5"]
     elif case == "weight-out-of-range":
         extra = ["--distill-weight", "1.5"]
-    elif case == "features-without-teacher":
-        teacher = ["--distill-features", "1"]
-    elif case.startswith("features-"):
-        extra = ["--distill-features", "0" if case == "features-zero" else "-0.5"]
     out = tmp_path / "out"
     cache = tmp_path / "cache"
     res = _finetune(cli, tiny_pipeline, shapes_data, out, "--cache-dir", cache, *teacher, *extra)
@@ -136,7 +129,7 @@ def test_a_teacher_that_cannot_teach_is_refused_before_any_work(
     assert not out.exists() and not (tmp_path / "out.checkpoints").exists() and not cache.exists()
 
 
-def test_resume_keeps_the_teacher_and_its_weights(cli, tiny_pipeline, pruned, shapes_data, tmp_path):
+def test_resume_keeps_the_teacher_and_its_weight(cli, tiny_pipeline, pruned, shapes_data, tmp_path):
     out = tmp_path / "healed"
     first = _finetune(
         cli, pruned, shapes_data, out, "--steps", "2", "--save-every", "1", "--teacher", tiny_pipeline,
@@ -154,42 +147,6 @@ def test_resume_keeps_the_teacher_and_its_weights(cli, tiny_pipeline, pruned, sh
     assert res.code == 2 and "with another --teacher" in res.stderr, res.stderr
     res = resume("--teacher", tiny_pipeline, "--distill-weight", "0.5")
     assert res.code == 2 and "--distill-weight 0.7 → 0.5" in res.stderr, res.stderr
-    res = resume("--teacher", tiny_pipeline, "--distill-weight", "0.7", "--distill-features", "2")
-    assert res.code == 2 and "--distill-features None → 2.0" in res.stderr, res.stderr
     res = resume("--teacher", tiny_pipeline, "--distill-weight", "0.7")
     assert res.code == 0, res.stderr
     assert [r["step"] for r in _records(out)] == [1, 2, 3] and "distill_loss" in _records(out)[-1]
-
-
-def test_feature_pairs_follow_the_kept_blocks_else_depth():
-    from sanatool.training.distill import feature_pairs
-
-    def pruned_from(kept: list[int]) -> dict:
-        return {"chain": [{"command": "train", "args": {}}, {"command": "prune", "args": {"kept": kept}}]}
-
-    # Each student block stands for the teacher's blocks up to the next kept one; the last for the rest.
-    assert feature_pairs(pruned_from([0, 2, 5, 6]), 4, 8) == [(0, 1), (1, 4), (2, 5), (3, 7)]
-    assert feature_pairs(pruned_from([1, 2, 3, 4]), 4, 8) == [(0, 1), (1, 2), (2, 3), (3, 7)]
-    proportional = [(0, 1), (1, 3), (2, 5), (3, 7)]
-    assert feature_pairs({}, 4, 8) == proportional
-    assert feature_pairs(pruned_from([0, 2, 5, 9]), 4, 8) == proportional  # pruned from a deeper model
-    assert feature_pairs(pruned_from([0, 2, 5]), 4, 8) == proportional  # fine-tuned or grown since
-    assert feature_pairs({}, 3, 8) == [(0, 2), (1, 5), (2, 7)]
-    assert feature_pairs({}, 8, 4) == [(i, i // 2) for i in range(8)]  # a grown student
-
-
-def test_feature_distillation_adds_the_block_outputs_term(cli, tiny_pipeline, pruned, shapes_data, tmp_path):
-    def first(source, name: str, *extra: str) -> dict:
-        out = tmp_path / name
-        res = _finetune(cli, source, shapes_data, out, "--steps", "1", "--teacher", tiny_pipeline, *extra)
-        assert res.code == 0, res.stderr
-        return _records(out)[0]
-
-    itself = first(tiny_pipeline, "self", "--distill-features", "3")
-    assert itself["feature_loss"] == 0.0 and itself["grad_norm"] == 0.0
-    plain = first(pruned, "outputs-only")
-    both = first(pruned, "features", "--distill-features", "3")
-    # Kept [0..3] of 8: blocks 0-2 still equal the teacher's, block 3 stands in for the teacher's 3-7.
-    assert both["feature_loss"] > 0.01
-    assert both["distill_loss"] == pytest.approx(plain["distill_loss"], rel=1e-6)
-    assert both["loss"] == pytest.approx(plain["loss"] + 3 * both["feature_loss"], rel=1e-5)

@@ -338,11 +338,6 @@ def finetune(
         "--distill-weight",
         help="w in (1 − w)·flow-matching loss + w·‖v_student − v_teacher‖² (default 1: pure distillation).",
     ),
-    distill_features: float | None = typer.Option(
-        None,
-        "--distill-features",
-        help="Also match each block's output to the teacher block it stands for (normalised MSE), with this weight.",
-    ),
 ) -> None:
     """Fine-tune a pipeline's transformer with flow matching; the text encoder and VAE stay frozen
     (unless [bold]--train-text-encoder[/], for the shapes world's small encoder).
@@ -358,10 +353,7 @@ def finetune(
 
     Example: sanatool finetune pruned/ --data shapes/ -o healed --steps 100 --teacher full/
     """
-    _run(
-        shared, source=model, optimizer=optimizer, lr=lr, teacher=teacher, distill_weight=distill_weight,
-        distill_features=distill_features,
-    )  # fmt: skip
+    _run(shared, source=model, optimizer=optimizer, lr=lr, teacher=teacher, distill_weight=distill_weight)
 
 
 @app.command()

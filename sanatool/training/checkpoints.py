@@ -115,7 +115,6 @@ RESUME_SETTINGS = (
     "lora_dropout",
     "base_precision",
     "distill_weight",
-    "distill_features",
 )
 
 

@@ -105,10 +105,8 @@ class Trainer:
         num_train_timesteps: int,
         timestep_scale: float,
         teacher: Any = None,
-        feature_pairs: list[tuple[int, int]] | None = None,
     ) -> None:
-        """``teacher``: a frozen transformer to distil from (``--teacher``), weighted by ``opts.distill_weight``;
-        ``feature_pairs``: (student block, teacher block) outputs matched with ``--distill-features``."""
+        """``teacher``: a frozen transformer to distil from (``--teacher``), weighted by ``opts.distill_weight``."""
         import torch
 
         self.opts = opts
@@ -117,13 +115,6 @@ class Trainer:
         self.wrapped = wrapped
         self.optimizer = optimizer
         self.teacher = teacher
-        self.feature_pairs = feature_pairs or []
-        self.student_blocks = self.teacher_blocks = None
-        if self.feature_pairs:
-            from sanatool.training.distill import BlockOutputs
-
-            self.student_blocks = BlockOutputs(model, [s for s, _ in self.feature_pairs])
-            self.teacher_blocks = BlockOutputs(teacher, [t for _, t in self.feature_pairs])
         self.reader = reader
         self.null_embeds, self.null_mask, self.null_ids = null_embedding
         # With --train-text-encoder the model is a TextConditionedTransformer fed token ids.
@@ -251,21 +242,7 @@ class Trainer:
         w = float(self.opts.distill_weight or 1.0)
         distill = (weighting * ((pred.float() - teacher_pred.float()) ** 2).mean(dim=(1, 2, 3))).mean()
         parts = {"flow_loss": flow.detach(), "distill_loss": distill.detach()}
-        loss = (1.0 - w) * flow + w * distill
-        if self.feature_pairs:
-            mine, theirs = self.student_blocks.take(), self.teacher_blocks.take()
-            terms = []
-            for s, t in self.feature_pairs:
-                # Normalised by the teacher's own energy: blocks' output scales differ by orders of magnitude.
-                h_t = theirs[t].float()
-                err = ((mine[s].float() - h_t) ** 2).flatten(1).sum(1) / (h_t**2).flatten(1).sum(1).clamp_min(
-                    1e-12
-                )
-                terms.append((weighting.view(-1) * err).mean())
-            features = torch.stack(terms).mean()
-            parts["feature_loss"] = features.detach()
-            loss = loss + float(self.opts.distill_features) * features
-        return loss, parts
+        return (1.0 - w) * flow + w * distill, parts
 
     def step(self) -> StepResult:
         """One optimizer step over the global batch (micro-batches × ranks); does not step on NaN."""

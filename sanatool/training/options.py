@@ -84,8 +84,6 @@ class TrainOptions:
     # Distillation (``--teacher``): loss = (1 − w)·flow-matching loss + w·‖v_student − v_teacher‖².
     teacher: Path | None = None
     distill_weight: float | None = None
-    # Feature distillation: + W2 · mean over blocks of ‖h_student − h_teacher‖² / ‖h_teacher‖² (blocks' outputs).
-    distill_features: float | None = None
 
     @property
     def command(self) -> str:
@@ -236,12 +234,8 @@ def _validate_lora_and_teacher(opts: TrainOptions) -> None:
             f"unknown --base-precision {opts.base_precision!r}; choose one of: {', '.join(BASE_PRECISIONS)}"
         )
     if opts.teacher is None:
-        for name, value in (
-            ("--distill-weight", opts.distill_weight),
-            ("--distill-features", opts.distill_features),
-        ):
-            if value is not None:
-                raise InputError(f"{name} needs --teacher MODEL_DIR")
+        if opts.distill_weight is not None:
+            raise InputError("--distill-weight needs --teacher MODEL_DIR")
     else:
         if opts.command == "train":
             raise InputError("--teacher distils into a model being fine-tuned: use `finetune MODEL_DIR`")
@@ -250,10 +244,6 @@ def _validate_lora_and_teacher(opts: TrainOptions) -> None:
         _finite("--distill-weight", opts.distill_weight)
         if not 0 < opts.distill_weight <= 1:
             raise InputError(f"--distill-weight must be in (0, 1], got {opts.distill_weight}")
-        if opts.distill_features is not None:
-            _finite("--distill-features", opts.distill_features)
-            if opts.distill_features <= 0:
-                raise InputError(f"--distill-features must be positive, got {opts.distill_features}")
 
 
 def _validate_reporting(opts: TrainOptions) -> None:

@@ -415,18 +415,13 @@ def _build_run(
     optimizer = _build_optimizer(opts, model)
     shift, timesteps = _scheduler_settings(sources.components)
     null = cache.null_embedding()
-    teacher, pairs = None, None
+    teacher = None
     if sources.teacher is not None:
         from sanatool.training.distill import load_teacher
 
         # In the student's base precision (a LoRA run's), else in the precision the step computes in.
         compute = "bf16" if resolve_precision(opts.precision, ctx.device.type) == "bf16" else "fp32"
         teacher = load_teacher(sources.teacher, opts.base_precision or compute, ctx.device)
-        if opts.distill_features is not None:
-            from sanatool.training.distill import feature_pairs
-
-            depths = int(sources.config["num_layers"]), int(teacher.config.num_layers)
-            pairs = feature_pairs(sources.parent.provenance if sources.parent else {}, *depths)
     trainer = Trainer(
         opts,
         ctx,
@@ -439,7 +434,6 @@ def _build_run(
         timesteps,
         float(sources.config.get("timestep_scale", 1.0)),
         teacher=teacher,
-        feature_pairs=pairs,
     )
     return _Run(opts, sources, ctx, cache, run_dir, trainer, text_encoder)
 
