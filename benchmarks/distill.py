@@ -9,7 +9,10 @@ run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base'
 - ``loraR``: LoRA of rank R on the default targets (``--lora-rank R --merge``), the adapters merged
   into a whole model for sampling;
 - ``distill``: a full fine-tune with ``--teacher`` = the unpruned model (pure distillation, w = 1);
-- ``loraR+distill``: both; ``distillW`` (e.g. ``distill0.5``) mixes in flow matching with ``--distill-weight W``.
+- ``loraR+distill``: both; ``distillW`` (e.g. ``distill0.5``) mixes in flow matching with ``--distill-weight W``;
+- ``+cdP`` (e.g. ``distill+cd0.3``): caption dropout P instead of ``finetune``'s 0.1, so the null-caption
+  branch that guidance extrapolates from gets more of the training; ``+tsS`` (e.g. ``distill+tsuniform``):
+  ``--weighting-scheme S`` (timestep density and weighting) instead of logit-normal; ``+bN``: batch N.
 
 A run is ``METHOD[@LR]`` (default lr: ``--lr`` for full fine-tunes, ``--lora-lr`` for LoRA), so a
 learning-rate sweep is a list of runs, every one of which lands in the table (nothing is
@@ -48,15 +51,21 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """``METHOD[@LR]`` → the run's name, LoRA rank (or None), teacher flag and lr."""
     method, _, lr = spec.partition("@")
     parts = method.split("+")
-    rank, weight = None, None
+    rank, weight, dropout, timesteps, batch = None, None, None, None, None
     for part in parts:
-        if part.startswith("lora"):
+        if part.startswith("cd"):
+            dropout = float(part[2:])
+        elif part.startswith("ts"):
+            timesteps = part[2:]
+        elif part.startswith("b") and part[1:].isdigit():
+            batch = int(part[1:])
+        elif part.startswith("lora"):
             rank = int(part[4:])
         elif part.startswith("distill"):
             weight = float(part[7:] or 1.0)
         elif part != "plain":
             raise SystemExit(
-                f"--runs: unknown method {method!r} (plain, loraR, distill[W], loraR+distill[W])"
+                f"--runs: unknown method {method!r} (plain, loraR, distill[W], joined by + with loraR, cdP, tsS, bN)"
             )
     default_lr = args.lora_lr if rank is not None else args.lr
     return {
@@ -65,6 +74,9 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "rank": rank,
         "teacher": weight is not None,
         "distill_weight": weight,
+        "caption_dropout": dropout,
+        "weighting_scheme": timesteps,
+        "batch_size": batch or args.batch_size,
         "lr": float(lr) if lr else default_lr,
     }
 
@@ -103,12 +115,16 @@ def finetune(args: argparse.Namespace, run: dict[str, Any], work: Path, base: An
     if not (out / LOSS_LOG).exists():
         opts = TrainOptions(
             data=data, out=out, steps=args.steps, source=str(pruned), optimizer=args.optimizer,
-            lr=run["lr"], batch_size=args.batch_size, seed=args.seed, cache_dir=work / "cache",
+            lr=run["lr"], batch_size=run["batch_size"], seed=args.seed, cache_dir=work / "cache",
             warmup_steps=min(args.warmup, args.steps - 1), precision="fp32", force=True,
             teacher=base.path if run["teacher"] else None, distill_weight=run["distill_weight"],
         )  # fmt: skip
         if run["rank"] is not None:
             opts.lora_rank, opts.merge = run["rank"], True
+        if run["caption_dropout"] is not None:
+            opts.caption_dropout = run["caption_dropout"]
+        if run["weighting_scheme"] is not None:
+            opts.weighting_scheme = run["weighting_scheme"]
         log(f"finetune {run['name']}: {args.steps} steps, {args.optimizer}, lr {run['lr']:g}")
         started = time.perf_counter()
         run_training(opts)
@@ -207,6 +223,8 @@ def main() -> None:
         ratio_low, ratio_high = interval(boot[name] / boot["full"])
         info = trained.get(name, {})
         versus = interval(boot[name] - boot["plain"]) if "plain" in boot and name != "plain" else None
+        # Every variant of distillation against plain distillation, paired over the same resamples.
+        over = interval(boot[name] - boot["distill"]) if "distill" in boot and name != "distill" else None
         rows.append({
             "run": name, "lr": info.get("lr"), "overall": round(overall(m, categories), 4),
             "low": round(low, 4), "high": round(high, 4), "of_full": round(overall(m, categories) / full, 4),
@@ -214,6 +232,7 @@ def main() -> None:
             "loss_last10": info.get("loss_last10"), "flow_loss_last10": info.get("flow_loss_last10"),
             "train_seconds": info.get("seconds"),
             "vs_plain": None if versus is None else [round(versus[0], 4), round(versus[1], 4)],
+            "vs_distill": None if over is None else [round(over[0], 4), round(over[1], 4)],
         })  # fmt: skip
     kept = json.loads((pruned / "sanatool.json").read_text())["chain"][-1]["args"].get("kept")
     result = {
@@ -231,19 +250,22 @@ def main() -> None:
     )
     print("")
     print(
-        "| run | lr | eval overall [95% CI] | % of full [95% CI] | − plain [95% CI] | train loss (last 10) "
-        "| flow loss (last 10) |"
+        "| run | lr | eval overall [95% CI] | % of full [95% CI] | − plain [95% CI] | − distill [95% CI] "
+        "| train loss (last 10) | flow loss (last 10) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         loss = "—" if r["loss_last10"] is None else f"{r['loss_last10']:.4f}"
         flow = "—" if r["flow_loss_last10"] is None else f"{r['flow_loss_last10']:.4f}"
         lr = "—" if r["lr"] is None else f"{r['lr']:g}"
-        versus = "—" if r["vs_plain"] is None else f"[{r['vs_plain'][0]:+.3f}, {r['vs_plain'][1]:+.3f}]"
+        versus, over = (
+            "—" if r[key] is None else f"[{r[key][0]:+.3f}, {r[key][1]:+.3f}]"
+            for key in ("vs_plain", "vs_distill")
+        )
         print(
             f"| {r['run']} | {lr} | {r['overall']:.3f} "
             f"[{r['low']:.3f}, {r['high']:.3f}] | {r['of_full']:.0%} [{r['of_full_low']:.0%}, {r['of_full_high']:.0%}] "
-            f"| {versus} | {loss} | {flow} |"
+            f"| {versus} | {over} | {loss} | {flow} |"
         )
     log(f"done in {result['wall_seconds']:.0f} s; {work / 'results.json'}")
 
