@@ -87,6 +87,16 @@ def _lora_config(rank: int, targets: tuple[str, ...]) -> Any:
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets))
 
 
+def _trained_weight_copy(tensor: Any, param_ids: set[int]) -> bool:
+    """Is ``tensor`` autocast's cast of a trained parameter (``ToCopyBackward0`` straight from its leaf)?"""
+    fn = tensor.grad_fn
+    if fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return False
+    return any(
+        id(getattr(nxt, "variable", None)) in param_ids for nxt, _ in fn.next_functions if nxt is not None
+    )
+
+
 def _saved_activation_bytes(
     config: dict[str, Any],
     batch: int,
@@ -137,7 +147,9 @@ def _saved_activation_bytes(
 
         def pack(tensor: Any) -> Any:
             base = tensor._base if tensor._base is not None else tensor
-            if id(base) not in param_ids:  # weights (and their transposed views) are not activations
+            # Weights, their views and autocast's cached copies of trained weights (a row of their own)
+            # are not activations; a frozen fp32 weight's bf16 copy, cast anew per call, is.
+            if id(base) not in param_ids and not _trained_weight_copy(base, param_ids):
                 saved[id(base)] = max(saved.get(id(base), 0), base.numel() * base.element_size())
                 keep.append(base)  # hold a reference so ids stay unique during the pass
             return tensor
