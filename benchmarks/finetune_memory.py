@@ -12,7 +12,10 @@ loss, backward, clipping, optimizer step). Modes:
   built by ``finetune``'s own LoRA code, gradient checkpointing.
 
 On the CPU (default) the weights are those of ``sanatool init`` (streamed block by block into the
-model); measured = peak RSS during the step − RSS before the model existed. Before that baseline
+model); measured = peak RSS during the step − RSS before the model existed. The child runs with
+glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=131072``, unless set already): by default glibc
+raises it as large blocks are freed and then keeps freed blocks of up to 32 MiB resident in its
+heap, which RSS counts although the step no longer holds them (+0.4 GB in a LoRA step of 4 blocks). Before that baseline
 the child runs one step of the tiny model in the same mode, so the baseline holds every library
 and kernel a step loads (the process's code), and the kernel's high-water mark is reset
 (``/proc/self/clear_refs``) once the model and optimizer are built, so the transient copies of
@@ -40,6 +43,8 @@ MODES = ("full", "full-nockpt", "lora-bf16", "lora-int8", "lora-nf4")
 CPU_MODES = "full,lora-bf16"
 LORA_RANK = 16
 TEXT_LEN = 300
+#: glibc's default (initial) mmap threshold, fixed for the child (see ``main``).
+MMAP_THRESHOLD = 128 * 1024
 
 
 def rss_kib(field: str) -> int:
@@ -86,9 +91,12 @@ class FakeReader:
     def __init__(self, channels: int, side: int, caption: int) -> None:
         import torch
 
+        from sanatool.training.cache import Bucket
+
         generator = torch.Generator().manual_seed(0)
         self.count = 1
         self.latent_shape = (channels, side, side)
+        self.buckets = [Bucket(0, 1, self.latent_shape)]
         self.item = {
             "latents": torch.randn(1, channels, side, side, generator=generator),
             "embeds": torch.randn(1, TEXT_LEN, caption, generator=generator),
@@ -251,7 +259,14 @@ def main() -> None:
                "--device", args.device]  # fmt: skip
         cmd += ["--layers", str(args.layers)] if args.layers else []
         cmd += ["--model-dir", str(args.model_dir)] if args.model_dir else []
-        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        env = os.environ.copy()
+        if not args.device.startswith("cuda"):
+            # glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed, after which
+            # freed blocks below it stay in the heap, resident: RSS then counts the allocator's retention
+            # on top of live memory. A fixed threshold returns every large block to the kernel at `free`,
+            # so peak RSS measures what the step holds, as max_memory_allocated does on CUDA.
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"{mode} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
             continue

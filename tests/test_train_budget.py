@@ -114,3 +114,72 @@ def test_dry_run_budgets_a_lora_run_on_an_nf4_base_without_cuda(cli, tiny_pipeli
         "gradients (fp32)" not in rows
         and rows["gradients (fp32, adapters)"] == 4 * settings["trained_params"]
     )
+
+
+def _real_saved_bytes(config, side, text_len, lora_rank, base_dtype):
+    """Bytes autograd saves in a real bf16-autocast forward pass of ``config`` (random weights), by storage."""
+    import torch
+
+    from sanatool.surgery.initialize import build_meta_transformer
+    from sanatool.training.lora import add_lora, lora_config
+    from sanatool.training.options import DEFAULT_LORA_TARGETS
+
+    torch.manual_seed(0)
+    model = build_meta_transformer(config).to_empty(device="cpu")
+    for param in model.parameters():
+        torch.nn.init.normal_(param, std=0.02)
+    if lora_rank is not None:
+        model.to(base_dtype)
+        add_lora(model, lora_config(lora_rank, float(lora_rank), DEFAULT_LORA_TARGETS))
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+    keep = []
+
+    copies: set[int] = set()
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        # autocast's bf16 copies of trained weights are the budget's "autocast copies" row, not activations
+        fn = (tensor._base if tensor._base is not None else tensor).grad_fn
+        if fn is not None and type(fn).__name__ == "ToCopyBackward0":
+            if hasattr(fn.next_functions[0][0], "variable"):
+                copies.add(storage.data_ptr())
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+            keep.append(tensor)
+        return tensor
+
+    hidden = torch.randn(1, int(config["in_channels"]), side, side)
+    text = torch.randn(1, text_len, int(config["caption_channels"]))
+    mask = torch.ones(1, text_len, dtype=torch.long)
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        model(
+            hidden, encoder_hidden_states=text, timestep=torch.full((1,), 500.0), encoder_attention_mask=mask
+        )
+    return sum(n for ptr, n in saved.items() if ptr not in copies)
+
+
+@pytest.mark.parametrize(
+    ("lora_rank", "base"),
+    [(None, None), (4, "bf16"), (4, None)],
+    ids=["full", "lora-bf16-base", "lora-fp32-base"],
+)
+def test_budgeted_activations_equal_what_a_real_autocast_step_saves(tiny, lora_rank, base):
+    # The budget's pass must run as the step does: fp32 trained weights, the frozen base in its dtype,
+    # bf16 autocast. Without autocast, a bf16 base plus fp32 adapters computes the attention in fp32.
+    import torch
+
+    from sanatool.training.budget import _saved_activation_bytes
+    from sanatool.training.options import DEFAULT_LORA_TARGETS
+
+    base_dtype = torch.bfloat16 if base else None
+    lora = (lora_rank, DEFAULT_LORA_TARGETS) if lora_rank else None
+    budgeted = _saved_activation_bytes(
+        tiny, 1, 8, 16, torch.bfloat16, False, lora=lora, base_dtype=base_dtype
+    )
+    real = _real_saved_bytes(tiny, 8, 16, lora_rank, base_dtype or torch.float32)
+    assert budgeted == pytest.approx(real, rel=0.02)

@@ -2,9 +2,10 @@
 
 Weights, gradients and EMA follow from the parameter shapes; optimizer state comes from the
 optimizers' own :func:`sanatool.optim.estimate_state_bytes`. Activations are *measured*, not
-guessed: the transformer runs one forward pass on PyTorch's ``meta`` device (shapes only, no
-memory, well under a second even for 4.8B) at the requested batch, latent size and caption
-length, and every tensor autograd saves for the backward pass is counted once. With gradient
+guessed: the transformer runs one forward pass on fake CPU tensors (PyTorch's ``FakeTensorMode``:
+shapes and dtypes only, no memory, seconds even for 4.8B) at the requested batch, latent size and
+caption length, with its weights in the dtypes the real step holds and under the same bf16
+autocast, and every tensor autograd saves for the backward pass is counted once. With gradient
 checkpointing only each block's input is kept, plus one block's activations while it is
 recomputed. Transient buffers (attention scores, optimizer temporaries) and the CUDA context add
 roughly 1–2 GB on a GPU; the table says so rather than pretending to be exact.
@@ -20,7 +21,7 @@ the frozen base is held in ``--base-precision``: fp32 (none given), bf16 (2 byte
 bitsandbytes int8 (1 byte/param plus an fp32 scale per row) or nf4 (half a byte/param plus an fp32
 absmax per 64 weights) for the ``nn.Linear`` weights, which is what bitsandbytes quantizes; every
 other parameter (SANA's 1×1 convolutions of the feed-forward, norms, embeddings) stays bf16.
-Activations are measured on the meta model with the base frozen and peft's adapters in place.
+Activations are measured with the base frozen in its dtype and peft's fp32 adapters in place.
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def _lora_config(rank: int, targets: tuple[str, ...]) -> Any:
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets))
 
 
+def _trained_weight_copy(tensor: Any, param_ids: set[int]) -> bool:
+    """Is ``tensor`` autocast's cast of a trained parameter (``ToCopyBackward0`` straight from its leaf)?"""
+    fn = tensor.grad_fn
+    if fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return False
+    return any(
+        id(getattr(nxt, "variable", None)) in param_ids for nxt, _ in fn.next_functions if nxt is not None
+    )
+
+
 def _saved_activation_bytes(
     config: dict[str, Any],
     batch: int,
@@ -94,16 +105,23 @@ def _saved_activation_bytes(
     dtype: Any,
     checkpointing: bool,
     lora: tuple[int, tuple[str, ...]] | None = None,
+    base_dtype: Any = None,
 ) -> int:
-    """Bytes autograd saves in one forward pass of the transformer, measured on the meta device.
+    """Bytes autograd saves in one forward pass of the transformer, measured on fake CPU tensors.
 
+    The model is built on the meta device, then every parameter becomes a fake CPU tensor (shape and
+    dtype, no memory) in the dtype the real step holds it: trained weights fp32, a LoRA run's frozen
+    base in ``base_dtype`` (fp32 when ``None``). With ``dtype`` bf16 the pass runs under CPU autocast,
+    as the step does: autocast does not apply to meta tensors, and without it a bf16 base plus fp32
+    adapters (or SANA's fp32 linear attention) computes in fp32 and saves twice the bytes.
     ``lora`` = (rank, targets): the base frozen and peft's adapters added, as a LoRA run trains it.
     """
     import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     from sanatool.surgery.initialize import build_meta_transformer
 
-    model = build_meta_transformer(config).to(dtype)
+    model = build_meta_transformer(config)
     if lora is not None:
         model.requires_grad_(False)
         with torch.device("meta"):
@@ -111,23 +129,39 @@ def _saved_activation_bytes(
     if checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
-    param_ids = {id(p) for p in model.parameters()}
+    frozen = base_dtype or torch.float32
     saved: dict[int, int] = {}
     keep: list[Any] = []
+    with FakeTensorMode():
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None:
+                    held = torch.float32 if param.requires_grad else frozen
+                    module._parameters[name] = torch.nn.Parameter(
+                        torch.empty(param.shape, dtype=held), requires_grad=param.requires_grad
+                    )
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None:
+                    module._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype)
+        param_ids = {id(p) for p in model.parameters()}
 
-    def pack(tensor: Any) -> Any:
-        base = tensor._base if tensor._base is not None else tensor
-        if id(base) not in param_ids:  # weights (and their transposed views) are not activations
-            saved[id(base)] = max(saved.get(id(base), 0), base.numel() * base.element_size())
-            keep.append(base)  # hold a reference so ids stay unique during the pass
-        return tensor
+        def pack(tensor: Any) -> Any:
+            base = tensor._base if tensor._base is not None else tensor
+            # Weights, their views and autocast's cached copies of trained weights (a row of their own)
+            # are not activations; a frozen fp32 weight's bf16 copy, cast anew per call, is.
+            if id(base) not in param_ids and not _trained_weight_copy(base, param_ids):
+                saved[id(base)] = max(saved.get(id(base), 0), base.numel() * base.element_size())
+                keep.append(base)  # hold a reference so ids stay unique during the pass
+            return tensor
 
-    hidden = torch.empty(batch, int(config["in_channels"]), side, side, device="meta", dtype=dtype)
-    text = torch.empty(batch, text_len, int(config["caption_channels"]), device="meta", dtype=dtype)
-    mask = torch.ones(batch, text_len, device="meta")
-    timestep = torch.ones(batch, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(hidden, encoder_hidden_states=text, timestep=timestep, encoder_attention_mask=mask)
+        # The step's inputs: fp32 noisy latents and caption embeddings (autocast casts them down).
+        hidden = torch.empty(batch, int(config["in_channels"]), side, side)
+        text = torch.empty(batch, text_len, int(config["caption_channels"]))
+        mask = torch.ones(batch, text_len, dtype=torch.long)
+        timestep = torch.ones(batch)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+        with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(hidden, encoder_hidden_states=text, timestep=timestep, encoder_attention_mask=mask)
     return sum(saved.values())
 
 
@@ -139,13 +173,18 @@ def activation_bytes(
     dtype: Any,
     checkpointing: bool,
     lora: tuple[int, tuple[str, ...]] | None = None,
+    base_dtype: Any = None,
 ) -> int:
-    """Peak activation memory of one micro-batch's forward + backward (see the module docstring)."""
-    full = _saved_activation_bytes(config, batch, side, text_len, dtype, checkpointing=False, lora=lora)
+    """Peak activation memory of one micro-batch's forward + backward (see the module docstring).
+
+    ``dtype`` bf16 means the step runs under bf16 autocast; ``base_dtype`` is a LoRA run's frozen base.
+    """
+    args = (config, batch, side, text_len, dtype)
+    full = _saved_activation_bytes(*args, checkpointing=False, lora=lora, base_dtype=base_dtype)
     if not checkpointing:
         return full
     # With checkpointing the hooks see only what lives outside the blocks.
-    outside = _saved_activation_bytes(config, batch, side, text_len, dtype, checkpointing=True, lora=lora)
+    outside = _saved_activation_bytes(*args, checkpointing=True, lora=lora, base_dtype=base_dtype)
     layers = int(config["num_layers"])
     patch = int(config.get("patch_size", 1))
     tokens = (side // patch) ** 2
@@ -234,7 +273,9 @@ def memory_budget(
     shapes = [tuple(p.shape) for p in model.parameters()]
     params = sum(math.prod(shape) for shape in shapes)
     side = int(latent_side or config.get("sample_size") or 32)
-    act_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    # A lowered base computes under autocast whatever --precision says (the Trainer's rule).
+    autocast = precision == "bf16" or (lora_rank is not None and base_precision is not None)
+    act_dtype = torch.bfloat16 if autocast else torch.float32
     forward_only: list[str] = []
     backward_only: list[str] = []
     lora = None
@@ -269,8 +310,9 @@ def memory_budget(
         teacher_params = sum(p.numel() for p in teacher.parameters())
         held = base_precision or ("bf16" if precision == "bf16" else None)
         rows[f"teacher weights (frozen, {held or 'fp32'})"] = frozen_base_bytes(teacher, held)
+    base_dtype = torch.bfloat16 if lora is not None and base_precision is not None else None
     rows["activations"] = activation_bytes(
-        config, batch_size, side, text_len, act_dtype, grad_checkpointing, lora=lora
+        config, batch_size, side, text_len, act_dtype, grad_checkpointing, lora=lora, base_dtype=base_dtype
     )
     settings = {
         "params": params,
