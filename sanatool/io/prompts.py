@@ -54,7 +54,9 @@ def read_prompts(path: str | os.PathLike) -> list[PromptItem]:
     if not file.exists():
         raise InputError(f"prompts file {path} does not exist")
     if file.is_dir():
-        raise InputError(f"prompts file {path} is a directory; give a .txt (one prompt a line) or .jsonl file")
+        raise InputError(
+            f"prompts file {path} is a directory; give a .txt (one prompt a line) or .jsonl file"
+        )
     if file.suffix == ".jsonl":
         items = [_item_from_row(row, f"{path}:{number}") for number, row in read_jsonl(file)]
     else:
