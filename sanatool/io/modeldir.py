@@ -148,12 +148,7 @@ def open_transformer_dir(path: Path, variant: str | None = None) -> TransformerD
     default set is read, or the only set there is. The symlink rule is :func:`open_model_dir`'s.
     """
     config_path = path / "config.json"
-    if not config_path.is_file():
-        if (path / "pytorch_lora_weights.safetensors").is_file():
-            raise ModelDirError(
-                f"{path} is a LoRA, not a model dir: sample with it as `sanatool sample BASE_MODEL --lora {path}`"
-            )
-        raise ModelDirError(f"{path} is not a model dir: it has no config.json (nor model_index.json)")
+    _refuse_non_model(path)
     config = _read_json(config_path, "config")
     validate_config(config, config_path)
     sets = weight_sets(path, WEIGHTS_BASENAME)
@@ -286,6 +281,20 @@ class ModelDir:
         return out_root / "transformer" if self.kind == "pipeline" else out_root
 
 
+def _refuse_non_model(path: Path) -> None:
+    """Raise :class:`ModelDirError` unless ``path`` holds a transformer's ``config.json`` (a LoRA is named)."""
+    if (path / "config.json").is_file():
+        return
+    if (path / "pytorch_lora_weights.safetensors").is_file():
+        raise ModelDirError(
+            f"{path} is a LoRA, not a model dir: sample with it as `sanatool sample BASE_MODEL --lora {path}`"
+        )
+    raise ModelDirError(
+        f"{path} is not a model dir: it has neither model_index.json (a diffusers pipeline) nor "
+        "config.json (a bare SanaTransformer2DModel)"
+    )
+
+
 def open_model_dir(spec: str | os.PathLike, variant: str | None = None) -> ModelDir:
     """Open a pipeline or bare transformer dir (or ``builtin:NAME``), validating it fully.
 
@@ -301,12 +310,9 @@ def open_model_dir(spec: str | os.PathLike, variant: str | None = None) -> Model
             f"{spec} is a file, not a model dir (expected a diffusers directory); an original SANA checkpoint "
             "becomes one with `sanatool convert FILE --components PIPELINE_DIR -o DIR`"
         )
-    if not (path / "model_index.json").is_file() and not (path / "config.json").is_file():
-        # Checked before the files are walked: a wrong path (a home dir, /tmp) fails at once.
-        raise ModelDirError(
-            f"{spec} is not a model dir: it has neither model_index.json (a diffusers pipeline) nor "
-            "config.json (a bare SanaTransformer2DModel)"
-        )
+    if not (path / "model_index.json").is_file():
+        # Before the files are walked: a wrong path (a home dir, /tmp) fails at once.
+        _refuse_non_model(path)
     check_model_files(path)
     provenance: dict[str, Any] = {}
     if (path / PROVENANCE_NAME).is_file():
