@@ -310,3 +310,9 @@ def test_pruned_runs_keep_their_source_page_offsets(tiny_transformer, tmp_path):
         for name in f.keys():
             assert torch.equal(f.get_tensor(name), state[origin(name)]), name
     assert open_model_dir(out).transformer.num_layers == len(kept)
+
+
+def test_keep_without_a_ranking_suggests_the_importance_command_as_the_user_names_the_model(cli, tmp_path):
+    res = cli("prune", "builtin:tiny-shapes", "--keep", "6", "-o", tmp_path / "out")
+    assert res.code == 2 and not (tmp_path / "out").exists()
+    assert "`sanatool importance builtin:tiny-shapes -o importance.json`" in res.stderr

@@ -242,6 +242,14 @@ class ModelDir:
         """What to call the model: ``ORG/NAME`` for a hub-cache snapshot, else the dir's name."""
         return hub_repo_id(self.path) or self.path.name
 
+    @property
+    def argument(self) -> str:
+        """How to name this model in a command a message suggests: ``builtin:NAME`` or its path."""
+        for name, folder in BUILTIN_MODELS.items():
+            if self.path == builtin_root() / folder:
+                return BUILTIN_PREFIX + name
+        return str(self.path)
+
     def component_variant(self, component: str) -> str | None:
         """The variant to pass when loading ``component`` on its own: :attr:`variant` if it holds it, else ``None``."""
         return self.variant if self.variant in self.weight_sets.get(component, {}) else None

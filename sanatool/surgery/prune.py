@@ -87,7 +87,7 @@ def select_blocks(
                 raise InputError(
                     f"importance file {importance} scores a different model (fingerprint {result.fingerprint}, "
                     f"{result.depth} blocks) than {model.path} (fingerprint {fingerprint}, {depth} blocks); "
-                    f"recompute it with `sanatool importance {model.path} -o FILE`"
+                    f"recompute it with `sanatool importance {model.argument} -o FILE`"
                 )
             kept = result.top(keep)
             summary = f"prune(keep {keep} by {Path(importance).name})"
@@ -103,7 +103,7 @@ def select_blocks(
         else:
             raise InputError(
                 f"--keep {keep} needs to know which blocks matter: pass --importance FILE (make one with "
-                f"`sanatool importance {model.path} -o importance.json`), or --strategy tail|uniform for a "
+                f"`sanatool importance {model.argument} -o importance.json`), or --strategy tail|uniform for a "
                 "naive baseline, or name the blocks with --keep-blocks"
             )
     elif keep_blocks is not None:
