@@ -281,32 +281,13 @@ PARTS = ("attn1", "attn2", "ff")  # linear self-attention, cross-attention, Mix-
 def weighted_cache_plan(change: np.ndarray, weight: np.ndarray, keep: float) -> list[set[int]]:
     """Greedy cache plan over lanes (a block, or one part of a block) of unequal cost.
 
-    The library's rule (``_cache_plan``: a call's error is its change accumulated since the lane
-    last ran, times the skipped calls it lengthens), ranked per unit of compute saved, until the
-    kept compute is at most ``keep`` of the total. Step 0 always runs.
+    The library's rule (:func:`sanatool.inference.skipping.greedy_cache_skips`), ranked per unit of
+    compute saved, until the kept compute is at most ``keep`` of the total. Step 0 always runs.
     """
-    steps, lanes = change.shape
-    skip: list[set[int]] = [set() for _ in range(steps)]
-    saved, target = 0.0, (1 - keep) * steps * weight.sum()
-    while saved < target - 1e-9:
-        best = None
-        for lane in range(lanes):
-            since = 0.0
-            for step in range(1, steps):
-                since += change[step, lane]
-                if lane in skip[step]:
-                    continue
-                following = 0
-                while step + 1 + following < steps and lane in skip[step + 1 + following]:
-                    following += 1
-                if len(skip[step]) < lanes - 1:
-                    candidate = (since * (1 + following) / weight[lane], -step, -lane)
-                    best = candidate if best is None or candidate < best else best
-                since = 0.0
-        if best is None:
-            break
-        skip[-best[1]].add(-best[2])
-        saved += weight[-best[2]]
+    from sanatool.inference.skipping import greedy_cache_skips
+
+    steps = change.shape[0]
+    skip, _ = greedy_cache_skips(change, (1 - keep) * steps * weight.sum(), weight)
     return skip
 
 

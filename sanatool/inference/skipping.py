@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,38 +232,54 @@ def _static_plan(scores: list[list[float]], drop: int, first: int, budget: float
     return skip
 
 
-def _cache_plan(change: list[list[float]], drop: int) -> list[set[int]]:
+def greedy_cache_skips(
+    change: Sequence[Sequence[float]], saving: float, weight: Sequence[float] | None = None
+) -> tuple[list[set[int]], float]:
     """Greedily skip the calls whose reuse adds the least accumulated residual change.
 
-    Reusing block ``b``'s residual from step ``c`` (its last run) at step ``s`` errs by about the
-    sum of its changes over steps ``c+1 … s``; skipping ``s`` also lengthens the reuse of every
-    skipped step right after it, so its marginal cost is that sum times (1 + those steps). Step 0
-    is never skipped and no step loses every block.
+    ``change[step][lane]``: how much a lane's residual (a block's, or one part of a block's) changes
+    at each step. Reusing lane ``b``'s residual from step ``c`` (its last run) at step ``s`` errs by
+    about the sum of its changes over steps ``c+1 … s``; skipping ``s`` also lengthens the reuse of
+    every skipped step right after it, so its marginal cost is that sum times (1 + those steps),
+    divided by the compute it saves (``weight[lane]``, 1 for every lane when not given). Calls are
+    skipped until the saved compute reaches ``saving``. Step 0 is never skipped and no step loses
+    every lane. Returns the lanes skipped per step and the compute saved, which falls short of
+    ``saving`` only when nothing more can be skipped.
     """
-    steps, depth = len(change), len(change[0])
+    steps, lanes = len(change), len(change[0])
+    weight = [1.0] * lanes if weight is None else weight
     skip: list[set[int]] = [set() for _ in range(steps)]
-    for _ in range(drop):
+    saved = 0.0
+    while saved < saving - 1e-9:
         best: tuple[float, int, int] | None = None
-        for block in range(depth):
-            since = 0.0  # accumulated change since the block last ran
+        for lane in range(lanes):
+            since = 0.0  # accumulated change since the lane last ran
             for step in range(1, steps):
-                since += change[step][block]
-                if block in skip[step]:
+                since += change[step][lane]
+                if lane in skip[step]:
                     continue
                 following = 0
-                while step + 1 + following < steps and block in skip[step + 1 + following]:
+                while step + 1 + following < steps and lane in skip[step + 1 + following]:
                     following += 1
-                if len(skip[step]) < depth - 1:
-                    cost = since * (1 + following)
-                    candidate = (cost, -step, -block)
+                if len(skip[step]) < lanes - 1:
+                    candidate = (since * (1 + following) / weight[lane], -step, -lane)
                     if best is None or candidate < best:
                         best = candidate
                 since = 0.0
         if best is None:
-            raise InputError(
-                "the budget is too low: every step but the first would lose every block; raise --budget"
-            )
+            break
         skip[-best[1]].add(-best[2])
+        saved += weight[-best[2]]
+    return skip, saved
+
+
+def _cache_plan(change: list[list[float]], drop: int) -> list[set[int]]:
+    """Skip ``drop`` block-calls by :func:`greedy_cache_skips` (every block costs the same)."""
+    skip, saved = greedy_cache_skips(change, drop)
+    if saved < drop:
+        raise InputError(
+            "the budget is too low: every step but the first would lose every block; raise --budget"
+        )
     return skip
 
 
