@@ -58,6 +58,16 @@ def tiny_pipeline(tmp_path_factory):
     return init_model("tiny", out, seed=0)
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_pipeline):
+    """diffusers' own SanaPipeline on the same dir: the reference the sampler must match."""
+    from diffusers import SanaPipeline
+
+    ref = SanaPipeline.from_pretrained(tiny_pipeline)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
 @pytest.fixture(scope="session")
 def tiny_transformer(tmp_path_factory):
     """A random-init bare transformer dir of the tiny preset, shared read-only by all tests."""

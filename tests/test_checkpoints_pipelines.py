@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import pixels
 from PIL import Image
 from standins import IMAGE_SIZE, make_pipeline, save_pipeline
 from standins_sprint import make_sprint_pipeline
@@ -54,10 +55,6 @@ def shapes16(tmp_path_factory):
     return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", 4, seed=1)
 
 
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
-
-
 def _snapshot(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
@@ -80,7 +77,7 @@ def _sample_and_compare(model: Path, out: Path, **settings) -> list[dict]:
     assert not problems and len(records) == 4
     for record in records:
         expected = _regenerate_as_documented(model, record)
-        diff = np.abs(_pixels(Image.open(out / record["path"])) - _pixels(expected)).max()
+        diff = np.abs(pixels(Image.open(out / record["path"])) - pixels(expected)).max()
         assert diff <= 1, (record["path"], diff)  # ≤ 1/255
     return records
 
@@ -183,7 +180,7 @@ def test_bf16_text_encoder_regenerates_with_the_documented_snippet(bf16_text_dir
     assert plain.text_encoder.dtype == torch.bfloat16
     drift = max(
         np.abs(
-            _pixels(Image.open(tmp_path / "s" / r["path"])) - _pixels(plain(**diffusers_kwargs(r)).images[0])
+            pixels(Image.open(tmp_path / "s" / r["path"])) - pixels(plain(**diffusers_kwargs(r)).images[0])
         ).max()
         for r in records
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,20 +10,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from helpers import tree_digest
 
 from sanatool.errors import InputError, ModelDirError
 from sanatool.io.jsonl import parse_json, read_json_object, read_jsonl
 from sanatool.io.safetensors import read_header
-
-
-def tree_digest(root: Path) -> str:
-    """Names and bytes of every file under ``root``: equal digests mean nothing was added, removed or changed."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def one_line_error(res, code: int = 2, message: str = "") -> None:

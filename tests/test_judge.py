@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 
 import pytest
+from helpers import tree_digest
 
 from sanatool.errors import InputError, ModelDirError
 from sanatool.judges.base import Judgement, preference_key
@@ -143,15 +143,6 @@ def write_candidates(root: Path, candidates: int = 5, prompts: int = 6) -> dict[
             )  # fmt: skip
     write_manifest(root / "manifest.jsonl", rows)
     return correct
-
-
-def tree_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import pixels
 from PIL import Image
 
 from sanatool.io.manifest import MANIFEST_NAME, read_manifest
@@ -22,20 +23,6 @@ def pipe(tiny_pipeline):
     from sanatool.inference.pipeline import load_pipeline
 
     return load_pipeline(tiny_pipeline, "cpu", "fp32")
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_pipeline):
-    """diffusers' own SanaPipeline on the same dir: the reference the sampler must match."""
-    from diffusers import SanaPipeline
-
-    ref = SanaPipeline.from_pretrained(tiny_pipeline)
-    ref.set_progress_bar_config(disable=True)
-    return ref
-
-
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:
@@ -73,11 +60,11 @@ def test_sample_matches_diffusers_and_each_seed_regenerates_its_image_alone(
         generator=[torch.Generator().manual_seed(r["seed"]) for r in records],
     ).images
     for record, expected in zip(records, batch, strict=True):
-        diff = np.abs(_pixels(Image.open(out / record["path"])) - _pixels(expected)).max()
+        diff = np.abs(pixels(Image.open(out / record["path"])) - pixels(expected)).max()
         assert diff <= 1, (record["path"], diff)  # ≤ 1/255
     # ...and one image alone from its manifest seed, as a user would.
     alone = reference(**diffusers_kwargs(records[3])).images[0]
-    assert np.abs(_pixels(Image.open(out / records[3]["path"])) - _pixels(alone)).max() <= 1
+    assert np.abs(pixels(Image.open(out / records[3]["path"])) - pixels(alone)).max() <= 1
 
 
 def test_flow_euler_with_instruction_matches_diffusers(pipe, reference):
@@ -104,7 +91,7 @@ def test_flow_euler_with_instruction_matches_diffusers(pipe, reference):
         ).images[0]
     finally:
         reference.scheduler = original
-    assert np.abs(_pixels(ours) - _pixels(theirs)).max() <= 1
+    assert np.abs(pixels(ours) - pixels(theirs)).max() <= 1
 
 
 def test_image_seed_rule_is_the_documented_hash():
@@ -242,7 +229,7 @@ def test_resume_keeps_matching_images_and_finishes_an_interrupted_run(
     for name in ("p00000_c000.png", "p00000_c001.png"):
         assert (
             np.abs(
-                _pixels(Image.open(fresh / "images" / name)) - _pixels(Image.open(out / "images" / name))
+                pixels(Image.open(fresh / "images" / name)) - pixels(Image.open(out / "images" / name))
             ).max()
             <= 1
         )

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import pixels
 
 from sanatool.errors import InputError
 from sanatool.inference.skipping import SkipPlan, apply_skip_plan, make_skip_plan, write_skip_plan
@@ -161,19 +162,6 @@ def cache_plan(tiny_pipeline):
     return make_skip_plan(importance, 0.7, mode="cache")
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_pipeline):
-    from diffusers import SanaPipeline
-
-    ref = SanaPipeline.from_pretrained(tiny_pipeline)
-    ref.set_progress_bar_config(disable=True)
-    return ref
-
-
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(np.int16)
-
-
 def test_the_hook_skips_planned_calls_matches_sample_and_removes_itself(
     tiny_pipeline, reference, plan, tmp_path, one_torch_thread
 ):
@@ -194,7 +182,7 @@ def test_the_hook_skips_planned_calls_matches_sample_and_removes_itself(
     (record,), _ = read_manifest(out)
     assert record["skip_plan"] == plan.plan_id()
     kwargs = diffusers_kwargs(record)
-    plain = _pixels(reference(**diffusers_kwargs(record)).images[0])
+    plain = pixels(reference(**diffusers_kwargs(record)).images[0])
     block = next(
         b for b in range(DEPTH) if any(b in s for s in plan.skip) and not all(b in s for s in plan.skip)
     )
@@ -206,16 +194,16 @@ def test_the_hook_skips_planned_calls_matches_sample_and_removes_itself(
     watcher = reference.transformer.transformer_blocks[block].register_forward_hook(identity)
     try:
         with apply_skip_plan(reference, plan) as handle:
-            hooked = _pixels(reference(**kwargs).images[0])
+            hooked = pixels(reference(**kwargs).images[0])
             assert handle.step == STEPS - 1
     finally:
         watcher.remove()
     assert seen == [block in plan.skip[step] for step in range(STEPS)]
-    assert np.abs(hooked - _pixels(Image.open(out / record["path"]))).max() <= 1
+    assert np.abs(hooked - pixels(Image.open(out / record["path"]))).max() <= 1
     assert np.abs(hooked - plain).max() > 1  # the plan does change the image
     assert all("forward" not in b.__dict__ for b in reference.transformer.transformer_blocks)
     assert not reference.transformer._forward_pre_hooks
-    assert np.array_equal(_pixels(reference(**diffusers_kwargs(record)).images[0]), plain)
+    assert np.array_equal(pixels(reference(**diffusers_kwargs(record)).images[0]), plain)
 
 
 def test_sample_refuses_a_plan_for_another_model_or_step_count_and_resume_with_another_plan(
@@ -289,12 +277,12 @@ def test_a_cache_plan_adds_the_last_residual_per_batch_row_and_starts_afresh_eac
     watcher = transformer.transformer_blocks[block].register_forward_hook(watch)
     try:
         with apply_skip_plan(reference, cache_plan):
-            first = _pixels(reference(**diffusers_kwargs(record)).images[0])
-            second = _pixels(reference(**diffusers_kwargs(record)).images[0])
+            first = pixels(reference(**diffusers_kwargs(record)).images[0])
+            second = pixels(reference(**diffusers_kwargs(record)).images[0])
     finally:
         watcher.remove()
     assert np.array_equal(first, second)  # the second call did not reuse the first one's residuals
-    assert np.abs(first - _pixels(Image.open(out / record["path"]))).max() <= 1
+    assert np.abs(first - pixels(Image.open(out / record["path"]))).max() <= 1
     assert calls[0][0].shape[0] == 2  # both guidance branches in one batch, each with its own residual
     last_run = None
     for step, (hidden, output) in enumerate(calls[:STEPS]):
