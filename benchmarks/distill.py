@@ -16,7 +16,7 @@ run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base'
 
 A run is ``METHOD[@LR]`` (default lr: ``--lr`` for full fine-tunes, ``--lora-lr`` for LoRA), so a
 learning-rate sweep is a list of runs, every one of which lands in the table (nothing is
-selected away). Every model samples one image per prompt of the evaluation suite
+selected away). Every model samples ``--candidates`` images (default 1) per prompt of the evaluation suite
 (``--per-category`` × 6 prompts, the same seeds everywhere) and is scored by the shapes evaluator;
 intervals are 95% bootstrap intervals over prompts (stratified by category, 2000 resamples, paired
 across models: see ``skipping.py``), and "% of full" is the ratio of overall scores with its paired
@@ -106,8 +106,14 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Path, Path]:
     return base, data, pruned
 
 
-def finetune(args: argparse.Namespace, run: dict[str, Any], work: Path, base: Any, data: Path, pruned: Path):
-    """Fine-tune the pruned model as ``run`` says; returns (output dir, per-step records, seconds)."""
+def finetune(
+    args: argparse.Namespace, run: dict[str, Any], work: Path, base: Any, data: Path, pruned: Path,
+    cache: Path | None = None,
+):  # fmt: skip
+    """Fine-tune the pruned model as ``run`` says; returns (output dir, per-step records, seconds).
+
+    ``cache``: the latent cache's dir (default ``WORK/cache``), for callers that heal several models.
+    """
     from sanatool.training import TrainOptions, run_training
     from sanatool.training.logs import LOSS_LOG, read_log
 
@@ -115,7 +121,7 @@ def finetune(args: argparse.Namespace, run: dict[str, Any], work: Path, base: An
     if not (out / LOSS_LOG).exists():
         opts = TrainOptions(
             data=data, out=out, steps=args.steps, source=str(pruned), optimizer=args.optimizer,
-            lr=run["lr"], batch_size=run["batch_size"], seed=args.seed, cache_dir=work / "cache",
+            lr=run["lr"], batch_size=run["batch_size"], seed=args.seed, cache_dir=cache or work / "cache",
             warmup_steps=min(args.warmup, args.steps - 1), precision="fp32", force=True,
             teacher=base.path if run["teacher"] else None, distill_weight=run["distill_weight"],
         )  # fmt: skip
@@ -150,15 +156,17 @@ def check_lora_only(source: Path, out: Path) -> None:
 def sample_and_score(args: argparse.Namespace, model: Any, name: str, prompts: list[Any], work: Path) -> Any:
     import sanatool
 
-    out = work / "samples" / name.replace("+", "_").replace("@", "_lr")
+    # One image per prompt keeps its old dir name, so earlier work dirs are reused as they are.
+    suffix = "" if args.candidates == 1 else f"-x{args.candidates}"
+    out = work / "samples" / (name.replace("+", "_").replace("@", "_lr") + suffix)
     if not (out / "manifest.jsonl").exists():
         started = time.perf_counter()
         sanatool.sample(
-            model, prompts, out, candidates=1, seed=args.seed, steps=args.sample_steps, guidance=args.guidance,
-            device="cpu", dtype="fp32", batch_size=64, force=True,
+            model, prompts, out, candidates=args.candidates, seed=args.seed, steps=args.sample_steps,
+            guidance=args.guidance, device="cpu", dtype="fp32", batch_size=64, force=True,
         )  # fmt: skip
         log(f"  sampled {name} ({time.perf_counter() - started:.0f} s)")
-    return correct_matrix(out, len(prompts), 1)
+    return correct_matrix(out, len(prompts), args.candidates)
 
 
 def main() -> None:
@@ -178,6 +186,12 @@ def main() -> None:
         "--data-size", type=int, default=4000, help="Training images (seed 0: the base's data)."
     )
     parser.add_argument("--per-category", type=int, default=50, help="Evaluation prompts per category (6).")
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="Images per evaluation prompt (seeds 0…N−1, as GenEval's 4).",
+    )
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.5)
     parser.add_argument("--calibration-prompts", type=int, default=100)
@@ -246,7 +260,7 @@ def main() -> None:
     print(
         f"pruned {base.transformer.num_layers}→{len(kept or [])} blocks by importance (kept {kept}); "
         f"{args.steps} steps each, batch {args.batch_size}, {args.optimizer}, seed {args.seed}; eval: "
-        f"{len(prompts)} prompts, 1 image each, {args.sample_steps} steps, guidance {args.guidance}"
+        f"{len(prompts)} prompts, {args.candidates} image(s) each, {args.sample_steps} steps, guidance {args.guidance}"
     )
     print("")
     print(

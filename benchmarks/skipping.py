@@ -10,6 +10,9 @@ evaluator, for each fraction F of block-calls kept (1.0, 0.8, 0.6, 0.5, 0.4):
 - **identity**: ``plan-skips --budget F --skip-mode identity --metric cosine``: a skipped block
   passes its input through;
 - **prune**: ``prune --keep round(F × depth) --importance`` (no fine-tuning);
+- **heal**: that pruned model after ``--heal-steps`` (100) steps of distillation from the full model,
+  ``distill.py``'s ``distill`` run (``finetune --teacher``, CAME-8bit, lr 1e-5, batch 32, seed 0, on
+  the base's own shapes data);
 - **steps**: ``round(F × steps)`` sampler steps.
 
 Intervals are 95% bootstrap intervals over prompts (resampled within each category, every
@@ -41,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from startup import median_interval  # noqa: E402
 
 FRACTIONS = (0.6, 0.8, 0.5, 0.4)  # 0.6 (the issue's goal) first: a cut-short run still answers it
-METHODS = ("cache", "identity", "prune", "steps")
+METHODS = ("cache", "identity", "prune", "heal", "steps")
 PLANS = {"cache": ("cache", "change"), "identity": ("identity", "cosine")}  # method: (mode, metric)
 RESAMPLES = 2000
 
@@ -169,6 +172,9 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if not pruned.exists():
             sanatool.prune(model, pruned, keep=keep, importance=importance_path)
         configs.append(("prune", fraction, keep / depth, {"model": pruned, "steps": args.steps}))
+        if "heal" in args.methods:
+            healed = heal(args, work, model, pruned)
+            configs.append(("heal", fraction, keep / depth, {"model": healed, "steps": args.steps}))
         steps = round(fraction * args.steps)
         configs.append(("steps", fraction, steps / args.steps, {"model": model, "steps": steps}))
     rows = []
@@ -192,6 +198,30 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "depth": depth,
         "refused": refused,
     }
+
+
+def heal(args: argparse.Namespace, work: Path, model: Any, pruned: Path) -> Path:
+    """``pruned`` after ``--heal-steps`` steps of distillation from ``model``: ``distill.py``'s ``distill`` run."""
+    from distill import finetune, parse_run
+
+    from sanatool.shapes.dataset import write_shapes_dataset
+
+    data = work / "data"
+    if not (data / "metadata.jsonl").exists():
+        write_shapes_dataset(data, args.data_size, seed=0, force=True)
+    recipe = argparse.Namespace(
+        steps=args.heal_steps,
+        optimizer="came8bit",
+        lr=1e-5,
+        lora_lr=1e-4,
+        batch_size=32,
+        warmup=10,
+        seed=args.seed,
+    )
+    (work / "heal" / pruned.name / "models").mkdir(parents=True, exist_ok=True)
+    out, _, _ = finetune(recipe, parse_run("distill", recipe), work / "heal" / pruned.name, model, data, pruned,
+                         cache=work / "cache")  # fmt: skip
+    return out
 
 
 def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
@@ -485,7 +515,7 @@ def plot(
     figure, panels = plt.subplots(1, 2 if times else 1, figsize=(11 if times else 6, 4), squeeze=False)
     quality = panels[0][0]
     full = next(r for r in rows if r["method"] == "full")
-    for method, marker in zip(METHODS, "osD^", strict=True):
+    for method, marker in zip(METHODS, "osDv^", strict=True):
         chosen = [full] + sorted((r for r in rows if r["method"] == method), key=lambda r: -r["kept"])
         xs = [r["kept"] for r in chosen]
         ys = [float(np.median(boot[key(r)])) for r in chosen]
@@ -544,6 +574,8 @@ def main() -> None:
     parser.add_argument("--big-batch", type=int, default=2, help="Latents per call (2: both CFG branches).")
     parser.add_argument("--big-fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--heal-steps", type=int, default=100, help="Distillation steps of the heal rows.")
+    parser.add_argument("--data-size", type=int, default=4000, help="Training images of the heal rows.")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument(
         "--parts", action="store_true", help="Also plan and sample cache skipping per part (attn1/attn2/ff)."
@@ -576,8 +608,16 @@ def main() -> None:
             "loss_vs_full": [round(loss_low, 4), round(loss_high, 4)], "sample_seconds": round(r["seconds"], 1),
         }  # fmt: skip
         if r["method"] in PLANS:
-            names = {"prune": "pruning", "steps": "fewer steps", "identity": "identity skipping"}
-            for other in ("prune", "steps", "identity") if r["method"] == "cache" else ("prune", "steps"):
+            names = {
+                "prune": "pruning", "heal": "pruning + distillation", "steps": "fewer steps",
+                "identity": "identity skipping",
+            }  # fmt: skip
+            others = (
+                ("prune", "heal", "steps", "identity")
+                if r["method"] == "cache"
+                else ("prune", "heal", "steps")
+            )
+            for other in others:
                 if f"{other}-{r['fraction']:g}" not in boot:
                     continue
                 d_low, d_high = interval(boot[k] - boot[f"{other}-{r['fraction']:g}"])
@@ -596,7 +636,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for line, r in zip(table, rows, strict=True):
-        kinds = ("verdict_loss", "verdict_prune", "verdict_steps", "verdict_identity")
+        kinds = ("verdict_loss", "verdict_prune", "verdict_heal", "verdict_steps", "verdict_identity")
         verdicts = "; ".join(line[v] for v in kinds if v in line)
         print(
             f"| {line['method']} | {line['target']:g} | {line['kept']:.3f} | {line['overall']:.3f} "
