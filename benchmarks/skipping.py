@@ -520,6 +520,8 @@ def plot(
     quality = panels[0][0]
     full = next(r for r in rows if r["method"] == "full")
     for method, marker in zip(METHODS, "osDv^", strict=True):
+        if not any(r["method"] == method for r in rows):
+            continue  # not run (--methods): no line in the legend
         chosen = [full] + sorted((r for r in rows if r["method"] == method), key=lambda r: -r["kept"])
         xs = [r["kept"] for r in chosen]
         ys = [float(np.median(boot[key(r)])) for r in chosen]
@@ -535,6 +537,7 @@ def plot(
     quality.invert_xaxis()
     quality.legend()
     if times:
+        times = sorted(times, key=lambda t: t["fraction"])
         speed = panels[0][1]
         speed.errorbar(
             [t["fraction"] for t in times], [t["ratio"] for t in times],
