@@ -86,12 +86,9 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Path, Path]:
     import sanatool
     from sanatool.inference.importance import importance_to_file
     from sanatool.io.modeldir import as_model_dir
-    from sanatool.shapes.dataset import write_shapes_dataset
 
     base = as_model_dir(args.model)
-    data = work / "data"
-    if not (data / "metadata.jsonl").exists():
-        write_shapes_dataset(data, args.data_size, seed=0, force=True)
+    data = shapes_data(work, args.data_size)
     importance = work / "importance.json"
     if not importance.exists():
         log(f"importance: {args.calibration_prompts} calibration prompts × {args.sample_steps} steps")
@@ -104,6 +101,16 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Path, Path]:
     if not pruned.exists():
         sanatool.prune(base, pruned, keep=keep, importance=importance)
     return base, data, pruned
+
+
+def shapes_data(work: Path, size: int) -> Path:
+    """The base's own training data (shapes, seed 0) under ``WORK/data``, written once per work dir."""
+    from sanatool.shapes.dataset import write_shapes_dataset
+
+    data = work / "data"
+    if not (data / "metadata.jsonl").exists():
+        write_shapes_dataset(data, size, seed=0, force=True)
+    return data
 
 
 def finetune(
@@ -169,7 +176,8 @@ def sample_and_score(args: argparse.Namespace, model: Any, name: str, prompts: l
     return correct_matrix(out, len(prompts), args.candidates)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options; ``build_parser().parse_args([])`` is the default recipe (``skipping.py``'s heal rows use it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("distill-work"))
     parser.add_argument("--model", default="builtin:tiny-shapes")
@@ -199,7 +207,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="A few steps and prompts: checks the script only."
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.quick:
         args.steps, args.data_size, args.per_category, args.sample_steps, args.calibration_prompts = (
             3,

@@ -202,22 +202,12 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def heal(args: argparse.Namespace, work: Path, model: Any, pruned: Path) -> Path:
     """``pruned`` after ``--heal-steps`` steps of distillation from ``model``: ``distill.py``'s ``distill`` run."""
-    from distill import finetune, parse_run
+    from distill import build_parser, finetune, parse_run, shapes_data
 
-    from sanatool.shapes.dataset import write_shapes_dataset
-
-    data = work / "data"
-    if not (data / "metadata.jsonl").exists():
-        write_shapes_dataset(data, args.data_size, seed=0, force=True)
-    recipe = argparse.Namespace(
-        steps=args.heal_steps,
-        optimizer="came8bit",
-        lr=1e-5,
-        lora_lr=1e-4,
-        batch_size=32,
-        warmup=10,
-        seed=args.seed,
-    )
+    data = shapes_data(work, args.data_size)
+    # distill.py's own defaults (optimizer, lr, batch, warm-up), so the two benchmarks heal alike
+    recipe = build_parser().parse_args([])
+    recipe.steps, recipe.seed = args.heal_steps, args.seed
     (work / "heal" / pruned.name / "models").mkdir(parents=True, exist_ok=True)
     out, _, _ = finetune(recipe, parse_run("distill", recipe), work / "heal" / pruned.name, model, data, pruned,
                          cache=work / "cache")  # fmt: skip
