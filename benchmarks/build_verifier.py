@@ -12,7 +12,8 @@ The evaluation suite's prompts are never seen: measure the verifier on them with
 ``benchmarks/inference_scaling.py`` (agreement and balanced accuracy with bootstrap intervals).
 
     OMP_NUM_THREADS=1 python benchmarks/build_verifier.py --work /tmp/v19 \\
-        [--captions 700] [--candidates 4] [--steps 3000] [--ship sanatool/data/verifier-shapes]
+        [--captions 700] [--candidates 4] [--steps 3000] [--mirror] [--architecture JSON] \\
+        [--ship sanatool/data/verifier-shapes]
 
 Samples and the verifier are kept under ``--work`` (rerunning resumes the sampling).
 """
@@ -41,6 +42,17 @@ def main() -> None:
     parser.add_argument("--sample-share", type=float, default=0.7)
     parser.add_argument("--heldout", type=float, default=0.15, help="Validation share of the captions.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="Also train on the samples flipped left-right (captions mirrored).",
+    )
+    parser.add_argument(
+        "--architecture",
+        type=json.loads,
+        default={},
+        help="Architecture overrides as JSON, e.g. '{\"stem_layers\": 2}'.",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     parser.add_argument("--ship", type=Path, default=None, help="Copy the verifier here when done.")
     args = parser.parse_args()
@@ -66,7 +78,7 @@ def main() -> None:
     start = time.perf_counter()
     options = VerifierTraining(
         steps=args.steps, renders=args.renders, samples=[samples], heldout=args.heldout,
-        sample_share=args.sample_share, seed=args.seed,
+        sample_share=args.sample_share, seed=args.seed, mirror=args.mirror, architecture=args.architecture,
     )  # fmt: skip
     summary = train_verifier(out, options, force=True)
     trained = time.perf_counter() - start

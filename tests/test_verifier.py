@@ -354,3 +354,131 @@ def test_hard_negatives_never_spell_an_evaluation_prompt():
     assert spelled > 0  # a plain perturbation does hit them, so the filter matters
     for item in items:
         assert not any(c.text in held_out for c in hard_negatives(item.prompt, item.spec, 5, rng))
+
+
+def test_mirrored_caption_holds_for_the_mirrored_render():
+    """The evaluator is mirror-symmetric: a render's verdicts carry over to its mirror with left and right swapped."""
+    import numpy as np
+
+    from sanatool.judges.verifier_data import mirror_caption
+    from sanatool.shapes import evaluate_image, evaluation_suite, render_spec, training_captions
+
+    held_out = {item.prompt for item in evaluation_suite()}
+    swapped = dropped = 0
+    for index, item in enumerate(training_captions(300, seed=4)):
+        made = mirror_caption(item.prompt, item.spec)
+        if made is None:
+            dropped += 1
+            flipped = item.prompt.replace("left", "#").replace("right", "left").replace("#", "right")
+            assert flipped in held_out
+            continue
+        text, spec = made
+        assert text not in held_out
+        relation = item.spec.get("relation", {}).get("kind")
+        if relation in ("left_of", "right_of"):
+            swapped += 1
+            assert text != item.prompt and spec["relation"]["kind"] != relation
+            assert ("left" in text) == ("right" in item.prompt)
+        else:
+            assert text == item.prompt and spec == item.spec
+        pixels = np.asarray(render_spec(item.spec, 32, index))
+        assert evaluate_image(pixels[:, ::-1], spec).correct
+    assert swapped >= 10
+
+
+def test_mirror_doubles_the_training_images_not_the_validation_split(generated, tmp_path):
+    import numpy as np
+
+    from sanatool.judges.verifier import object_classes
+    from sanatool.judges.verifier_train import VerifierTraining, _held_out, load_sample_images, train_verifier
+
+    classes = object_classes()
+    plain = load_sample_images([generated], 32, seed=0, hard=2, grid=8, classes=classes)
+    both = load_sample_images([generated], 32, seed=0, hard=2, grid=8, classes=classes, mirror=True)
+    originals = [s for s in both if not s.mirrored]
+    mirrored = [s for s in both if s.mirrored]
+    assert len(originals) == len(plain) and 0 < len(mirrored) <= len(plain)
+    for sample in originals:
+        twin = next((m for m in mirrored if (m.pixels == sample.pixels[:, ::-1]).all()), None)
+        if twin is None:
+            continue
+        assert twin.prompt == sample.prompt  # the split follows the manifest's prompt
+        # The detector's centre cells mirror with the image.
+        assert (twin.centre.reshape(8, 8) == np.fliplr(sample.centre.reshape(8, 8))).all()
+    # Seed 1 puts the fixture's one mirrorable prompt (the others' mirrors are evaluation prompts) in training.
+    options = VerifierTraining(
+        steps=2, batch_size=4, renders=0, samples=[generated], heldout=0.5, mirror=True, seed=1
+    )
+    summary = train_verifier(tmp_path / "v", options)
+    both = load_sample_images([generated], 32, seed=1, hard=2, grid=8, classes=classes, mirror=True)
+    held = [_held_out(s.prompt, 0.5, 1) for s in both]
+    train = sum(not h for h in held)
+    assert 0 < train - sum(
+        not h for h, s in zip(held, both, strict=True) if not s.mirrored
+    )  # mirrored copies trained on
+    # Validation measures the real images only: mirrored copies of its prompts are in neither split.
+    want = sum(h for h, s in zip(held, both, strict=True) if not s.mirrored)
+    assert summary["mirror"] is True and summary["sample_images"] == {"train": train, "heldout": want}
+    assert summary["heldout"]["generated"]["images"] == want
+
+
+def test_stem_layers_and_verifiers_saved_before_the_option(tmp_path):
+    """A deeper full-resolution stem round-trips; a config without ``stem_layers`` loads as the one-layer stem."""
+    import torch
+
+    from sanatool.judges.verifier import (
+        DEFAULT_ARCHITECTURE,
+        FORMAT,
+        FORMAT_VERSION,
+        VerifierCodec,
+        build_model,
+        default_vocabulary,
+        load_verifier,
+        object_classes,
+        save_verifier,
+        verifier_probabilities,
+    )
+    from sanatool.shapes import render_spec
+
+    vocab, classes = default_vocabulary(), object_classes()
+    codec = VerifierCodec(vocab, 32, 32)
+    image = [render_spec({"objects": [{"shape": "square", "color": "blue"}]}, 32, 0)]
+    base = {"format": FORMAT, "version": FORMAT_VERSION, "vocabulary": vocab, "classes": classes}
+    deep = dict(DEFAULT_ARCHITECTURE, stem_layers=3)
+    torch.manual_seed(0)
+    model = build_model(deep, len(vocab), len(classes)).eval()
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "old").mkdir()
+    assert sum(p.numel() for p in model.parameters()) > sum(
+        p.numel() for p in build_model(DEFAULT_ARCHITECTURE, len(vocab), len(classes)).parameters()
+    )
+    save_verifier(model, {**base, "architecture": deep}, tmp_path / "deep")
+    loaded, config = load_verifier(tmp_path / "deep")
+    assert config["architecture"]["stem_layers"] == 3
+    assert torch.equal(
+        verifier_probabilities(model, codec, image, ["a blue square"]),
+        verifier_probabilities(loaded, codec, image, ["a blue square"]),
+    )
+    # Written before stem_layers existed: no such key, the one-layer stem's weights.
+    old = {k: v for k, v in DEFAULT_ARCHITECTURE.items() if k != "stem_layers"}
+    model = build_model(DEFAULT_ARCHITECTURE, len(vocab), len(classes)).eval()
+    save_verifier(model, {**base, "architecture": old}, tmp_path / "old")
+    loaded, config = load_verifier(tmp_path / "old")
+    assert config["architecture"] == DEFAULT_ARCHITECTURE and DEFAULT_ARCHITECTURE["stem_layers"] == 1
+    # A deep config over one-layer weights, or a stem_layers out of bounds, is refused.
+    (tmp_path / "old" / "verifier.json").write_text(json.dumps({**base, "architecture": deep}))
+    with pytest.raises(ModelDirError, match="do not match"):
+        load_verifier(tmp_path / "old")
+    (tmp_path / "old" / "verifier.json").write_text(
+        json.dumps({**base, "architecture": dict(deep, stem_layers=0)})
+    )
+    with pytest.raises(ModelDirError, match="architecture.stem_layers"):
+        load_verifier(tmp_path / "old")
+
+
+def test_train_verifier_cli_mirror(cli, generated, tmp_path):
+    res = cli("train-verifier", "-o", tmp_path / "v", "--steps", "2", "--batch-size", "4", "--renders", "0",
+              "--samples", generated, "--heldout", "0.5", "--seed", "1", "--mirror", "--json")  # fmt: skip
+    assert res.code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["mirror"] is True and summary["sample_images"]["train"] > 12

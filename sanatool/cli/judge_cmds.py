@@ -100,6 +100,11 @@ def train_verifier_cmd(
     sample_share: float = typer.Option(
         0.7, "--sample-share", help="Share of each batch drawn from --samples (the rest are renders)."
     ),
+    mirror: bool = typer.Option(
+        False,
+        "--mirror",
+        help="Also train on each sample flipped left-right, its caption's left and right swapped.",
+    ),
     seed: int = seed_option("Seed of the data and the init (same seed, same verifier)."),
     device: str = DEVICE,
     force: bool = FORCE,
@@ -132,6 +137,7 @@ def train_verifier_cmd(
         heldout=heldout,
         sample_share=sample_share,
         seed=seed,
+        mirror=mirror,
     )
     with progress_bar() as progress:
         summary = train_verifier(

@@ -52,7 +52,10 @@ DEFAULT_ARCHITECTURE: dict[str, int] = {
     "heads": 4,
     "mlp_ratio": 2,
     "max_words": 32,
+    "stem_layers": 1,
 }
+#: Keys added after the first verifiers shipped, with the value that reproduces those verifiers.
+_LEGACY_DEFAULTS = {"stem_layers": 1}
 # Bounds far beyond any sane verifier: a config beyond them is broken, and is refused before allocating.
 _BOUNDS = {
     "image_size": (8, 1024),
@@ -64,6 +67,7 @@ _BOUNDS = {
     "heads": (1, 64),
     "mlp_ratio": (1, 16),
     "max_words": (4, 1024),
+    "stem_layers": (1, 16),
 }
 _MAX_COUNT = 5  # count features cover 0 … 5 objects of a class
 #: The verifier shipped in the package (``sanatool/data/verifier-shapes``), for ``--judge verifier``.
@@ -90,7 +94,13 @@ def object_classes() -> list[str]:
 
 
 def validate_architecture(arch: Any, where: str) -> dict[str, int]:
-    """Check an architecture dict (known keys, integers within bounds, consistent sizes)."""
+    """Check an architecture dict (known keys, integers within bounds, consistent sizes).
+
+    Keys added since the first verifier format (``stem_layers``) may be missing: an older file
+    gets the value its model was built with.
+    """
+    if isinstance(arch, dict):
+        arch = {**{k: v for k, v in _LEGACY_DEFAULTS.items() if k not in arch}, **arch}
     if not isinstance(arch, dict) or set(arch) != set(DEFAULT_ARCHITECTURE):
         raise ModelDirError(
             f"{where}: 'architecture' must have exactly the keys {sorted(DEFAULT_ARCHITECTURE)}; "
@@ -129,9 +139,13 @@ def build_model(architecture: dict[str, int], vocab_size: int, num_classes: int)
             super().__init__()
             width, stem, patch = arch["width"], arch["stem_channels"], arch["patch_size"]
             grid = arch["image_size"] // patch
+            # Full-resolution 3×3 convs (``stem_layers``) see the pixel detail that tells a circle
+            # from a square and a small stray blob from none, before the patches pool it.
+            full_res: list[nn.Module] = [nn.Conv2d(3, stem, 3, padding=1), nn.GELU()]
+            for _ in range(arch["stem_layers"] - 1):
+                full_res += [nn.Conv2d(stem, stem, 3, padding=1), nn.GELU()]
             self.stem = nn.Sequential(
-                nn.Conv2d(3, stem, 3, padding=1),
-                nn.GELU(),
+                *full_res,
                 nn.Conv2d(stem, width, patch, stride=patch),
                 nn.GELU(),
                 nn.Conv2d(width, width, 3, padding=1),
@@ -287,7 +301,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ModelDirError(
             f"{file} has format version {config.get('version')!r}; this sanatool reads version {FORMAT_VERSION}"
         )
-    validate_architecture(config.get("architecture"), str(file))
+    config["architecture"] = validate_architecture(config.get("architecture"), str(file))
     vocab = config.get("vocabulary")
     if (
         not isinstance(vocab, list)

@@ -164,6 +164,28 @@ def _evaluation_prompts() -> frozenset[str]:
     return frozenset(item.prompt for item in evaluation_suite())
 
 
+def mirror_caption(caption: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The caption and spec that hold for a left–right mirrored image: ``left`` and ``right`` trade places.
+
+    None when the mirrored caption spells an evaluation-suite prompt (those stay held out).
+    The shapes evaluator is mirror-symmetric (colours, fill and vertical skew do not change
+    under a horizontal flip), so an image's verdict on a caption is its mirror's on this one.
+    """
+    swap = {"left": "right", "right": "left"}
+    words = [swap.get(word, word) for word in caption.lower().replace(",", " , ").split()]
+    text = _join(words)
+    if text in _evaluation_prompts():
+        return None
+    mirrored: dict[str, Any] = {"objects": [dict(obj) for obj in spec["objects"]]}
+    if "relation" in spec:
+        relation = dict(spec["relation"])
+        relation["kind"] = {"left_of": "right_of", "right_of": "left_of"}.get(
+            relation["kind"], relation["kind"]
+        )
+        mirrored["relation"] = relation
+    return text, mirrored
+
+
 def hard_negatives(caption: str, spec: dict[str, Any], count: int, rng: random.Random) -> list[Caption]:
     """Up to ``count`` perturbations of different kinds (relation and count first when they apply).
 

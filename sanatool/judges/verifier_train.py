@@ -34,6 +34,7 @@ from sanatool.judges.verifier_data import (
     PERTURBATIONS,
     Caption,
     hard_negatives,
+    mirror_caption,
     perturb,
     render_captions,
     render_pool,
@@ -45,8 +46,9 @@ from sanatool.progress import ProgressFn, no_progress
 class SampleImage:
     """A decoded sample: its pixels, its own prompt (labelled by the evaluator), other captions, cell labels.
 
-    ``captions[0]`` is the sample's own prompt; then perturbations of it and another sample's
-    prompt, each labelled by the evaluator on this image. ``cover`` and ``centre`` are the
+    ``captions[0]`` is the sample's own prompt (mirrored with the image for a mirrored copy); then
+    perturbations of it and another sample's prompt, each labelled by the evaluator on this image.
+    ``prompt`` is the manifest's prompt, which decides the validation split. ``cover`` and ``centre`` are the
     per-cell class labels the shapes detector reads from the image (see
     :func:`~sanatool.judges.verifier_data.cell_labels`).
     """
@@ -56,6 +58,7 @@ class SampleImage:
     prompt: str
     cover: np.ndarray
     centre: np.ndarray
+    mirrored: bool = False
 
 
 @dataclass
@@ -71,6 +74,7 @@ class VerifierTraining:
     heldout: float = 0.2
     sample_share: float = 0.7
     seed: int = 0
+    mirror: bool = False
     architecture: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -102,11 +106,14 @@ def load_sample_images(
     hard: int = 2,
     grid: int = 8,
     classes: Sequence[str] = (),
+    mirror: bool = False,
 ) -> list[SampleImage]:
     """Read samples dirs; label each image's prompt, ``hard`` perturbations and another prompt with the evaluator.
 
     Each image also gets its ``grid`` × ``grid`` cell labels over ``classes`` from the shapes
-    detector (all background when ``classes`` is empty). Lines without a ``spec`` are skipped
+    detector (all background when ``classes`` is empty). With ``mirror``, each image is also
+    added flipped left–right with its caption mirrored (:func:`mirror_caption`; skipped when that
+    spells an evaluation prompt): twice the generated images, labelled the same way. Lines without a ``spec`` are skipped
     (the evaluator cannot label them). Raises :class:`InputError` for a dir without usable
     lines or with missing images.
     """
@@ -131,25 +138,31 @@ def load_sample_images(
         for record in usable:
             with open_image(root / record["path"]) as image:
                 pixels = image_array(image, image_size)
-            captions = [
-                Caption(record["prompt"], record["spec"], evaluate_image(pixels, record["spec"]).correct)
-            ]
-            for made in hard_negatives(record["prompt"], record["spec"], hard, rng):
-                # On a generated image a "wrong" caption may hold after all: the evaluator decides.
-                made.label = evaluate_image(pixels, made.spec).correct
-                captions.append(made)
-            other = usable[rng.randrange(len(usable))]
-            if other["prompt"] != record["prompt"]:
-                captions.append(
-                    Caption(
-                        other["prompt"], other["spec"], evaluate_image(pixels, other["spec"]).correct, "other"
+            views = [(pixels, record["prompt"], record["spec"])]
+            mirrored = mirror_caption(record["prompt"], record["spec"]) if mirror else None
+            if mirrored is not None:
+                views.append((np.ascontiguousarray(pixels[:, ::-1]), *mirrored))
+            for index, (view, prompt, spec) in enumerate(views):
+                captions = [Caption(prompt, spec, evaluate_image(view, spec).correct)]
+                for made in hard_negatives(prompt, spec, hard, rng):
+                    # On a generated image a "wrong" caption may hold after all: the evaluator decides.
+                    made.label = evaluate_image(view, made.spec).correct
+                    captions.append(made)
+                other = usable[rng.randrange(len(usable))]
+                if other["prompt"] != record["prompt"]:
+                    captions.append(
+                        Caption(
+                            other["prompt"],
+                            other["spec"],
+                            evaluate_image(view, other["spec"]).correct,
+                            "other",
+                        )
                     )
-                )
-            if classes:
-                cover, centre = cell_labels(Image.fromarray(pixels), grid, classes)
-            else:
-                cover = centre = np.zeros(grid * grid, dtype=np.int64)
-            out.append(SampleImage(pixels, captions, record["prompt"], cover, centre))
+                if classes:
+                    cover, centre = cell_labels(Image.fromarray(view), grid, classes)
+                else:
+                    cover = centre = np.zeros(grid * grid, dtype=np.int64)
+                out.append(SampleImage(view, captions, record["prompt"], cover, centre, mirrored=index > 0))
     return out
 
 
@@ -226,12 +239,15 @@ def train_verifier(
     vocabulary, classes = default_vocabulary(), object_classes()
     grid = arch["image_size"] // arch["patch_size"]
     samples = (
-        load_sample_images(opts.samples, arch["image_size"], opts.seed, opts.hard_negatives, grid, classes)
+        load_sample_images(
+            opts.samples, arch["image_size"], opts.seed, opts.hard_negatives, grid, classes, opts.mirror
+        )
         if opts.samples
         else []
     )
     train_samples = [s for s in samples if not _held_out(s.prompt, opts.heldout, opts.seed)]
-    test_samples = [s for s in samples if _held_out(s.prompt, opts.heldout, opts.seed)]
+    # Mirrored copies of validation images stay out of both splits: validation measures the real images.
+    test_samples = [s for s in samples if _held_out(s.prompt, opts.heldout, opts.seed) and not s.mirrored]
     if opts.renders == 0 and not train_samples:
         raise InputError(
             "every sample's prompt fell in the held-out share and --renders is 0; lower --heldout"
@@ -323,6 +339,7 @@ def train_verifier(
         "lr": opts.lr,
         "seed": opts.seed,
         "renders": opts.renders,
+        "mirror": opts.mirror,
         "samples": [str(Path(s).resolve()) for s in opts.samples],
         "sample_images": {"train": len(train_samples), "heldout": len(test_samples)},
         "initial_loss": round(float(np.mean(losses[:10])), 4),
