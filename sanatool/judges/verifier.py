@@ -9,7 +9,8 @@ package (:func:`shipped_verifier_path`), trained on the shipped model's own cand
 
 Architecture (about 0.27M parameters), built so it learns in minutes on a CPU:
 
-- **Image**: a small conv net gives an 8×8 grid of features, and two per-cell heads read it:
+- **Image**: a small conv net (``stem_layers`` 3×3 convs at full resolution, then patches)
+  gives an 8×8 grid of features, and two per-cell heads read it:
   which object class (shape × colour, or background) covers the cell, and which class has
   its *centre* there. Training supervises both densely on renders, so the sum of a class's
   centre probabilities counts its objects and their mean cell locates them.
