@@ -12,7 +12,11 @@ run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base'
 - ``loraR+distill``: both; ``distillW`` (e.g. ``distill0.5``) mixes in flow matching with ``--distill-weight W``;
 - ``+cdP`` (e.g. ``distill+cd0.3``): caption dropout P instead of ``finetune``'s 0.1, so the null-caption
   branch that guidance extrapolates from gets more of the training; ``+tsS`` (e.g. ``distill+tsuniform``):
-  ``--weighting-scheme S`` (timestep density and weighting) instead of logit-normal; ``+bN``: batch N.
+  ``--weighting-scheme S`` (timestep density and weighting) instead of logit-normal; ``+bN``: batch N;
+  ``+stepsN``: N steps instead of ``--steps``;
+- ``distill+trajN``, ``distill+daggerNrK``, ``+mixP``: distillation on the states the sampler visits (the
+  teacher's trajectories on N training captions; the student's, on N fresh captions every K steps, labelled
+  by the teacher; a fraction P of data + noise states kept): see ``distill_states.py``.
 
 A run is ``METHOD[@LR]`` (default lr: ``--lr`` for full fine-tunes, ``--lora-lr`` for LoRA), so a
 learning-rate sweep is a list of runs, every one of which lands in the table (nothing is
@@ -51,9 +55,19 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """``METHOD[@LR]`` → the run's name, LoRA rank (or None), teacher flag and lr."""
     method, _, lr = spec.partition("@")
     parts = method.split("+")
-    rank, weight, dropout, timesteps, batch = None, None, None, None, None
+    rank, weight, dropout, timesteps, batch, steps = None, None, None, None, None, None
+    states: dict[str, Any] = {}
     for part in parts:
-        if part.startswith("cd"):
+        if part.startswith("traj") and part[4:].isdigit():
+            states["teacher_captions"] = int(part[4:])
+        elif part.startswith("dagger") and "r" in part:
+            captions, _, every = part[6:].partition("r")
+            states["student_captions"], states["refresh"] = int(captions), int(every)
+        elif part.startswith("mix"):
+            states["data_fraction"] = float(part[3:])
+        elif part.startswith("steps") and part[5:].isdigit():
+            steps = int(part[5:])
+        elif part.startswith("cd"):
             dropout = float(part[2:])
         elif part.startswith("ts"):
             timesteps = part[2:]
@@ -65,8 +79,13 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             weight = float(part[7:] or 1.0)
         elif part != "plain":
             raise SystemExit(
-                f"--runs: unknown method {method!r} (plain, loraR, distill[W], joined by + with loraR, cdP, tsS, bN)"
+                f"--runs: unknown method {method!r} (plain, loraR, distill[W], joined by + with loraR, cdP, tsS, "
+                "bN, stepsN, trajN, daggerNrK, mixP)"
             )
+    if states and weight is None:
+        raise SystemExit(
+            f"--runs: {method!r}: trajN, daggerNrK and mixP are states to distil on; add distill"
+        )
     default_lr = args.lora_lr if rank is not None else args.lr
     return {
         "name": spec,
@@ -77,6 +96,8 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "caption_dropout": dropout,
         "weighting_scheme": timesteps,
         "batch_size": batch or args.batch_size,
+        "steps": steps or args.steps,
+        "states": states or None,
         "lr": float(lr) if lr else default_lr,
     }
 
@@ -127,9 +148,9 @@ def finetune(
     out = work / "models" / run["name"].replace("+", "_").replace("@", "_lr")
     if not (out / LOSS_LOG).exists():
         opts = TrainOptions(
-            data=data, out=out, steps=args.steps, source=str(pruned), optimizer=args.optimizer,
+            data=data, out=out, steps=run["steps"], source=str(pruned), optimizer=args.optimizer,
             lr=run["lr"], batch_size=run["batch_size"], seed=args.seed, cache_dir=cache or work / "cache",
-            warmup_steps=min(args.warmup, args.steps - 1), precision="fp32", force=True,
+            warmup_steps=min(args.warmup, run["steps"] - 1), precision="fp32", force=True,
             teacher=base.path if run["teacher"] else None, distill_weight=run["distill_weight"],
         )  # fmt: skip
         if run["rank"] is not None:
@@ -138,10 +159,20 @@ def finetune(
             opts.caption_dropout = run["caption_dropout"]
         if run["weighting_scheme"] is not None:
             opts.weighting_scheme = run["weighting_scheme"]
-        log(f"finetune {run['name']}: {args.steps} steps, {args.optimizer}, lr {run['lr']:g}")
+        log(f"finetune {run['name']}: {run['steps']} steps, {args.optimizer}, lr {run['lr']:g}")
         started = time.perf_counter()
-        run_training(opts)
+        report: dict[str, Any] = {}
+        if run["states"]:
+            from distill_states import states_trainer, trainer_class
+
+            cls = states_trainer(run["states"], base.path, data, args.sample_steps, args.guidance, report)
+            with trainer_class(cls):
+                run_training(opts)
+        else:
+            run_training(opts)
         (out / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+        if report:
+            (out / "states.json").write_text(json.dumps(report) + "\n")
         if run["rank"] is not None:
             check_lora_only(pruned, out)
     return out, read_log(out / LOSS_LOG), float((out / "seconds.txt").read_text())
@@ -235,11 +266,16 @@ def main() -> None:
         out, records, seconds = finetune(args, run, work, base, data, pruned)
         correct[run["name"]] = sample_and_score(args, out, run["name"], prompts, work)
         tail = records[-10:]
+        states_report = out / "states.json"
         trained[run["name"]] = {
             **run,
+            **(json.loads(states_report.read_text()) if states_report.exists() else {}),
             "seconds": seconds,
             "loss_last10": sum(r["loss"] for r in tail) / len(tail),
-            "flow_loss_last10": sum(r.get("flow_loss", r["loss"]) for r in tail) / len(tail),
+            # A run on sampler states alone has no flow-matching term to report.
+            "flow_loss_last10": None
+            if run["states"] and "flow_loss" not in tail[-1]
+            else sum(r.get("flow_loss", r["loss"]) for r in tail) / len(tail),
         }
     boot = bootstrap_overall(correct, categories)
     full = overall(correct["full"], categories)
