@@ -292,7 +292,9 @@ def main() -> None:
             "low": round(low, 4), "high": round(high, 4), "of_full": round(overall(m, categories) / full, 4),
             "of_full_low": round(ratio_low, 4), "of_full_high": round(ratio_high, 4),
             "loss_last10": info.get("loss_last10"), "flow_loss_last10": info.get("flow_loss_last10"),
-            "train_seconds": info.get("seconds"),
+            "train_seconds": info.get("seconds"), "steps": info.get("steps"),
+            "teacher_forwards": info.get("teacher_forwards"),
+            "student_sampling_forwards": info.get("student_sampling_forwards"),
             "vs_plain": None if versus is None else [round(versus[0], 4), round(versus[1], 4)],
             "vs_distill": None if over is None else [round(over[0], 4), round(over[1], 4)],
         })  # fmt: skip

@@ -94,8 +94,9 @@ def states_trainer(
 ) -> type:
     """A ``Trainer`` subclass whose distillation states come from sampler trajectories, as ``states`` says.
 
-    ``report`` gets ``teacher_forwards`` (teacher transformer rows run for the bank, sampling included)
-    and ``student_sampling_forwards`` (the student's rows run without gradients to sample, DAgger).
+    ``report`` gets ``teacher_forwards`` (teacher transformer rows: the bank's, sampling included, and
+    the data + noise states') and ``student_sampling_forwards`` (the student's rows run without
+    gradients to sample, DAgger).
     """
     import torch
 
@@ -171,6 +172,7 @@ def states_trainer(
             parts = {"states_loss": states_loss.detach()}
             if not n_data:
                 return states_loss, parts
+            report["teacher_forwards"] += n_data  # the data + noise states' teacher call
             data_draw = {key: value[:n_data] for key, value in draw.items()}
             data_loss, data_parts = super()._micro_loss(data_draw)
             parts.update(data_parts)
