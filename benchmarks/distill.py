@@ -13,7 +13,7 @@ run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base'
 - ``+cdP`` (e.g. ``distill+cd0.3``): caption dropout P instead of ``finetune``'s 0.1, so the null-caption
   branch that guidance extrapolates from gets more of the training; ``+tsS`` (e.g. ``distill+tsuniform``):
   ``--weighting-scheme S`` (timestep density and weighting) instead of logit-normal; ``+bN``: batch N;
-  ``+stepsN``: N steps instead of ``--steps``;
+  ``+stepsN``: N steps instead of ``--steps``; ``+cos``: ``--lr-schedule cosine`` (to 10% at the last step);
 - ``distill+trajN``, ``distill+daggerNrK``, ``+mixP``: distillation on the states the sampler visits (the
   teacher's trajectories on N training captions; the student's, on N fresh captions every K steps, labelled
   by the teacher; a fraction P of data + noise states kept): see ``distill_states.py``.
@@ -57,8 +57,11 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     parts = method.split("+")
     rank, weight, dropout, timesteps, batch, steps = None, None, None, None, None, None
     states: dict[str, Any] = {}
+    schedule = None
     for part in parts:
-        if part.startswith("traj") and part[4:].isdigit():
+        if part == "cos":
+            schedule = "cosine"
+        elif part.startswith("traj") and part[4:].isdigit():
             states["teacher_captions"] = int(part[4:])
         elif part.startswith("dagger") and "r" in part:
             captions, _, every = part[6:].partition("r")
@@ -80,7 +83,7 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         elif part != "plain":
             raise SystemExit(
                 f"--runs: unknown method {method!r} (plain, loraR, distill[W], joined by + with loraR, cdP, tsS, "
-                "bN, stepsN, trajN, daggerNrK, mixP)"
+                "bN, stepsN, cos, trajN, daggerNrK, mixP)"
             )
     if states and weight is None:
         raise SystemExit(
@@ -97,6 +100,7 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "weighting_scheme": timesteps,
         "batch_size": batch or args.batch_size,
         "steps": steps or args.steps,
+        "lr_schedule": schedule,
         "states": states or None,
         "lr": float(lr) if lr else default_lr,
     }
@@ -159,6 +163,8 @@ def finetune(
             opts.caption_dropout = run["caption_dropout"]
         if run["weighting_scheme"] is not None:
             opts.weighting_scheme = run["weighting_scheme"]
+        if run["lr_schedule"] is not None:
+            opts.lr_schedule = run["lr_schedule"]
         log(f"finetune {run['name']}: {run['steps']} steps, {args.optimizer}, lr {run['lr']:g}")
         started = time.perf_counter()
         report: dict[str, Any] = {}
