@@ -12,7 +12,11 @@ run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base'
 - ``loraR+distill``: both; ``distillW`` (e.g. ``distill0.5``) mixes in flow matching with ``--distill-weight W``;
 - ``+cdP`` (e.g. ``distill+cd0.3``): caption dropout P instead of ``finetune``'s 0.1, so the null-caption
   branch that guidance extrapolates from gets more of the training; ``+tsS`` (e.g. ``distill+tsuniform``):
-  ``--weighting-scheme S`` (timestep density and weighting) instead of logit-normal; ``+bN``: batch N.
+  ``--weighting-scheme S`` (timestep density and weighting) instead of logit-normal; ``+bN``: batch N;
+  ``+stepsN``: N steps instead of ``--steps``; ``+cos``: ``--lr-schedule cosine`` (to 10% at the last step);
+- ``distill+trajN``, ``distill+daggerNrK``, ``+mixP``: distillation on the states the sampler visits (the
+  teacher's trajectories on N training captions; the student's, on N fresh captions every K steps, labelled
+  by the teacher; a fraction P of data + noise states kept): see ``distill_states.py``.
 
 A run is ``METHOD[@LR]`` (default lr: ``--lr`` for full fine-tunes, ``--lora-lr`` for LoRA), so a
 learning-rate sweep is a list of runs, every one of which lands in the table (nothing is
@@ -51,9 +55,22 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """``METHOD[@LR]`` → the run's name, LoRA rank (or None), teacher flag and lr."""
     method, _, lr = spec.partition("@")
     parts = method.split("+")
-    rank, weight, dropout, timesteps, batch = None, None, None, None, None
+    rank, weight, dropout, timesteps, batch, steps = None, None, None, None, None, None
+    states: dict[str, Any] = {}
+    schedule = None
     for part in parts:
-        if part.startswith("cd"):
+        if part == "cos":
+            schedule = "cosine"
+        elif part.startswith("traj") and part[4:].isdigit():
+            states["teacher_captions"] = int(part[4:])
+        elif part.startswith("dagger") and "r" in part:
+            captions, _, every = part[6:].partition("r")
+            states["student_captions"], states["refresh"] = int(captions), int(every)
+        elif part.startswith("mix"):
+            states["data_fraction"] = float(part[3:])
+        elif part.startswith("steps") and part[5:].isdigit():
+            steps = int(part[5:])
+        elif part.startswith("cd"):
             dropout = float(part[2:])
         elif part.startswith("ts"):
             timesteps = part[2:]
@@ -65,8 +82,13 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             weight = float(part[7:] or 1.0)
         elif part != "plain":
             raise SystemExit(
-                f"--runs: unknown method {method!r} (plain, loraR, distill[W], joined by + with loraR, cdP, tsS, bN)"
+                f"--runs: unknown method {method!r} (plain, loraR, distill[W], joined by + with loraR, cdP, tsS, "
+                "bN, stepsN, cos, trajN, daggerNrK, mixP)"
             )
+    if states and weight is None:
+        raise SystemExit(
+            f"--runs: {method!r}: trajN, daggerNrK and mixP are states to distil on; add distill"
+        )
     default_lr = args.lora_lr if rank is not None else args.lr
     return {
         "name": spec,
@@ -77,6 +99,9 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "caption_dropout": dropout,
         "weighting_scheme": timesteps,
         "batch_size": batch or args.batch_size,
+        "steps": steps or args.steps,
+        "lr_schedule": schedule,
+        "states": states or None,
         "lr": float(lr) if lr else default_lr,
     }
 
@@ -127,9 +152,9 @@ def finetune(
     out = work / "models" / run["name"].replace("+", "_").replace("@", "_lr")
     if not (out / LOSS_LOG).exists():
         opts = TrainOptions(
-            data=data, out=out, steps=args.steps, source=str(pruned), optimizer=args.optimizer,
+            data=data, out=out, steps=run["steps"], source=str(pruned), optimizer=args.optimizer,
             lr=run["lr"], batch_size=run["batch_size"], seed=args.seed, cache_dir=cache or work / "cache",
-            warmup_steps=min(args.warmup, args.steps - 1), precision="fp32", force=True,
+            warmup_steps=min(args.warmup, run["steps"] - 1), precision="fp32", force=True,
             teacher=base.path if run["teacher"] else None, distill_weight=run["distill_weight"],
         )  # fmt: skip
         if run["rank"] is not None:
@@ -138,10 +163,22 @@ def finetune(
             opts.caption_dropout = run["caption_dropout"]
         if run["weighting_scheme"] is not None:
             opts.weighting_scheme = run["weighting_scheme"]
-        log(f"finetune {run['name']}: {args.steps} steps, {args.optimizer}, lr {run['lr']:g}")
+        if run["lr_schedule"] is not None:
+            opts.lr_schedule = run["lr_schedule"]
+        log(f"finetune {run['name']}: {run['steps']} steps, {args.optimizer}, lr {run['lr']:g}")
         started = time.perf_counter()
-        run_training(opts)
+        report: dict[str, Any] = {}
+        if run["states"]:
+            from distill_states import states_trainer, trainer_class
+
+            cls = states_trainer(run["states"], base.path, data, args.sample_steps, args.guidance, report)
+            with trainer_class(cls):
+                run_training(opts)
+        else:
+            run_training(opts)
         (out / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+        if report:
+            (out / "states.json").write_text(json.dumps(report) + "\n")
         if run["rank"] is not None:
             check_lora_only(pruned, out)
     return out, read_log(out / LOSS_LOG), float((out / "seconds.txt").read_text())
@@ -235,11 +272,16 @@ def main() -> None:
         out, records, seconds = finetune(args, run, work, base, data, pruned)
         correct[run["name"]] = sample_and_score(args, out, run["name"], prompts, work)
         tail = records[-10:]
+        states_report = out / "states.json"
         trained[run["name"]] = {
             **run,
+            **(json.loads(states_report.read_text()) if states_report.exists() else {}),
             "seconds": seconds,
             "loss_last10": sum(r["loss"] for r in tail) / len(tail),
-            "flow_loss_last10": sum(r.get("flow_loss", r["loss"]) for r in tail) / len(tail),
+            # A run on sampler states alone has no flow-matching term to report.
+            "flow_loss_last10": None
+            if run["states"] and "flow_loss" not in tail[-1]
+            else sum(r.get("flow_loss", r["loss"]) for r in tail) / len(tail),
         }
     boot = bootstrap_overall(correct, categories)
     full = overall(correct["full"], categories)
@@ -256,7 +298,9 @@ def main() -> None:
             "low": round(low, 4), "high": round(high, 4), "of_full": round(overall(m, categories) / full, 4),
             "of_full_low": round(ratio_low, 4), "of_full_high": round(ratio_high, 4),
             "loss_last10": info.get("loss_last10"), "flow_loss_last10": info.get("flow_loss_last10"),
-            "train_seconds": info.get("seconds"),
+            "train_seconds": info.get("seconds"), "steps": info.get("steps"),
+            "teacher_forwards": info.get("teacher_forwards"),
+            "student_sampling_forwards": info.get("student_sampling_forwards"),
             "vs_plain": None if versus is None else [round(versus[0], 4), round(versus[1], 4)],
             "vs_distill": None if over is None else [round(over[0], 4), round(over[1], 4)],
         })  # fmt: skip
