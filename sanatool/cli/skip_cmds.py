@@ -21,13 +21,15 @@ def plan_skips(
     metric: str | None = typer.Option(
         None,
         "--metric",
-        help="change (the residual's change per step), cosine or ablation: the matrix to plan from "
-        "(default: change for a cache plan when the file holds it, else the file's own matrix).",
+        help="change (the residual's change per step), curvature (its error from a first-order forecast), "
+        "cosine or ablation: the matrix to plan from (default: curvature for a forecast plan, change for a "
+        "cache plan, when the file holds it; else change, else the file's own matrix).",
     ),
     mode: str = typer.Option(
         DEFAULT_MODE,
         "--skip-mode",
         help="cache: a skipped block adds the residual of its last run (never skips step 0); "
+        "forecast: its residual extrapolated in the timestep from its last two runs; "
         "identity: it passes its input through.",
     ),
     force: bool = FORCE,
@@ -37,7 +39,7 @@ def plan_skips(
 
     The (step, block) calls of the importance file's per-timestep matrix that matter least are
     skipped; in cache mode (the default) a skipped block reuses the residual it computed at its
-    last run. The plan is for that model, step count and sampler only; `sample --skip-plan` and
+    last run, in forecast mode it extrapolates it from its last two runs. The plan is for that model, step count and sampler only; `sample --skip-plan` and
     `sanatool.apply_skip_plan(pipe, plan)` follow it.
 
     Example: sanatool plan-skips importance.json --budget 0.6 -o plan.json
