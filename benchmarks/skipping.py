@@ -5,11 +5,11 @@ on the calibration prompts), then sample the evaluation suite (``--per-category`
 category × ``--candidates`` images, the same seeds everywhere) and score it with the shapes
 evaluator, for each fraction F of block-calls kept (1.0, 0.8, 0.6, 0.5, 0.4):
 
-- **cache**: ``plan-skips --budget F`` (cache mode, planned on the residual change) followed by
-  ``sample --skip-plan``: a skipped block reuses the residual of its last run;
-- **forecast**: ``plan-skips --budget F --skip-mode forecast`` (planned on the residual
-  curvature): a skipped block adds its residual extrapolated to first order, in the sampler's
-  timestep, from its last two runs;
+- **forecast**: ``plan-skips --budget F`` (the default mode, planned on the residual curvature)
+  followed by ``sample --skip-plan``: a skipped block adds its residual extrapolated to first
+  order, in the sampler's timestep, from its last two runs;
+- **cache**: ``plan-skips --budget F --skip-mode cache`` (planned on the residual change): a
+  skipped block reuses the residual of its last run;
 - **identity**: ``plan-skips --budget F --skip-mode identity --metric cosine``: a skipped block
   passes its input through;
 - **prune**: ``prune --keep round(F × depth) --importance`` (no fine-tuning);

@@ -66,14 +66,14 @@ def test_a_cache_plan_on_the_residual_change_spreads_skips_by_their_accumulated_
     # dearer than skipping block 0 and block 1 once each at step 2 (0.3 + 0.4).
     change = [[0.0, 0.0, 0.0], [0.3, 0.4, 1.0], [0.3, 0.4, 1.0]]
     importance = _importance(_random_matrix(3, 3), change=change)
-    plan = make_skip_plan(importance, 7 / 9)
+    plan = make_skip_plan(importance, 7 / 9, mode="cache")
     assert (plan.mode, plan.metric) == ("cache", "change")
     assert [sorted(s) for s in plan.skip] == [[], [], [0, 1]]
     # no step loses every block, step 0 loses none, and the budget stays exact
-    deep = make_skip_plan(importance, 5 / 9)
+    deep = make_skip_plan(importance, 5 / 9, mode="cache")
     assert [sorted(s) for s in deep.skip] == [[], [0, 1], [0, 1]] and deep.kept == 5
     with pytest.raises(InputError, match="too low: at most 4 of 9"):
-        make_skip_plan(importance, 0.4)
+        make_skip_plan(importance, 0.4, mode="cache")
     with pytest.raises(InputError, match="no residual_change matrix"):
         make_skip_plan(_importance(_random_matrix(3, 3)), 0.8, metric="change")
     with pytest.raises(InputError, match="unknown --skip-mode 'skip'"):
@@ -86,21 +86,18 @@ def test_a_forecast_plan_ranks_on_the_residual_curvature_when_the_file_holds_it(
     change = [[0.0, 0.0, 0.0], [0.3, 0.4, 1.0], [0.3, 0.4, 1.0]]
     curvature = [[0.0, 0.0, 0.0], [0.3, 0.4, 1.0], [0.9, 0.9, 0.1]]  # block 2 extrapolates well at step 2
     both = _importance(_random_matrix(3, 3), change=change, curvature=curvature)
-    plan = make_skip_plan(both, 8 / 9, mode="forecast")
-    assert (plan.mode, plan.metric, [sorted(s) for s in plan.skip]) == (
-        "forecast",
-        "curvature",
-        [[], [], [2]],
-    )
-    assert make_skip_plan(both, 8 / 9).metric == "change"  # a cache plan keeps its own matrix
-    older = make_skip_plan(_importance(_random_matrix(3, 3), change=change), 8 / 9, mode="forecast")
+    plan = make_skip_plan(both, 8 / 9)  # forecast: the default mode
+    skipped = [sorted(s) for s in plan.skip]
+    assert (plan.mode, plan.metric, skipped) == ("forecast", "curvature", [[], [], [2]])
+    assert make_skip_plan(both, 8 / 9, mode="cache").metric == "change"  # a cache plan keeps its own matrix
+    older = make_skip_plan(_importance(_random_matrix(3, 3), change=change), 8 / 9)
     assert older.metric == "change" and [sorted(s) for s in older.skip] == [[], [], [0]]
     with pytest.raises(InputError, match="no residual_curvature matrix"):
         make_skip_plan(_importance(_random_matrix(3, 3), change=change), 0.8, metric="curvature")
     assert SkipPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
     with pytest.raises(InputError, match="a forecast plan cannot skip at step 0"):
         SkipPlan.from_json({**plan.to_json(), "skip": [[1], [], []]})
-    assert plan.plan_id() != make_skip_plan(both, 8 / 9, metric="curvature").plan_id()  # cache: another id
+    assert plan.plan_id() != make_skip_plan(both, 8 / 9, "curvature", "cache").plan_id()
 
 
 def test_plan_files_before_modes_read_as_identity_plans_with_their_old_ids():

@@ -28,9 +28,9 @@ def plan_skips(
     mode: str = typer.Option(
         DEFAULT_MODE,
         "--skip-mode",
-        help="cache: a skipped block adds the residual of its last run (never skips step 0); "
-        "forecast: its residual extrapolated in the timestep from its last two runs; "
-        "identity: it passes its input through.",
+        help="forecast: a skipped block adds its residual extrapolated in the timestep from its last two "
+        "runs (never skips step 0); cache: the residual of its last run as is; identity: it passes its "
+        "input through.",
     ),
     force: bool = FORCE,
     as_json: bool = JSON,
@@ -38,8 +38,8 @@ def plan_skips(
     """Choose which blocks to skip at which sampler steps so a fraction of the block-calls is kept.
 
     The (step, block) calls of the importance file's per-timestep matrix that matter least are
-    skipped; in cache mode (the default) a skipped block reuses the residual it computed at its
-    last run, in forecast mode it extrapolates it from its last two runs. The plan is for that model, step count and sampler only; `sample --skip-plan` and
+    skipped; in forecast mode (the default) a skipped block adds its residual extrapolated in the
+    timestep from its last two runs, in cache mode the residual of its last run as is. The plan is for that model, step count and sampler only; `sample --skip-plan` and
     `sanatool.apply_skip_plan(pipe, plan)` follow it.
 
     Example: sanatool plan-skips importance.json --budget 0.6 -o plan.json

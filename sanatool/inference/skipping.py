@@ -4,7 +4,7 @@
 that shapes the layout at the first steps may be nearly an identity at the last ones, so instead
 of pruning a block at every step, :func:`make_skip_plan` skips the least important
 ``(step, block)`` calls of the whole matrix until only a fraction ``budget`` of the block-calls is
-left. What a skipped call does is the plan's ``mode``:
+left. What a skipped call does is the plan's ``mode`` (default ``forecast``):
 
 - ``cache`` (as Learning-to-Cache, Δ-DiT, FORA and TeaCache do): the block adds the residual
   (output − input) it computed at the last step it ran, so only the change of its contribution
@@ -32,7 +32,7 @@ The plan file, format ``sanatool-skip-plan/1``::
       "format": "sanatool-skip-plan/1",
       "fingerprint": "3f2a…",     # the model the importance file scored
       "depth": 20, "steps": 20, "sampler": "flow-dpm", "guidance": 4.5,
-      "mode": "cache", "metric": "change", "budget": 0.6, "kept": 240, "total": 400,
+      "mode": "forecast", "metric": "curvature", "budget": 0.6, "kept": 240, "total": 400,
       "skip": [[], [3, 17], …]     # one list per step: the blocks skipped at that step
     }
 
@@ -65,7 +65,7 @@ from sanatool.io.outputs import atomic_output_file
 
 FORMAT = "sanatool-skip-plan/1"
 MODES = ("cache", "forecast", "identity")
-DEFAULT_MODE = "cache"
+DEFAULT_MODE = "forecast"
 #: What each mode plans from by default: the matrix that predicts its error.
 DEFAULT_METRIC = {"cache": "change", "forecast": "curvature", "identity": "cosine"}
 #: The residual matrices (planned greedily on their accumulated error) and the file key of each.
