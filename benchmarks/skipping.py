@@ -5,8 +5,11 @@ on the calibration prompts), then sample the evaluation suite (``--per-category`
 category × ``--candidates`` images, the same seeds everywhere) and score it with the shapes
 evaluator, for each fraction F of block-calls kept (1.0, 0.8, 0.6, 0.5, 0.4):
 
-- **cache**: ``plan-skips --budget F`` (cache mode, planned on the residual change) followed by
-  ``sample --skip-plan``: a skipped block reuses the residual of its last run;
+- **forecast**: ``plan-skips --budget F`` (the default mode, planned on the residual curvature)
+  followed by ``sample --skip-plan``: a skipped block adds its residual extrapolated to first
+  order, in the sampler's timestep, from its last two runs;
+- **cache**: ``plan-skips --budget F --skip-mode cache`` (planned on the residual change): a
+  skipped block reuses the residual of its last run;
 - **identity**: ``plan-skips --budget F --skip-mode identity --metric cosine``: a skipped block
   passes its input through;
 - **prune**: ``prune --keep round(F × depth) --importance`` (no fine-tuning);
@@ -19,10 +22,12 @@ Intervals are 95% bootstrap intervals over prompts (resampled within each catego
 image of a prompt together; 2000 resamples), and every comparison is paired (the same resample
 for both sides), so verdicts come from the interval of the difference. Then the wall time of the
 denoising loop (the transformer part) with each plan against without, alternated ``--reps``
-times in the same run (median ratio and its order-statistic interval, ideal = F); ``--big``
-also times one transformer call of a random SANA 1.5 1.6B at ``--big-size`` px, the second step
-of a cache plan (the first one computes every block and fills the cache) that skips the
-``(1 − F) × depth`` blocks of a random ranking, against the same call without a plan.
+times in the same run (median ratio and its order-statistic interval, ideal = F), for the cache
+plans and, when ``forecast`` is among ``--methods``, the forecast plans; ``--big`` also times one
+transformer call of a random SANA 1.5 1.6B at ``--big-size`` px, the first skipping step of a
+plan (the steps before it compute every block and fill the cache: one for cache, two for forecast,
+which needs two residuals to extrapolate) that skips the ``(1 − F) × depth`` blocks of a random
+ranking, against the same call without a plan.
 
     flock /tmp/bench.lock env OMP_NUM_THREADS=2 python benchmarks/skipping.py --work /tmp/skipbench
 
@@ -44,8 +49,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from startup import median_interval  # noqa: E402
 
 FRACTIONS = (0.6, 0.8, 0.5, 0.4)  # 0.6 (the issue's goal) first: a cut-short run still answers it
-METHODS = ("cache", "identity", "prune", "heal", "steps")
-PLANS = {"cache": ("cache", "change"), "identity": ("identity", "cosine")}  # method: (mode, metric)
+METHODS = ("cache", "forecast", "identity", "prune", "heal", "steps")
+# method: (mode, metric)
+PLANS = {
+    "cache": ("cache", "change"),
+    "forecast": ("forecast", "curvature"),
+    "identity": ("identity", "cosine"),
+}
 RESAMPLES = 2000
 
 
@@ -158,7 +168,9 @@ def sample_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     refused = []
     for fraction in args.fractions:
         for method, (mode, plan_metric) in PLANS.items():
-            plan_metric = plan_metric if plan_metric == "change" else args.metric
+            if method not in args.methods:
+                continue
+            plan_metric = plan_metric if plan_metric in ("change", "curvature") else args.metric
             try:
                 plan = make_skip_plan(importance, fraction, plan_metric, mode)
             except InputError as err:  # e.g. every block at a step: recorded, not sampled
@@ -236,25 +248,28 @@ def timing(args: argparse.Namespace, importance: Any) -> list[dict[str, Any]]:
 
     run()  # warm-up
     out = []
-    for fraction in args.fractions:
-        try:
-            plan = make_skip_plan(importance, fraction, "change", "cache")
-        except InputError:
-            continue  # refused plans are reported with the quality table
-        ratios = []
-        for _ in range(args.reps):
-            full = run()
-            with apply_skip_plan(pipe, plan):
-                skipped = run()
-            ratios.append(skipped / full)
-        median, low, high = median_interval(ratios)
-        out.append({"fraction": plan.kept / plan.total, "ratio": median, "low": low, "high": high})
-        log(f"  timing F={fraction:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+    for method in [m for m in ("cache", "forecast") if m in args.methods]:
+        mode, metric = PLANS[method]
+        for fraction in args.fractions:
+            try:
+                plan = make_skip_plan(importance, fraction, metric, mode)
+            except InputError:
+                continue  # refused plans are reported with the quality table
+            ratios = []
+            for _ in range(args.reps):
+                full = run()
+                with apply_skip_plan(pipe, plan):
+                    skipped = run()
+                ratios.append(skipped / full)
+            median, low, high = median_interval(ratios)
+            kept = plan.kept / plan.total
+            out.append({"mode": mode, "fraction": kept, "ratio": median, "low": low, "high": high})
+            log(f"  timing {mode} F={fraction:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
     return out
 
 
 def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Step 1 of a cache plan on a random SANA 1.5 1.6B (one transformer call) against the same call unplanned."""
+    """The first skipping step of a plan on a random SANA 1.5 1.6B (one transformer call) against it unplanned."""
     import torch
     from diffusers import SanaTransformer2DModel
 
@@ -277,25 +292,27 @@ def big_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     run()
     out = []
-    for fraction in args.big_fractions:
+    modes = [m for m in ("cache", "forecast") if m in args.methods]
+    for mode, fraction in [(m, f) for m in modes for f in args.big_fractions]:
         skipped = frozenset(int(b) for b in ranking[: depth - round(fraction * depth)])
-        plan = SkipPlan(
-            "random", depth, 2, "flow-dpm", 4.5, "random", fraction, (frozenset(), skipped), "cache"
-        )
+        warm = 1 if mode == "cache" else 2  # full steps that fill the cache (forecast needs two residuals)
+        skip = (frozenset(),) * warm + (skipped,)
+        plan = SkipPlan("random", depth, warm + 1, "flow-dpm", 4.5, "random", fraction, skip, mode)
         ratios = []
         for rep in range(args.big_reps):
             if rep % 2 == 0:  # alternate which call goes first, so a drift in speed cancels out
                 full = run()
             with apply_skip_plan(transformer, plan):
-                run()  # step 0: every block runs and fills the cache
+                for _ in range(warm):
+                    run()
                 planned = run()
             if rep % 2 == 1:
                 full = run()
             ratios.append(planned / full)
         median, low, high = median_interval(ratios)
         kept = 1 - len(skipped) / depth
-        out.append({"fraction": kept, "ratio": median, "low": low, "high": high})
-        log(f"  {args.big_preset} F={kept:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
+        out.append({"mode": mode, "fraction": kept, "ratio": median, "low": low, "high": high})
+        log(f"  {args.big_preset} {mode} F={kept:g}: plan/full {median:.3f} [{low:.3f}, {high:.3f}]")
     return out
 
 
@@ -509,7 +526,7 @@ def plot(
     figure, panels = plt.subplots(1, 2 if times else 1, figsize=(11 if times else 6, 4), squeeze=False)
     quality = panels[0][0]
     full = next(r for r in rows if r["method"] == "full")
-    for method, marker in zip(METHODS, "osDv^", strict=True):
+    for method, marker in zip(METHODS, "o*sDv^", strict=True):
         if not any(r["method"] == method for r in rows):
             continue  # not run (--methods): no line in the legend
         chosen = [full] + sorted((r for r in rows if r["method"] == method), key=lambda r: -r["kept"])
@@ -527,13 +544,14 @@ def plot(
     quality.invert_xaxis()
     quality.legend()
     if times:
-        times = sorted(times, key=lambda t: t["fraction"])
         speed = panels[0][1]
-        speed.errorbar(
-            [t["fraction"] for t in times], [t["ratio"] for t in times],
-            yerr=np.array([[t["ratio"] - t["low"], t["high"] - t["ratio"]] for t in times]).T,
-            marker="o", capsize=3, label="measured (denoising loop)",
-        )  # fmt: skip
+        for mode in dict.fromkeys(t["mode"] for t in times):
+            line = sorted((t for t in times if t["mode"] == mode), key=lambda t: t["fraction"])
+            speed.errorbar(
+                [t["fraction"] for t in line], [t["ratio"] for t in line],
+                yerr=np.array([[t["ratio"] - t["low"], t["high"] - t["ratio"]] for t in line]).T,
+                marker="o", capsize=3, label=f"{mode} plan (denoising loop)",
+            )  # fmt: skip
         speed.plot([0.4, 1.0], [0.4, 1.0], "k--", label="ideal (= fraction kept)")
         speed.set_xlabel("fraction of block-calls kept (plan)")
         speed.set_ylabel("wall time, plan / full")
@@ -607,13 +625,13 @@ def main() -> None:
         if r["method"] in PLANS:
             names = {
                 "prune": "pruning", "heal": "pruning + distillation", "steps": "fewer steps",
-                "identity": "identity skipping",
+                "identity": "identity skipping", "cache": "cache skipping",
             }  # fmt: skip
-            others = (
-                ("prune", "heal", "steps", "identity")
-                if r["method"] == "cache"
-                else ("prune", "heal", "steps")
-            )
+            others = {
+                "forecast": ("prune", "heal", "steps", "cache", "identity"),
+                "cache": ("prune", "heal", "steps", "identity"),
+                "identity": ("prune", "heal", "steps"),
+            }[r["method"]]
             for other in others:
                 if f"{other}-{r['fraction']:g}" not in boot:
                     continue
@@ -633,8 +651,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for line, r in zip(table, rows, strict=True):
-        kinds = ("verdict_loss", "verdict_prune", "verdict_heal", "verdict_steps", "verdict_identity")
-        verdicts = "; ".join(line[v] for v in kinds if v in line)
+        kinds = ("loss", "prune", "heal", "steps", "cache", "identity")
+        verdicts = "; ".join(line[f"verdict_{v}"] for v in kinds if f"verdict_{v}" in line)
         print(
             f"| {line['method']} | {line['target']:g} | {line['kept']:.3f} | {line['overall']:.3f} "
             f"[{line['low']:.3f}, {line['high']:.3f}] | {line['loss_vs_full'][0]:+.3f} … {line['loss_vs_full'][1]:+.3f} "
@@ -643,24 +661,26 @@ def main() -> None:
     for plan in sampled["refused"]:
         print(f"| {plan['method']} | {plan['fraction']:g} | refused: {plan['why']} | | | | |")
     print(
-        "\n| cache plan keeps | denoising-loop wall, plan / full [95% CI] | ideal | within 10% of ideal speed-up |"
+        "\n| plan | keeps | denoising-loop wall, plan / full [95% CI] | ideal | within 10% of ideal speed-up |"
     )
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for t in times:
         speedup, ideal = 1 / t["ratio"], 1 / t["fraction"]
         # within 10% of the ideal speed-up 1/F: wall ratio ≤ F / 0.9, judged on the whole interval
         bound = t["fraction"] / 0.9
         within = "yes" if t["high"] <= bound else "no" if t["low"] > bound else "undecided"
-        print(f"| {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] | {t['fraction']:.3f} | "
-              f"{within} ({speedup:.2f}× of {ideal:.2f}×) |")  # fmt: skip
+        print(f"| {t['mode']} | {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] | "
+              f"{t['fraction']:.3f} | {within} ({speedup:.2f}× of {ideal:.2f}×) |")  # fmt: skip
     if big:
         print(
-            f"\n| {args.big_preset} blocks kept | step 1 of a cache plan at {args.big_size} px, plan / full [95% CI] | ideal |"
+            f"\n| plan | {args.big_preset} blocks kept | first skipping step at {args.big_size} px, plan / full "
+            "[95% CI] | ideal |"
         )
-        print("|---|---|---|")
+        print("|---|---|---|---|")
         for t in big:
             print(
-                f"| {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] | {t['fraction']:.3f} |"
+                f"| {t['mode']} | {t['fraction']:.3f} | {t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}] "
+                f"| {t['fraction']:.3f} |"
             )
     if parts:
         print(

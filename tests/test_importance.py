@@ -32,8 +32,8 @@ def test_cosine_scores_equal_a_direct_computation_over_both_cfg_branches(tiny_pi
     from sanatool.inference.importance import compute_importance
     from sanatool.inference.sampler import denoise
 
-    result = compute_importance(tiny_pipeline, ["a red circle"], steps=2, guidance=4.5, seed=3, device="cpu")
-    assert result.metric == "cosine" and result.depth == 8 and len(result.per_timestep) == 2
+    result = compute_importance(tiny_pipeline, ["a red circle"], steps=3, guidance=4.5, seed=3, device="cpu")
+    assert result.metric == "cosine" and result.depth == 8 and len(result.per_timestep) == 3
     assert result.calibration.cfg_branches == ("cond", "uncond")
     assert result.calibration.num_prompts == 1 and result.calibration.prompts == "given prompts"
 
@@ -51,7 +51,7 @@ def test_cosine_scores_equal_a_direct_computation_over_both_cfg_branches(tiny_pi
     handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(blocks)]
     try:
         noise, embeds, mask, negative = _run_inputs(pipe, "a red circle", 3)
-        denoise(pipe, noise, embeds, mask, negative, 2, 4.5, before_step=lambda i: step.update(now=i))
+        denoise(pipe, noise, embeds, mask, negative, 3, 4.5, before_step=lambda i: step.update(now=i))
     finally:
         for handle in handles:
             handle.remove()
@@ -60,11 +60,21 @@ def test_cosine_scores_equal_a_direct_computation_over_both_cfg_branches(tiny_pi
         assert result.per_timestep[t][block] == pytest.approx(float(direct), rel=1e-5)
         if t == 0:
             assert result.extra["residual_change"][0][block] == 0.0  # no earlier step
+            assert result.extra["residual_curvature"][0][block] == 0.0
             continue
-        ((before_in, before_out),) = kept[(t - 1, block)]
-        moved = ((h_out - h_in) - (before_out - before_in)).abs().flatten(1).sum(dim=1)
-        relative = (moved / h_out.abs().flatten(1).sum(dim=1)).mean()  # per branch, then averaged
-        assert result.extra["residual_change"][t][block] == pytest.approx(float(relative), rel=1e-4)
+        residuals = [out - into for ((into, out),) in (kept[(s, block)] for s in range(t + 1))]
+        scale = h_out.abs().flatten(1).sum(dim=1)
+
+        def relative(moved, scale=scale):
+            return float((moved.abs().flatten(1).sum(dim=1) / scale).mean())  # per branch, then averaged
+
+        moved = residuals[t] - residuals[t - 1]
+        assert result.extra["residual_change"][t][block] == pytest.approx(relative(moved), rel=1e-4)
+        if t == 2:  # the first-order forecast from steps 0 and 1, in the sampler's timesteps
+            times = result.timesteps
+            slope = (residuals[1] - residuals[0]) / (times[1] - times[0])
+            moved = residuals[2] - residuals[1] - slope * (times[2] - times[1])
+        assert result.extra["residual_curvature"][t][block] == pytest.approx(relative(moved), rel=1e-4)
     means = torch.tensor(result.per_timestep).mean(dim=0)
     assert list(result.scores) == pytest.approx(means.tolist(), rel=1e-6)
     assert list(result.ranking) == sorted(range(8), key=lambda b: -result.scores[b])
@@ -172,3 +182,25 @@ def test_scores_over_several_batches_are_the_mean_over_every_prompt(tiny_pipelin
     one_batch, three_batches = scores(3), scores(1)
     for batched, split in zip(one_batch, three_batches, strict=True):
         assert split == pytest.approx(batched, rel=1e-4)
+
+
+def test_the_residual_curvature_is_the_error_of_a_first_order_forecast_in_the_timesteps():
+    import torch
+
+    from sanatool.inference.importance import CosineHooks
+
+    class Block(torch.nn.Module):
+        now = 0.0
+
+        def forward(self, hidden):
+            return hidden + self.now**2  # residual t²
+
+    block, times = Block(), [10.0, 5.0, 4.0]  # uneven: the step index would forecast another value
+    with CosineHooks([block], 3, "cpu", times) as hooks:
+        for step, time in enumerate(times):
+            hooks.set_step(step)
+            block.now = time
+            block(torch.ones(1, 2, 4))
+    # step 2: the forecast 25 + (25 − 100) / (5 − 10) · (4 − 5) = 10 misses the residual 16 by 6
+    assert hooks.changes[:, 0].tolist() == pytest.approx([0.0, 75 / 26, 9 / 17])
+    assert hooks.curvatures[:, 0].tolist() == pytest.approx([0.0, 75 / 26, 6 / 17])

@@ -18,12 +18,14 @@ DEPTH = 8
 
 
 def _importance(
-    matrix, fingerprint="f" * 16, metric="cosine", sampler="flow-dpm", change=None
+    matrix, fingerprint="f" * 16, metric="cosine", sampler="flow-dpm", change=None, curvature=None
 ) -> ImportanceResult:
     rows = [list(map(float, row)) for row in matrix]
     extra = {"sampler": sampler}
     if change is not None:
         extra["residual_change"] = [list(map(float, row)) for row in change]
+    if curvature is not None:
+        extra["residual_curvature"] = [list(map(float, row)) for row in curvature]
     scores = [sum(column) / len(rows) for column in zip(*rows, strict=True)]
     return ImportanceResult(
         fingerprint=fingerprint,
@@ -64,20 +66,38 @@ def test_a_cache_plan_on_the_residual_change_spreads_skips_by_their_accumulated_
     # dearer than skipping block 0 and block 1 once each at step 2 (0.3 + 0.4).
     change = [[0.0, 0.0, 0.0], [0.3, 0.4, 1.0], [0.3, 0.4, 1.0]]
     importance = _importance(_random_matrix(3, 3), change=change)
-    plan = make_skip_plan(importance, 7 / 9)
+    plan = make_skip_plan(importance, 7 / 9, mode="cache")
     assert (plan.mode, plan.metric) == ("cache", "change")
     assert [sorted(s) for s in plan.skip] == [[], [], [0, 1]]
     # no step loses every block, step 0 loses none, and the budget stays exact
-    deep = make_skip_plan(importance, 5 / 9)
+    deep = make_skip_plan(importance, 5 / 9, mode="cache")
     assert [sorted(s) for s in deep.skip] == [[], [0, 1], [0, 1]] and deep.kept == 5
     with pytest.raises(InputError, match="too low: at most 4 of 9"):
-        make_skip_plan(importance, 0.4)
+        make_skip_plan(importance, 0.4, mode="cache")
     with pytest.raises(InputError, match="no residual_change matrix"):
         make_skip_plan(_importance(_random_matrix(3, 3)), 0.8, metric="change")
     with pytest.raises(InputError, match="unknown --skip-mode 'skip'"):
         make_skip_plan(importance, 0.8, mode="skip")
     identity = make_skip_plan(importance, 0.8, mode="identity")
     assert identity.metric == "cosine"  # the change matrix predicts a cache plan's error only
+
+
+def test_a_forecast_plan_ranks_on_the_residual_curvature_when_the_file_holds_it():
+    change = [[0.0, 0.0, 0.0], [0.3, 0.4, 1.0], [0.3, 0.4, 1.0]]
+    curvature = [[0.0, 0.0, 0.0], [0.3, 0.4, 1.0], [0.9, 0.9, 0.1]]  # block 2 extrapolates well at step 2
+    both = _importance(_random_matrix(3, 3), change=change, curvature=curvature)
+    plan = make_skip_plan(both, 8 / 9)  # forecast: the default mode
+    skipped = [sorted(s) for s in plan.skip]
+    assert (plan.mode, plan.metric, skipped) == ("forecast", "curvature", [[], [], [2]])
+    assert make_skip_plan(both, 8 / 9, mode="cache").metric == "change"  # a cache plan keeps its own matrix
+    older = make_skip_plan(_importance(_random_matrix(3, 3), change=change), 8 / 9)
+    assert older.metric == "change" and [sorted(s) for s in older.skip] == [[], [], [0]]
+    with pytest.raises(InputError, match="no residual_curvature matrix"):
+        make_skip_plan(_importance(_random_matrix(3, 3), change=change), 0.8, metric="curvature")
+    assert SkipPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    with pytest.raises(InputError, match="a forecast plan cannot skip at step 0"):
+        SkipPlan.from_json({**plan.to_json(), "skip": [[1], [], []]})
+    assert plan.plan_id() != make_skip_plan(both, 8 / 9, "curvature", "cache").plan_id()
 
 
 def test_plan_files_before_modes_read_as_identity_plans_with_their_old_ids():
@@ -138,6 +158,13 @@ def test_plan_skips_refuses_bad_budgets_and_a_step_with_every_block_skipped(cli,
     result = cli("plan-skips", path, "--budget", "0.9", "--skip-mode", "identity", "-o", tmp_path / "p2.json")
     assert result.code == 0 and "identity, planned on cosine" in result.stderr
     assert json.loads((tmp_path / "p2.json").read_text())["mode"] == "identity"
+    forecast = ("plan-skips", path, "--budget", "0.9", "--skip-mode", "forecast", "-o", tmp_path / "p3.json")
+    result = cli(*forecast, "--metric", "curvature")
+    assert result.code == 2 and "no residual_curvature matrix" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "p3.json").exists()
+    result = cli(*forecast)
+    assert result.code == 0 and "forecast, planned on cosine" in result.stderr, result.stderr
+    assert json.loads((tmp_path / "p3.json").read_text())["skip"][0] == []  # step 0 has nothing to extend
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +377,72 @@ def test_a_cache_hook_runs_a_block_that_has_no_residual_for_its_batch_shape():
         torch.equal(model(second), 2 * (2 * second + 1) + 1)
         and "forward" not in model.transformer_blocks[0].__dict__
     )
+
+
+def test_a_forecast_hook_extrapolates_the_last_two_residuals_in_the_timestep():
+    import torch
+
+    class Block(torch.nn.Module):
+        def forward(self, hidden, time):
+            return hidden + time**2  # a residual curved in time: first order is not exact
+
+    class Transformer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer_blocks = torch.nn.ModuleList([Block(), Block()])
+
+        def forward(self, hidden, timestep=None):
+            time = (timestep if timestep is not None else torch.zeros(len(hidden)))[:, None]
+            for block in self.transformer_blocks:
+                hidden = block(hidden, time)
+            return hidden
+
+    model = Transformer()
+    skip = (frozenset(), frozenset({0}), frozenset(), frozenset({0}))
+    plan = SkipPlan("f" * 16, 2, 4, "flow-dpm", 4.5, "curvature", 0.75, skip, "forecast")
+    zeros = torch.zeros(2, 3)
+
+    def call(t):
+        return model(zeros, timestep=torch.full((2,), float(t)))
+
+    with apply_skip_plan(model, plan):
+        for _ in range(2):  # the second pipeline call starts afresh
+            assert torch.equal(call(10), torch.full((2, 3), 200.0))
+            assert torch.equal(call(7), torch.full((2, 3), 100.0 + 49))  # one residual: reused as is
+            assert torch.equal(call(5), torch.full((2, 3), 50.0))
+            # 25 + (25 − 100) / (5 − 10) · (4 − 5) = 10 from the residuals at t = 10 and t = 5
+            assert torch.allclose(call(4), torch.full((2, 3), 10.0 + 16))
+    assert "forward" not in model.transformer_blocks[0].__dict__ and not model._forward_pre_hooks
+    assert torch.equal(call(4), torch.full((2, 3), 32.0))
+    with apply_skip_plan(model, plan):  # no timestep: the step index stands in for it
+        for _ in range(3):
+            model(zeros)
+        assert torch.equal(model(zeros), zeros)  # residual 0 at steps 0 and 2: extrapolates to 0
+
+
+def test_a_forecast_plan_samples_as_the_hook_does_on_a_diffusers_pipeline(
+    tiny_pipeline, reference, cache_plan, tmp_path, one_torch_thread
+):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from sanatool.inference.sampler import diffusers_kwargs
+    from sanatool.samples.writer import sample_to_dir
+
+    # blocks 0 and 2-6 extrapolated from steps 0 and 1; block 1's one residual reused at step 1
+    skip = (frozenset(), frozenset({1}), frozenset({0, 2, 3, 4, 5, 6}))
+    forecast = replace(cache_plan, skip=skip, mode="forecast", metric="curvature")
+    images = {}
+    for plan in (forecast, replace(forecast, mode="cache")):
+        out = sample_to_dir(
+            tiny_pipeline, ["a red circle"], tmp_path / plan.mode, candidates=1, steps=STEPS, device="cpu",
+            skip_plan=plan,
+        )  # fmt: skip
+        (record,), _ = read_manifest(out)
+        assert record["skip_plan"] == plan.plan_id()
+        images[plan.mode] = pixels(Image.open(out / record["path"]))
+    with apply_skip_plan(reference, forecast):
+        hooked = pixels(reference(**diffusers_kwargs(record)).images[0])
+    assert np.abs(hooked - images["forecast"]).max() <= 1
+    assert np.abs(images["forecast"] - images["cache"]).max() > 1  # the forecast is not a plain reuse

@@ -21,14 +21,16 @@ def plan_skips(
     metric: str | None = typer.Option(
         None,
         "--metric",
-        help="change (the residual's change per step), cosine or ablation: the matrix to plan from "
-        "(default: change for a cache plan when the file holds it, else the file's own matrix).",
+        help="change (the residual's change per step), curvature (its error from a first-order forecast), "
+        "cosine or ablation: the matrix to plan from (default: curvature for a forecast plan, change for a "
+        "cache plan, when the file holds it; else change, else the file's own matrix).",
     ),
     mode: str = typer.Option(
         DEFAULT_MODE,
         "--skip-mode",
-        help="cache: a skipped block adds the residual of its last run (never skips step 0); "
-        "identity: it passes its input through.",
+        help="forecast: a skipped block adds its residual extrapolated in the timestep from its last two "
+        "runs (never skips step 0); cache: the residual of its last run as is; identity: it passes its "
+        "input through.",
     ),
     force: bool = FORCE,
     as_json: bool = JSON,
@@ -36,8 +38,8 @@ def plan_skips(
     """Choose which blocks to skip at which sampler steps so a fraction of the block-calls is kept.
 
     The (step, block) calls of the importance file's per-timestep matrix that matter least are
-    skipped; in cache mode (the default) a skipped block reuses the residual it computed at its
-    last run. The plan is for that model, step count and sampler only; `sample --skip-plan` and
+    skipped; in forecast mode (the default) a skipped block adds its residual extrapolated in the
+    timestep from its last two runs, in cache mode the residual of its last run as is. The plan is for that model, step count and sampler only; `sample --skip-plan` and
     `sanatool.apply_skip_plan(pipe, plan)` follow it.
 
     Example: sanatool plan-skips importance.json --budget 0.6 -o plan.json

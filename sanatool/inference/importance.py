@@ -44,17 +44,26 @@ class CosineHooks:
 
     They also add the residual change ``‖r_s − r_{s−1}‖₁ / ‖h_out‖₁`` (``r = h_out − h_in``, per
     sample) into ``changes[step, block]``: the error of reusing the block's last residual, which
-    cache skip plans rank on. Set :attr:`step` (:meth:`set_step`) before each transformer call;
-    step 0 starts a new trajectory. Only the last residual of each block is kept.
+    cache skip plans rank on; and into ``curvatures[step, block]`` the error of extrapolating
+    it to first order from the two before, ``‖r_s − r_{s−1} − (r_{s−1} − r_{s−2})·(t_s − t_{s−1}) /
+    (t_{s−1} − t_{s−2})‖₁ / ‖h_out‖₁`` in the sampler's ``timesteps`` (default: the step index),
+    which forecast skip plans rank on (at step 1, where one residual is all there is, the change
+    itself). Set :attr:`step` (:meth:`set_step`) before each transformer call; step 0 starts a new
+    trajectory. Only the last two residuals of each block are kept.
     """
 
-    def __init__(self, blocks: Sequence[Any], steps: int, device: Any) -> None:
+    def __init__(
+        self, blocks: Sequence[Any], steps: int, device: Any, timesteps: Sequence[float] | None = None
+    ) -> None:
         import torch
 
         self.blocks = list(blocks)
+        self.timesteps = [float(t) for t in range(steps)] if timesteps is None else list(timesteps)
         self.sums = torch.zeros(steps, len(self.blocks), dtype=torch.float32, device=device)
         self.changes = torch.zeros(steps, len(self.blocks), dtype=torch.float32, device=device)
-        self._previous: dict[int, Any] = {}
+        self.curvatures = torch.zeros(steps, len(self.blocks), dtype=torch.float32, device=device)
+        #: Per block, its last residuals (at most two) with the step of each.
+        self._previous: dict[int, list[tuple[int, Any]]] = {}
         #: Samples (batch rows, both CFG branches) seen by block 0 at each step: the divisor of ``sums``.
         self.samples = [0] * steps
         self.step = 0
@@ -78,13 +87,19 @@ class CosineHooks:
             # Σ over rows of (1 − mean over tokens of cos)
             self.sums[self.step, index] += rows - cosine.sum() / tokens
             residual = hidden_out - hidden_in
-            previous = self._previous.get(index)
-            if previous is not None and previous.shape == residual.shape:
-                moved = (residual - previous).abs().flatten(1).sum(dim=1)
-                self.changes[self.step, index] += (
-                    moved / hidden_out.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
-                ).sum()
-            self._previous[index] = residual
+            scale = hidden_out.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
+            previous = [(s, r) for s, r in self._previous.get(index, []) if r.shape == residual.shape]
+            if previous:
+                step, last = previous[-1]
+                moved = residual - last
+                self.changes[self.step, index] += (moved.abs().flatten(1).sum(dim=1) / scale).sum()
+                times = self.timesteps
+                if len(previous) == 2 and times[step] != times[previous[0][0]]:
+                    before, first = previous[0]
+                    ratio = (times[self.step] - times[step]) / (times[step] - times[before])
+                    moved = moved - (last - first) * ratio
+                self.curvatures[self.step, index] += (moved.abs().flatten(1).sum(dim=1) / scale).sum()
+            self._previous[index] = [*previous[-1:], (self.step, residual)]
             if index == 0:
                 self.samples[self.step] += rows
 
@@ -267,7 +282,7 @@ def compute_importance(
         report = progress if dist.is_main else no_progress
         report("importance", 0, total)
         following = nullcontext() if skip_plan is None else apply_skip_plan(transformer, skip_plan)
-        with following, CosineHooks(transformer.transformer_blocks, steps, target) as hooks:
+        with following, CosineHooks(transformer.transformer_blocks, steps, target, timesteps) as hooks:
             for number, batch in enumerate(batches):
                 embeds, mask = encoder.conditional([items[p].prompt for p in batch])
                 negative = encoder.unconditional(len(batch)) if cfg else None
@@ -324,11 +339,13 @@ def compute_importance(
         samples = torch.tensor(hooks.samples, dtype=torch.float32, device=target)
         dist.all_reduce_sum(hooks.sums)
         dist.all_reduce_sum(hooks.changes)
+        dist.all_reduce_sum(hooks.curvatures)
         dist.all_reduce_sum(samples)
         dist.all_reduce_sum(distances)
     cosine_matrix = (hooks.sums / samples.clamp_min(1.0)[:, None]).double().cpu()
     cosine_scores = [float(v) for v in cosine_matrix.mean(dim=0)]
     change_matrix = (hooks.changes / samples.clamp_min(1.0)[:, None]).double().cpu()
+    curvature_matrix = (hooks.curvatures / samples.clamp_min(1.0)[:, None]).double().cpu()
     branches = ("cond", "uncond") if cfg else ("cond",)
     extra: dict[str, Any] = {
         "model": str(model.path),
@@ -338,6 +355,7 @@ def compute_importance(
         "instruction": bool(chosen),
         # row 0 is 0: there is no earlier step to change from
         "residual_change": [[float(v) for v in row] for row in change_matrix],
+        "residual_curvature": [[float(v) for v in row] for row in curvature_matrix],
     }
     if skip_plan is not None:
         extra["skip_plan"] = skip_plan.plan_id()

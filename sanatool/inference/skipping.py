@@ -4,11 +4,15 @@
 that shapes the layout at the first steps may be nearly an identity at the last ones, so instead
 of pruning a block at every step, :func:`make_skip_plan` skips the least important
 ``(step, block)`` calls of the whole matrix until only a fraction ``budget`` of the block-calls is
-left. What a skipped call does is the plan's ``mode``:
+left. What a skipped call does is the plan's ``mode`` (default ``forecast``):
 
 - ``cache`` (as Learning-to-Cache, Δ-DiT, FORA and TeaCache do): the block adds the residual
   (output − input) it computed at the last step it ran, so only the change of its contribution
   since then is lost. Nothing is cached before the first step, so a cache plan never skips step 0.
+- ``forecast`` (as TaylorSeer's first-order feature forecasting): the block adds its residual
+  extrapolated linearly in the sampler's timestep from its last two runs,
+  ``r₁ + (r₁ − r₀)·(t − t₁)/(t₁ − t₀)``, so only the curvature of its contribution is lost (its
+  last residual as is while it has run once). Like a cache plan it never skips step 0.
 - ``identity``: the block passes its input hidden states straight through (the residual stream).
 
 The calls are ranked on one of the importance file's per-timestep matrices (``metric``):
@@ -16,6 +20,8 @@ The calls are ranked on one of the importance file's per-timestep matrices (``me
 - ``change`` (for cache plans): how much the block's residual changes from one step to the next,
   relative to its output (``residual_change``). Skipping a run of consecutive steps costs the sum
   of their changes since the block last ran, so calls are skipped greedily by that running cost.
+- ``curvature`` (for forecast plans): how far the block's residual lands from its first-order
+  forecast from the two steps before (``residual_curvature``), planned greedily as ``change`` is.
 - ``cosine``: the matrix as written (``1 − cos`` at that step).
 - ``ablation``: the divergence so far of the trajectory with the block removed at every step; a
   call is ranked on that divergence's growth over its step (the first row as is).
@@ -26,11 +32,13 @@ The plan file, format ``sanatool-skip-plan/1``::
       "format": "sanatool-skip-plan/1",
       "fingerprint": "3f2a…",     # the model the importance file scored
       "depth": 20, "steps": 20, "sampler": "flow-dpm", "guidance": 4.5,
-      "mode": "cache", "metric": "change", "budget": 0.6, "kept": 240, "total": 400,
+      "mode": "forecast", "metric": "curvature", "budget": 0.6, "kept": 240, "total": 400,
       "skip": [[], [3, 17], …]     # one list per step: the blocks skipped at that step
     }
 
-A plan without ``mode`` (written before modes existed) is an ``identity`` plan.
+A plan without ``mode`` (written before modes existed) is an ``identity`` plan. A forecast plan
+made from an importance file without ``residual_curvature`` (written before it existed) is planned
+on ``change``.
 
 :func:`apply_skip_plan` makes a loaded pipeline (sanatool's sampler or a plain diffusers
 ``SanaPipeline``) follow a plan: each transformer call is one sampler step (classifier-free
@@ -56,11 +64,13 @@ from sanatool.io.jsonl import read_json_object
 from sanatool.io.outputs import atomic_output_file
 
 FORMAT = "sanatool-skip-plan/1"
-MODES = ("cache", "identity")
-DEFAULT_MODE = "cache"
+MODES = ("cache", "forecast", "identity")
+DEFAULT_MODE = "forecast"
 #: What each mode plans from by default: the matrix that predicts its error.
-DEFAULT_METRIC = {"cache": "change", "identity": "cosine"}
-PLAN_METRICS = ("change", *METRICS)
+DEFAULT_METRIC = {"cache": "change", "forecast": "curvature", "identity": "cosine"}
+#: The residual matrices (planned greedily on their accumulated error) and the file key of each.
+RESIDUAL_MATRICES = {"change": "residual_change", "curvature": "residual_curvature"}
+PLAN_METRICS = (*RESIDUAL_MATRICES, *METRICS)
 _HOW_TO_MAKE = "make one with `sanatool plan-skips IMPORTANCE.json --budget F -o plan.json`"
 
 
@@ -94,9 +104,9 @@ class SkipPlan:
                 raise InputError(
                     f"the plan skips every block at step {step}: the transformer would do nothing there"
                 )
-        if self.mode == "cache" and self.skip and self.skip[0]:
+        if self.mode != "identity" and self.skip and self.skip[0]:
             raise InputError(
-                "a cache plan cannot skip at step 0: no residual is cached before the first step"
+                f"a {self.mode} plan cannot skip at step 0: no residual is cached before the first step"
             )
 
     @property
@@ -194,19 +204,15 @@ def _check_matrix(rows: Any, steps: int, depth: int, what: str) -> list[list[flo
 
 def _call_scores(importance: Any, metric: str) -> list[list[float]]:
     """The per-step matrix a plan ranks calls on: see the module docstring."""
-    if metric == "change":
-        if "residual_change" not in importance.extra:
+    if metric in RESIDUAL_MATRICES:
+        name = RESIDUAL_MATRICES[metric]
+        if name not in importance.extra:
             raise InputError(
-                "the importance file has no residual_change matrix (it predates it); rescore it with "
+                f"the importance file has no {name} matrix (it predates it); rescore it with "
                 "`sanatool importance MODEL -o importance.json`, or pass --metric "
                 f"{importance.metric}"
             )
-        return _check_matrix(
-            importance.extra["residual_change"],
-            importance.calibration.steps,
-            importance.depth,
-            "residual_change",
-        )
+        return _check_matrix(importance.extra[name], importance.calibration.steps, importance.depth, name)
     rows = [list(row) for row in importance.per_timestep]
     if metric != "ablation":
         return rows
@@ -289,10 +295,11 @@ def make_skip_plan(
     """Skip the block-calls of ``importance``'s matrix that matter least so a fraction ``budget`` is kept.
 
     ``importance`` is an :class:`~sanatool.io.importance_file.ImportanceResult`; ``mode`` is
-    ``cache`` or ``identity`` (what a skipped call does, see the module docstring). ``metric``
-    (``change``/``cosine``/``ablation``) picks the matrix; ``None``: ``change`` for a cache plan
-    when the file holds it, else the file's own matrix. Exactly ``round(budget × steps × depth)``
-    calls are kept; a cache plan keeps all of step 0. Raises :class:`InputError` for a budget
+    ``cache``, ``forecast`` or ``identity`` (what a skipped call does, see the module docstring).
+    ``metric`` (``change``/``curvature``/``cosine``/``ablation``) picks the matrix; ``None``:
+    ``curvature`` for a forecast plan and ``change`` for a cache plan when the file holds it (a
+    forecast plan falls back to ``change``), else the file's own matrix. Exactly
+    ``round(budget × steps × depth)`` calls are kept; cache and forecast plans keep all of step 0. Raises :class:`InputError` for a budget
     outside (0, 1], a matrix the file lacks, or a plan that would skip every block at a step.
     """
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget):
@@ -304,9 +311,11 @@ def make_skip_plan(
     if metric is not None and metric not in PLAN_METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of: {', '.join(PLAN_METRICS)}")
     if metric is None:
-        wanted = DEFAULT_METRIC[mode]
-        metric = wanted if wanted == "change" and "residual_change" in importance.extra else importance.metric
-    if metric != "change" and metric != importance.metric:
+        # the matrix that predicts the mode's error, else the next best the file holds
+        wanted = [DEFAULT_METRIC[mode], "change"] if mode != "identity" else []
+        held = [m for m in wanted if RESIDUAL_MATRICES[m] in importance.extra]
+        metric = held[0] if held else importance.metric
+    if metric not in RESIDUAL_MATRICES and metric != importance.metric:
         raise InputError(
             f"the importance file holds the {importance.metric} matrix, not {metric}; make one with "
             f"`sanatool importance MODEL --metric {metric} -o importance-{metric}.json`"
@@ -324,13 +333,14 @@ def make_skip_plan(
     scores = _call_scores(importance, metric)
     total = steps * depth
     drop = total - round(budget * total)
-    first = 1 if mode == "cache" or metric == "change" else 0
+    residual = metric in RESIDUAL_MATRICES
+    first = 1 if mode != "identity" or residual else 0
     if drop > (steps - first) * (depth - 1):
         raise InputError(
             f"--budget {budget} is too low: at most {(steps - first) * (depth - 1)} of {total} block-calls can be "
             "skipped (every step keeps a block" + (", and a cache plan all of step 0)" if first else ")")
         )
-    skip = _cache_plan(scores, drop) if metric == "change" else _static_plan(scores, drop, first, budget)
+    skip = _cache_plan(scores, drop) if residual else _static_plan(scores, drop, first, budget)
     return SkipPlan(
         fingerprint=importance.fingerprint,
         depth=depth,
@@ -374,9 +384,11 @@ class SkipHandle:
     Each transformer call counts as the next sampler step, wrapping around after ``plan.steps``
     calls, so every pipeline call must run ``plan.steps`` steps (call :meth:`reset` after an
     interrupted one). In ``cache`` mode each block the plan skips keeps the residual of its last
-    run, one per batch row (so both classifier-free guidance branches keep their own); the cache
-    is dropped at every step 0, and a skipped call with no cached residual for its batch shape
-    (e.g. after :meth:`reset` mid-call with another batch size) runs the block instead.
+    run, one per batch row (so both classifier-free guidance branches keep their own); in
+    ``forecast`` mode also its slope in time from the run before, the time being the transformer
+    call's ``timestep`` (the step index when it has none). The cache is dropped at every step 0,
+    and a skipped call with no cached residual for its batch shape (e.g. after :meth:`reset`
+    mid-call with another batch size) runs the block instead.
     """
 
     def __init__(self, transformer: Any, plan: SkipPlan) -> None:
@@ -390,33 +402,54 @@ class SkipHandle:
         self._calls = 0
         self._cache: dict[int, Any] = {}
         self._patched: list[tuple[Any, Any]] = []
-        self._counter = transformer.register_forward_pre_hook(self._next_step)
+        #: The sampler's timestep of the current call (forecast mode extrapolates in it).
+        self.time = 0.0
+        self._counter = transformer.register_forward_pre_hook(self._next_step, with_kwargs=True)
         for index, block in enumerate(blocks):
             if any(index in skipped for skipped in plan.skip):
                 self._patch(index, block)
 
-    def _next_step(self, module: Any, args: Any) -> None:
+    def _next_step(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         self.step = self._calls % self.plan.steps
         self._calls += 1
         if self.step == 0:
             self._cache.clear()  # a new pipeline call: residuals of the last one are stale
+        if self.plan.mode == "forecast":
+            timestep = kwargs.get("timestep", args[2] if len(args) > 2 else None)
+            # without a timestep the step index stands in: the extrapolation is then uniform in steps
+            self.time = float(self.step if timestep is None else timestep.flatten()[0])
 
     def _patch(self, index: int, block: Any) -> None:
         # An instance ``forward`` (accelerate's offload hooks set one) is kept and put back on removal.
         own = block.__dict__.get("forward")
         original = block.forward
         skip = self.plan.skip
-        cache = self._cache if self.plan.mode == "cache" else None
+        mode = self.plan.mode
+        cache = self._cache
 
         def forward(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
             skipped = index in skip[self.step]
-            if cache is None:
+            if mode == "identity":
                 return hidden_states if skipped else original(hidden_states, *args, **kwargs)
-            residual = cache.get(index)
-            if skipped and residual is not None and residual.shape == hidden_states.shape:
-                return hidden_states + residual
+            # cache: the last residual; forecast: (time, residual, its slope per unit of time or None)
+            last = cache.get(index)
+            if mode == "cache":
+                if skipped and last is not None and last.shape == hidden_states.shape:
+                    return hidden_states + last
+                output = original(hidden_states, *args, **kwargs)
+                cache[index] = (output - hidden_states).detach()
+                return output
+            if skipped and last is not None and last[1].shape == hidden_states.shape:
+                time, residual, slope = last
+                if slope is None:
+                    return hidden_states + residual
+                return (hidden_states + residual).add_(slope, alpha=self.time - time)
             output = original(hidden_states, *args, **kwargs)
-            cache[index] = (output - hidden_states).detach()
+            residual = (output - hidden_states).detach()
+            slope = None
+            if last is not None and last[1].shape == residual.shape and last[0] != self.time:
+                slope = (residual - last[1]).div_(self.time - last[0])
+            cache[index] = (self.time, residual, slope)
             return output
 
         block.forward = forward

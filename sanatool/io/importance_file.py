@@ -17,8 +17,10 @@ One JSON object, format ``sanatool-importance/1``::
 
 Files from ``importance`` also hold ``residual_change`` (one row per timestep, one value per
 block: how much the block's residual changed since the previous step, relative to its output;
-row 0 is 0), which cache skip plans rank on (``plan-skips --metric change``); older files without
-it stay readable. A file scored under a skip plan records the plan's id (``skip_plan``).
+row 0 is 0), which cache skip plans rank on (``plan-skips --metric change``), and
+``residual_curvature`` (the same, for the error of extrapolating the residual to first order in
+the timestep from the two steps before; row 1 is the change), which forecast skip plans rank on
+(``--metric curvature``); older files without them stay readable. A file scored under a skip plan records the plan's id (``skip_plan``).
 
 ``prune --keep K --importance FILE`` keeps ``ranking[:K]`` in their original order, after checking
 the file belongs to the model being pruned. Unknown extra keys are allowed (later versions may add
