@@ -420,6 +420,34 @@ def test_a_forecast_hook_extrapolates_the_last_two_residuals_in_the_timestep():
         assert torch.equal(model(zeros), zeros)  # residual 0 at steps 0 and 2: extrapolates to 0
 
 
+def test_a_forecast_hook_takes_a_plain_number_as_the_timestep():
+    import torch
+
+    class Block(torch.nn.Module):
+        def forward(self, hidden, time):
+            return hidden + time
+
+    class Transformer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer_blocks = torch.nn.ModuleList([Block(), Block()])
+
+        def forward(self, hidden, encoder_hidden_states, timestep):
+            for block in self.transformer_blocks:
+                hidden = block(hidden, timestep)
+            return hidden
+
+    skip = (frozenset(), frozenset(), frozenset({1}))
+    plan = SkipPlan("f" * 16, 2, 3, "flow-dpm", 4.5, "curvature", 5 / 6, skip, "forecast")
+    model, zeros = Transformer(), torch.zeros(1, 2)
+    with apply_skip_plan(model, plan) as handle:
+        outputs = [model(zeros, None, t) for t in (10, 8.0)]  # positional, an int and a float
+        # block 1's residual is the timestep itself: 10, 8 extrapolate to 5 at t = 5 (a cache: 8)
+        assert torch.equal(model(zeros, None, 5.0), torch.full((1, 2), 10.0))
+        assert handle.time == 5.0
+    assert torch.equal(outputs[1], torch.full((1, 2), 16.0))
+
+
 def test_a_forecast_plan_samples_as_the_hook_does_on_a_diffusers_pipeline(
     tiny_pipeline, reference, cache_plan, tmp_path, one_torch_thread
 ):

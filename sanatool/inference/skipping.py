@@ -417,7 +417,10 @@ class SkipHandle:
         if self.plan.mode == "forecast":
             timestep = kwargs.get("timestep", args[2] if len(args) > 2 else None)
             # without a timestep the step index stands in: the extrapolation is then uniform in steps
-            self.time = float(self.step if timestep is None else timestep.flatten()[0])
+            if timestep is None:
+                self.time = float(self.step)
+            else:  # a tensor (one value per batch row, all equal) or a plain number
+                self.time = float(timestep.flatten()[0] if hasattr(timestep, "flatten") else timestep)
 
     def _patch(self, index: int, block: Any) -> None:
         # An instance ``forward`` (accelerate's offload hooks set one) is kept and put back on removal.
