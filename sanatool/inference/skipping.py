@@ -434,14 +434,8 @@ class SkipHandle:
             skipped = index in skip[self.step]
             if mode == "identity":
                 return hidden_states if skipped else original(hidden_states, *args, **kwargs)
-            # cache: the last residual; forecast: (time, residual, its slope per unit of time or None)
+            # (time, residual, its slope per unit of time: None in cache mode and after a single run)
             last = cache.get(index)
-            if mode == "cache":
-                if skipped and last is not None and last.shape == hidden_states.shape:
-                    return hidden_states + last
-                output = original(hidden_states, *args, **kwargs)
-                cache[index] = (output - hidden_states).detach()
-                return output
             if skipped and last is not None and last[1].shape == hidden_states.shape:
                 time, residual, slope = last
                 if slope is None:
@@ -450,7 +444,12 @@ class SkipHandle:
             output = original(hidden_states, *args, **kwargs)
             residual = (output - hidden_states).detach()
             slope = None
-            if last is not None and last[1].shape == residual.shape and last[0] != self.time:
+            if (
+                mode == "forecast"
+                and last is not None
+                and last[1].shape == residual.shape
+                and last[0] != self.time
+            ):
                 slope = (residual - last[1]).div_(self.time - last[0])
             cache[index] = (self.time, residual, slope)
             return output
