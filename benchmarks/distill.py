@@ -1,9 +1,9 @@
 """Healing a pruned model: plain fine-tuning vs LoRA vs distillation from the unpruned model (issue 18).
 
 On the shapes world: ``--model`` (default ``builtin:tiny-shapes``, 8 blocks) is scored by block
-importance (cosine, the calibration prompts) and pruned to half its depth by importance; then each
-run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on the base's own training data
-(the same batches, noise and timesteps for every run: one seed):
+importance (cosine, the calibration prompts) and pruned to half its depth by importance (or to
+``--keep-blocks``); then each run of ``--runs`` fine-tunes the pruned model for ``--steps`` steps on
+the base's own training data (the same batches, noise and timesteps for every run: one seed):
 
 - ``plain``: a full fine-tune with flow matching (what ``finetune`` did before);
 - ``loraR``: LoRA of rank R on the default targets (``--lora-rank R --merge``), the adapters merged
@@ -121,6 +121,12 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Path, Path]:
             base, importance, force=True, num_prompts=args.calibration_prompts, steps=args.sample_steps,
             guidance=args.guidance, seed=args.seed, batch_size=16, device="cpu",
         )  # fmt: skip
+    if args.keep_blocks:
+        # Another choice of blocks than importance's, to ask whether importance picks the best to heal.
+        pruned = work / "models" / f"pruned-{args.keep_blocks.replace(',', '_')}"
+        if not pruned.exists():
+            sanatool.prune(base, pruned, keep_blocks=args.keep_blocks)
+        return base, data, pruned
     keep = max(1, base.transformer.num_layers // 2)
     pruned = work / "models" / f"pruned-{keep}"
     if not pruned.exists():
@@ -240,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.5)
     parser.add_argument("--calibration-prompts", type=int, default=100)
+    parser.add_argument(
+        "--keep-blocks",
+        help="Prune to these blocks (e.g. 0,1,2,7) instead of half the depth by importance.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--quick", action="store_true", help="A few steps and prompts: checks the script only."
