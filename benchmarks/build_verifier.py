@@ -12,8 +12,7 @@ The evaluation suite's prompts are never seen: measure the verifier on them with
 ``benchmarks/inference_scaling.py`` (agreement and balanced accuracy with bootstrap intervals).
 
     OMP_NUM_THREADS=1 python benchmarks/build_verifier.py --work /tmp/v19 \\
-        [--captions 700] [--candidates 4] [--steps 3000] [--mirror] [--distort-share 0.5] \\
-        [--architecture JSON] \\
+        [--captions 700] [--candidates 4] [--steps 3000] [--mirror] [--architecture JSON] \\
         [--ship sanatool/data/verifier-shapes]
 
 Samples and the verifier are kept under ``--work`` (rerunning resumes the sampling).
@@ -41,9 +40,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="Verifier optimizer steps.")
     parser.add_argument("--renders", type=int, default=8000)
     parser.add_argument("--sample-share", type=float, default=0.7)
-    parser.add_argument(
-        "--distort-share", type=float, default=0.5, help="Share of renders given a generator's failures."
-    )
     parser.add_argument("--heldout", type=float, default=0.15, help="Validation share of the captions.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -83,7 +79,6 @@ def main() -> None:
     options = VerifierTraining(
         steps=args.steps, renders=args.renders, samples=[samples], heldout=args.heldout,
         sample_share=args.sample_share, seed=args.seed, mirror=args.mirror, architecture=args.architecture,
-        distort_share=args.distort_share,
     )  # fmt: skip
     summary = train_verifier(out, options, force=True)
     trained = time.perf_counter() - start

@@ -105,12 +105,6 @@ def train_verifier_cmd(
         "--mirror",
         help="Also train on each sample flipped left-right, its caption's left and right swapped.",
     ),
-    distort_share: float = typer.Option(
-        0.5,
-        "--distort-share",
-        help="Share of renders given a generator's failures (warps, smears, fading, stray blobs) before "
-        "the detector and the evaluator label them.",
-    ),
     seed: int = seed_option("Seed of the data and the init (same seed, same verifier)."),
     device: str = DEVICE,
     force: bool = FORCE,
@@ -144,7 +138,6 @@ def train_verifier_cmd(
         sample_share=sample_share,
         seed=seed,
         mirror=mirror,
-        distort_share=distort_share,
     )
     with progress_bar() as progress:
         summary = train_verifier(

@@ -8,12 +8,9 @@ Two sources:
   reversed, or two objects' colours swapped, and with another render's caption (labelled by
   the evaluator). Perturbations edit the caption word by word, so a negative keeps its
   positive's template and the verifier cannot tell them apart by wording; each is chosen so
-  the render cannot satisfy it (the evaluator agrees: tested). A share of renders gets a
-  generator's failures (warps, fading, colour drift, cuts, stray blobs: :func:`generator_like`),
-  so every caption of a render is labelled by the evaluator on the final image. Renders also
-  carry per-cell labels (which object class covers each cell of the verifier's grid, and where
-  each object's centre is), read from the final image by the shapes detector, to teach the
-  image encoder what the evaluator sees.
+  the render cannot satisfy it (the evaluator agrees: tested). Renders also carry per-cell
+  labels (which object class covers each cell of the verifier's grid, and where each object's
+  centre is), read from the clean render by the shapes detector, to teach the image encoder.
 - **Decoded samples** from a samples dir (``sanatool sample`` on prompts with specs), each
   image with its own prompt and with perturbed prompts, labelled by the rule-based
   evaluator. These teach the verifier what a generator's failures look like.
@@ -290,78 +287,6 @@ def cell_labels(image: Any, grid: int, classes: Sequence[str]) -> tuple[np.ndarr
     return cover.reshape(-1), centre.reshape(-1)
 
 
-def _smooth_field(rng: np.random.Generator, size: int, channels: int, knots: int = 4) -> np.ndarray:
-    """A smooth random field (size × size × channels, about unit scale): knots × knots normals, bilinearly spread."""
-    hat = np.maximum(0.0, 1.0 - np.abs(np.linspace(0, knots - 1, size)[:, None] - np.arange(knots)[None, :]))
-    return np.einsum("ik,klc,jl->ijc", hat, rng.normal(size=(knots, knots, channels)), hat)
-
-
-def _bilinear(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    size = pixels.shape[0]
-    rows, cols = np.clip(rows, 0, size - 1), np.clip(cols, 0, size - 1)
-    r0, c0 = np.minimum(rows.astype(int), size - 2), np.minimum(cols.astype(int), size - 2)
-    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
-    top = pixels[r0, c0] * (1 - fc) + pixels[r0, c0 + 1] * fc
-    bottom = pixels[r0 + 1, c0] * (1 - fc) + pixels[r0 + 1, c0 + 1] * fc
-    return top * (1 - fr) + bottom * fr
-
-
-def generator_like(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A render (S × S × 3 uint8) with a generator's kinds of failure, each applied to about half the images.
-
-    A smooth warp (squares round off, circles square up, triangles lean), a smear (objects grow a
-    lobe, neighbours merge), fading and colour drift
-    of the objects (near the evaluator's blend-weight and colour thresholds, so pieces drop out
-    or break up), a background-coloured cut through the image (one object in two pieces), and
-    small stray blobs near the evaluator's minimum area. The result is labelled afterwards by the
-    detector and the evaluator, not by the spec it was rendered from.
-    """
-    from sanatool.shapes import COLORS
-
-    size = pixels.shape[0]
-    out = pixels.astype(np.float64)
-    border = np.concatenate([out[0], out[-1], out[1:-1, 0], out[1:-1, -1]])
-    background = np.median(border, axis=0)
-    grid = np.arange(size, dtype=np.float64)
-    rows, cols = np.meshgrid(grid, grid, indexing="ij")
-    if rng.random() < 0.5:
-        shift = _smooth_field(rng, size, 2) * rng.uniform(0.3, 1.5)
-        out = _bilinear(out, rows + shift[..., 0], cols + shift[..., 1])
-    if rng.random() < 0.3:
-        # Smear: the image over a shifted copy of itself, the stronger ink winning: objects grow
-        # a lobe, and neighbours touch or merge (two squares drawn as one blob).
-        dy, dx = rng.integers(-6, 7, 2)
-        moved = _bilinear(out, rows - dy, cols - dx)
-        stronger = np.linalg.norm(moved - background, axis=-1) > np.linalg.norm(out - background, axis=-1)
-        out = np.where(stronger[..., None], moved, out)
-    if rng.random() < 0.5:
-        ink = out - background
-        weight = np.clip(np.linalg.norm(ink, axis=-1, keepdims=True) / 60.0, 0.0, 1.0)
-        fade = np.clip(1.0 + _smooth_field(rng, size, 1) * rng.uniform(0.1, 0.4), 0.25, 1.3)
-        drift = _smooth_field(rng, size, 3) * rng.uniform(5.0, 35.0)
-        out = background + ink * fade + drift * weight
-    if rng.random() < 0.25:
-        along = rng.integers(size)
-        alpha = rng.uniform(0.6, 1.0)
-        if rng.random() < 0.5:
-            out[along] = out[along] * (1 - alpha) + background * alpha
-        else:
-            out[:, along] = out[:, along] * (1 - alpha) + background * alpha
-    if rng.random() < 0.5:
-        palette = list(COLORS.values())
-        for _ in range(int(rng.integers(1, 4))):
-            colour = (
-                np.array(palette[int(rng.integers(len(palette)))], dtype=np.float64)
-                if rng.random() < 0.7
-                else rng.uniform(0, 255, 3)
-            )
-            cy, cx = rng.uniform(1, size - 1, 2)
-            sigma = rng.uniform(0.6, 1.6)
-            spot = rng.uniform(0.5, 1.0) * np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * sigma**2))
-            out = out * (1 - spot[..., None]) + colour * spot[..., None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def render_pool(
     count: int,
     size: int,
@@ -370,18 +295,13 @@ def render_pool(
     seed: int,
     degrade_share: float = 0.85,
     labels: bool = True,
-    distort_share: float = 0.0,
     progress: ProgressFn = no_progress,
 ) -> RenderPool:
     """``count`` renders of training captions, most blurred and noised like a decoder output.
 
-    ``distort_share`` of them first get a generator's failures (:func:`generator_like`). With
-    ``labels``, each render's cell labels too, read by the detector from the final image (what
-    the evaluator sees; else all background). ``progress`` hears ("renders", done, count)
-    every 100 renders (8000 take tens of seconds).
+    With ``labels``, each render's cell labels too (else they are all background). ``progress``
+    hears ("renders", done, count) every 100 renders (8000 take tens of seconds).
     """
-    from PIL import Image
-
     from sanatool.shapes import degrade, render_spec, training_captions
 
     rng = np.random.default_rng(seed)
@@ -391,14 +311,12 @@ def render_pool(
     centre = np.zeros((count, grid * grid), dtype=np.int64)
     for index, item in enumerate(items):
         image = render_spec(item.spec, size=size, seed=seed * 1_000_003 + index)
-        if rng.random() < distort_share:
-            image = Image.fromarray(generator_like(np.asarray(image), rng))
+        if labels:
+            cover[index], centre[index] = cell_labels(image, grid, classes)
         if rng.random() < degrade_share:
             image = degrade(
                 image, blur=float(rng.uniform(0.0, 1.0)), noise=float(rng.uniform(0.0, 10.0)), seed=index
             )
-        if labels:
-            cover[index], centre[index] = cell_labels(image, grid, classes)
         pixels[index] = np.asarray(image, dtype=np.uint8)
         if (index + 1) % 100 == 0 or index + 1 == count:
             progress("renders", index + 1, count)
@@ -408,18 +326,14 @@ def render_pool(
 def render_captions(pool: RenderPool, index: int, hard: int, rng: random.Random) -> list[Caption]:
     """The captions one render is trained with: its own, ``hard`` perturbations, and another render's caption.
 
-    Each is labelled by the evaluator on the render as it is (a degraded or distorted render may
-    fail its own caption; another render's caption may hold by chance).
+    The other caption is labelled by the evaluator on this render (it may hold by chance).
     """
     from sanatool.shapes import evaluate_image
 
     item = pool.items[index]
     other = pool.items[rng.randrange(len(pool))]
-    captions = [
+    return [
         Caption(item.prompt, item.spec, True),
         *hard_negatives(item.prompt, item.spec, hard, rng),
-        Caption(other.prompt, other.spec, False, "other"),
+        Caption(other.prompt, other.spec, evaluate_image(pool.pixels[index], other.spec).correct, "other"),
     ]
-    for caption in captions:
-        caption.label = evaluate_image(pool.pixels[index], caption.spec).correct
-    return captions

@@ -4,11 +4,11 @@ Each step takes a batch of images (renders and, when samples dirs are given, dec
 and scores every caption paired with each image (its own, perturbed ones, another image's),
 so the image is encoded once for several captions and the verifier learns from the contrast.
 The loss is the captions' yes/no cross-entropy (positives weighted to balance the negatives)
-plus the image encoder's per-cell labels: which class covers each cell, where each object's
-centre is, and how many objects of each class there are, and which object class each caption
-word refers to (from the caption's spec). The cell labels come from the shapes detector run on
-the image the verifier sees (a sample, or a render after its distortions and blur), so the
-encoder learns to read a generator's blurred, off-palette objects as the evaluator does.
+plus which object class each caption word refers to (from the caption's spec), plus the image
+encoder's per-cell labels: which class covers each cell, where each object's centre is, and how
+many objects of each class there are. On renders they come from the clean render; on decoded
+samples from the shapes detector run on the sample itself, so the encoder learns to read a
+generator's blurred, off-palette objects, not only clean renders.
 
 A share of the samples' prompts is held out as a validation split: the verifier's yes-threshold
 is calibrated there (the one with the best balanced accuracy), and its agreement with the
@@ -78,7 +78,6 @@ class VerifierTraining:
     sample_share: float = 0.7
     seed: int = 0
     mirror: bool = False
-    distort_share: float = 0.5
     architecture: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -94,8 +93,6 @@ class VerifierTraining:
             raise InputError(f"--heldout must be in [0, 1), got {self.heldout!r}")
         if not 0.0 <= self.sample_share <= 1.0:
             raise InputError(f"--sample-share must be in [0, 1], got {self.sample_share!r}")
-        if not 0.0 <= self.distort_share <= 1.0:
-            raise InputError(f"--distort-share must be in [0, 1], got {self.distort_share!r}")
         if self.renders == 0 and not self.samples:
             raise InputError("nothing to train on: --renders is 0 and no --samples dir was given")
 
@@ -269,15 +266,7 @@ def train_verifier(
     model = build_model(arch, len(vocabulary), len(classes)).to(device)
     progress("renders", 0, opts.renders)
     pool = (
-        render_pool(
-            opts.renders,
-            arch["image_size"],
-            grid,
-            classes,
-            opts.seed,
-            distort_share=opts.distort_share,
-            progress=progress,
-        )
+        render_pool(opts.renders, arch["image_size"], grid, classes, opts.seed, progress=progress)
         if opts.renders
         else None
     )
@@ -332,7 +321,7 @@ def train_verifier(
         )
         refer_loss = -(refer * read[1].log_softmax(-1)).sum(-1)
         loss = loss + (refer_loss * refer_mask).sum() / refer_mask.sum().clamp(min=1.0)
-        # Dense labels for every image, from the detector on the image itself.
+        # Dense labels for every image: a render's from its clean self, a sample's from the detector.
         cover_labels = torch.from_numpy(
             np.stack([pool.cover[i] for i in renders] + [s.cover for s in picked])
         ).to(device)
@@ -366,7 +355,6 @@ def train_verifier(
         "seed": opts.seed,
         "renders": opts.renders,
         "mirror": opts.mirror,
-        "distort_share": opts.distort_share,
         "samples": [str(Path(s).resolve()) for s in opts.samples],
         "sample_images": {"train": len(train_samples), "heldout": len(test_samples)},
         "initial_loss": round(float(np.mean(losses[:10])), 4),
