@@ -482,3 +482,77 @@ def test_train_verifier_cli_mirror(cli, generated, tmp_path):
     assert res.code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["mirror"] is True and summary["sample_images"]["train"] > 12
+
+
+def test_refer_targets_point_each_object_word_at_its_class():
+    """The referred-class labels line up with the caption's words; colourless groups spread over colours."""
+    import numpy as np
+
+    from sanatool.judges.verifier import object_classes
+    from sanatool.judges.verifier_data import Caption, refer_targets
+    from sanatool.shapes import COLORS
+
+    classes = object_classes()
+    two = {"objects": [{"shape": "circle", "color": "red", "count": 2}, {"shape": "square", "color": "blue",
+           "count": 1}], "relation": {"kind": "left_of", "a": 0, "b": 1}}  # fmt: skip
+    plain = {"objects": [{"shape": "triangle", "color": None, "count": 1}]}
+    captions = [
+        Caption("two red circles left of a blue square", two, True),
+        Caption("a photo of a triangle", plain, True),
+        Caption("a red circle", two, False),  # two groups in the spec, one named: no labels
+    ]
+    targets, mask = refer_targets(captions, 9, classes)
+    assert targets.shape == (3, 9, len(classes)) and mask.shape == (3, 9)
+    np.testing.assert_allclose(targets.sum(-1), 1.0)
+    picked = [classes[k] for k in targets[0].argmax(-1)]
+    assert picked[:8] == ["background", "red circle", "red circle", "background", "background", "background",
+                          "blue square", "blue square"]  # fmt: skip
+    assert mask[0].tolist() == [1.0] * 8 + [0.0]
+    triangle = targets[1, 4]
+    assert triangle[0] == 0 and np.count_nonzero(triangle) == len(COLORS)
+    assert all(targets[1, i, 0] == 1 for i in range(4))
+    assert not mask[2].any()
+
+
+def test_a_caption_and_its_mirror_share_the_split():
+    """A mirrored training sample must never spell a validation caption: both sides follow one key."""
+    from sanatool.judges.verifier_data import mirror_caption, split_key
+    from sanatool.judges.verifier_train import _held_out
+    from sanatool.shapes import training_captions
+
+    pairs = [
+        (item.prompt, made[0])
+        for item in training_captions(400, seed=3)
+        if (made := mirror_caption(item.prompt, item.spec)) is not None and made[0] != item.prompt
+    ]
+    assert len(pairs) >= 20
+    for prompt, mirrored in pairs:
+        assert split_key(prompt) == split_key(mirrored)
+        assert _held_out(prompt, 0.5, 0) == _held_out(mirrored, 0.5, 0)
+    assert split_key("A red circle, a blue square") == "a red circle, a blue square"
+
+
+def test_score_reuses_a_given_reading_of_the_words():
+    import torch
+
+    from sanatool.judges.verifier import (
+        DEFAULT_ARCHITECTURE,
+        VerifierCodec,
+        build_model,
+        default_vocabulary,
+        object_classes,
+    )
+    from sanatool.shapes import render_spec
+
+    vocab, classes = default_vocabulary(), object_classes()
+    codec = VerifierCodec(vocab, 32, 32)
+    torch.manual_seed(0)
+    model = build_model(DEFAULT_ARCHITECTURE, len(vocab), len(classes)).eval()
+    pixels = codec.encode_images([render_spec({"objects": [{"shape": "circle", "color": "red"}]}, 32, 0)] * 2)
+    ids = codec.encode_words(["a red circle", "two blue squares above a green triangle"])
+    with torch.no_grad():
+        maps = model.encode_image(pixels)
+        words, refer = model.read_words(ids)
+        assert refer.shape == (2, ids.shape[1], len(classes))
+        assert torch.equal(model.score(maps, ids, (words, refer)), model.score(maps, ids))
+        assert not torch.equal(model.score(maps, ids, (words, refer.flip(-1))), model.score(maps, ids))

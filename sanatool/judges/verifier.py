@@ -15,7 +15,9 @@ Architecture (about 0.27M parameters), built so it learns in minutes on a CPU:
   its *centre* there. Training supervises both densely on renders, so the sum of a class's
   centre probabilities counts its objects and their mean cell locates them.
 - **Text**: word embeddings, a width-3 convolution (binds "red" to "square"), and a small
-  transformer; each word then *refers* to a distribution over the object classes.
+  transformer; each word then *refers* to a distribution over the object classes (supervised
+  in training from the caption's spec: an object's colour and shape words refer to its class,
+  other words to none).
 - **Grounding**: per word, the referred class's coverage, count and centroid in the image,
   plus the centroids of the nearest words before and after it (what a relation word
   compares) and their counts (what a number word compares).
@@ -182,15 +184,31 @@ def build_model(architecture: dict[str, int], vocab_size: int, num_classes: int)
             features = self.stem(pixels * 2.0 - 1.0).flatten(2).transpose(1, 2)
             return self.cover_head(features), self.centre_head(features)
 
-        def score(self, maps: tuple[torch.Tensor, torch.Tensor], word_ids: torch.Tensor) -> torch.Tensor:
-            """Yes-logits for captions ``word_ids`` (B × L, 0 = padding) against the images' ``maps``."""
+        def read_words(self, word_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Per-word features (B × L × width) and the logits of the object class each word refers to."""
+            embedded = self.words(word_ids)
+            embedded = embedded + self.ngram(embedded.transpose(1, 2)).transpose(1, 2)
+            words = self.text(
+                embedded + self.word_pos[:, : word_ids.shape[1]], src_key_padding_mask=word_ids == 0
+            )
+            return words, self.refer(words)
+
+        def score(
+            self,
+            maps: tuple[torch.Tensor, torch.Tensor],
+            word_ids: torch.Tensor,
+            read: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ) -> torch.Tensor:
+            """Yes-logits for captions ``word_ids`` (B × L, 0 = padding) against the images' ``maps``.
+
+            ``read``: :meth:`read_words` of ``word_ids`` when the caller already has it (training
+            supervises the referred classes too, and reads each caption once).
+            """
             cover, centre = maps[0].softmax(-1), maps[1].softmax(-1)
             batch, length = word_ids.shape
             pad = word_ids == 0
-            embedded = self.words(word_ids)
-            embedded = embedded + self.ngram(embedded.transpose(1, 2)).transpose(1, 2)
-            words = self.text(embedded + self.word_pos[:, :length], src_key_padding_mask=pad)
-            refer = self.refer(words).softmax(-1)
+            words, refer_logits = read if read is not None else self.read_words(word_ids)
+            refer = refer_logits.softmax(-1)
             objects = torch.cat(
                 [torch.zeros_like(refer[..., :1]), refer[..., 1:]], -1
             )  # background refers to nothing

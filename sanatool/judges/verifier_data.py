@@ -164,6 +164,55 @@ def _evaluation_prompts() -> frozenset[str]:
     return frozenset(item.prompt for item in evaluation_suite())
 
 
+def _mirror_words(caption: str) -> str:
+    swap = {"left": "right", "right": "left"}
+    return _join([swap.get(word, word) for word in caption.lower().replace(",", " , ").split()])
+
+
+def split_key(caption: str) -> str:
+    """The text that decides a caption's train/validation side: the same for a caption and its mirror.
+
+    Training on mirrored samples would otherwise train on a validation caption spelled by a
+    training caption's mirror (``a red circle left of ...`` ↔ ``... right of ...``).
+    """
+    plain = _join(caption.lower().replace(",", " , ").split())
+    return min(plain, _mirror_words(caption))
+
+
+def refer_targets(captions: Sequence[Caption], length: int, classes: Sequence[str]) -> tuple[Any, Any]:
+    """What each word of each caption refers to, from its spec: targets (B × L × classes) and a mask (B × L).
+
+    An object group's shape word and the colour word right before it refer to the group's
+    class (``"<colour> <shape>"``; spread evenly over the colours when the spec gives none),
+    every other word to the background class (index 0: refers to nothing). A caption whose
+    shape words do not line up one-to-one with its spec's groups is masked out.
+    """
+    from sanatool.shapes import COLORS, SHAPES, tokens
+
+    index = {name: i for i, name in enumerate(classes)}
+    targets = np.zeros((len(captions), length, len(classes)), dtype=np.float32)
+    targets[..., 0] = 1.0
+    mask = np.zeros((len(captions), length), dtype=np.float32)
+    for row, caption in enumerate(captions):
+        words = tokens(caption.text.lower())[:length]
+        shapes = [i for i, w in enumerate(words) if w in SHAPES or (w.endswith("s") and w[:-1] in SHAPES)]
+        groups = caption.spec["objects"]
+        if len(shapes) != len(groups) or any(
+            not words[i].startswith(obj["shape"]) for i, obj in zip(shapes, groups, strict=True)
+        ):
+            continue
+        mask[row, : len(words)] = 1.0
+        for i, obj in zip(shapes, groups, strict=True):
+            colors = [obj["color"]] if obj.get("color") else list(COLORS)
+            target = np.zeros(len(classes), dtype=np.float32)
+            for color in colors:
+                target[index[f"{color} {obj['shape']}"]] = 1.0 / len(colors)
+            targets[row, i] = target
+            if i > 0 and words[i - 1] in COLORS:
+                targets[row, i - 1] = target
+    return targets, mask
+
+
 def mirror_caption(caption: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The caption and spec that hold for a left–right mirrored image: ``left`` and ``right`` trade places.
 
@@ -171,9 +220,7 @@ def mirror_caption(caption: str, spec: dict[str, Any]) -> tuple[str, dict[str, A
     The shapes evaluator is mirror-symmetric (colours, fill and vertical skew do not change
     under a horizontal flip), so an image's verdict on a caption is its mirror's on this one.
     """
-    swap = {"left": "right", "right": "left"}
-    words = [swap.get(word, word) for word in caption.lower().replace(",", " , ").split()]
-    text = _join(words)
+    text = _mirror_words(caption)
     if text in _evaluation_prompts():
         return None
     mirrored: dict[str, Any] = {"objects": [dict(obj) for obj in spec["objects"]]}

@@ -4,10 +4,11 @@ Each step takes a batch of images (renders and, when samples dirs are given, dec
 and scores every caption paired with each image (its own, perturbed ones, another image's),
 so the image is encoded once for several captions and the verifier learns from the contrast.
 The loss is the captions' yes/no cross-entropy (positives weighted to balance the negatives)
-plus the image encoder's per-cell labels: which class covers each cell, where each object's
-centre is, and how many objects of each class there are. On renders they come from the clean
-render; on decoded samples from the shapes detector run on the sample itself, so the encoder
-learns to read a generator's blurred, off-palette objects, not only clean renders.
+plus which object class each caption word refers to (from the caption's spec), plus the image
+encoder's per-cell labels: which class covers each cell, where each object's centre is, and how
+many objects of each class there are. On renders they come from the clean render; on decoded
+samples from the shapes detector run on the sample itself, so the encoder learns to read a
+generator's blurred, off-palette objects, not only clean renders.
 
 A share of the samples' prompts is held out as a validation split: the verifier's yes-threshold
 is calibrated there (the one with the best balanced accuracy), and its agreement with the
@@ -36,8 +37,10 @@ from sanatool.judges.verifier_data import (
     hard_negatives,
     mirror_caption,
     perturb,
+    refer_targets,
     render_captions,
     render_pool,
+    split_key,
 )
 from sanatool.progress import ProgressFn, no_progress
 
@@ -95,8 +98,12 @@ class VerifierTraining:
 
 
 def _held_out(prompt: str, share: float, seed: int) -> bool:
-    """A stable, seeded split of prompts (the same prompt is always on the same side, in any dir)."""
-    return (zlib.crc32(f"{seed}:{prompt}".encode()) % 10_000) < share * 10_000
+    """A stable, seeded split of prompts (the same prompt is always on the same side, in any dir).
+
+    A prompt and its left–right mirror fall on the same side (:func:`split_key`), so a mirrored
+    training sample never spells a validation prompt.
+    """
+    return (zlib.crc32(f"{seed}:{split_key(prompt)}".encode()) % 10_000) < share * 10_000
 
 
 def load_sample_images(
@@ -299,13 +306,21 @@ def train_verifier(
             owner += [slot] * len(sample.captions)
         cover, centre = model.encode_image(codec.pixels(np.stack(arrays)).to(device))
         rows = torch.tensor(owner, device=device)
-        logits = model.score(
-            (cover[rows], centre[rows]), codec.encode_words([c.text for c in captions]).to(device)
-        )
+        word_ids = codec.encode_words([c.text for c in captions]).to(device)
+        read = model.read_words(word_ids)
+        logits = model.score((cover[rows], centre[rows]), word_ids, read)
         target = torch.tensor([float(c.label) for c in captions], device=device)
         positives = target.sum().clamp(min=1.0)
         weight = torch.where(target > 0.5, (len(captions) - positives) / positives, torch.ones_like(target))
         loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+        # Which class each word refers to, from the caption's spec: without it the verdict part
+        # fits the training captions but grounds new ones poorly (validation 0.70 vs 0.95 balanced
+        # accuracy when fed the detector's own cell maps).
+        refer, refer_mask = (
+            torch.from_numpy(a).to(device) for a in refer_targets(captions, word_ids.shape[1], classes)
+        )
+        refer_loss = -(refer * read[1].log_softmax(-1)).sum(-1)
+        loss = loss + (refer_loss * refer_mask).sum() / refer_mask.sum().clamp(min=1.0)
         # Dense labels for every image: a render's from its clean self, a sample's from the detector.
         cover_labels = torch.from_numpy(
             np.stack([pool.cover[i] for i in renders] + [s.cover for s in picked])
