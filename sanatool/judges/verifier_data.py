@@ -57,18 +57,29 @@ def _join(words: Sequence[str]) -> str:
     return " ".join(words).replace(" , ", ", ")
 
 
+def _shape_positions(words: Sequence[str], spec: dict[str, Any]) -> list[int] | None:
+    """Index of each object group's shape word (captions name groups in order); None when they do not line up."""
+    from sanatool.shapes import SHAPES
+
+    shapes = [i for i, w in enumerate(words) if w in SHAPES or (w.endswith("s") and w[:-1] in SHAPES)]
+    groups = spec["objects"]
+    if len(shapes) != len(groups) or any(
+        not words[i].startswith(obj["shape"]) for i, obj in zip(shapes, groups, strict=True)
+    ):
+        return None
+    return shapes
+
+
 def _locate(words: Sequence[str], spec: dict[str, Any]) -> tuple[list[int], list[int]] | None:
     """Indices of each object group's colour word and shape word (grammar captions name them in order)."""
-    from sanatool.shapes import COLORS, SHAPES
+    from sanatool.shapes import COLORS
 
+    shapes = _shape_positions(words, spec)
     colors = [i for i, w in enumerate(words) if w in COLORS]
-    shapes = [i for i, w in enumerate(words) if w in SHAPES or (w.endswith("s") and w[:-1] in SHAPES)]
-    groups = len(spec["objects"])
-    if len(colors) != groups or len(shapes) != groups:
+    if shapes is None or len(colors) != len(spec["objects"]):
         return None
-    for obj, ci, si in zip(spec["objects"], colors, shapes, strict=True):
-        if words[ci] != obj.get("color") or not words[si].startswith(obj["shape"]):
-            return None
+    if any(words[ci] != obj.get("color") for obj, ci in zip(spec["objects"], colors, strict=True)):
+        return None
     return colors, shapes
 
 
@@ -89,10 +100,10 @@ def perturb(caption: str, spec: dict[str, Any], kind: str, rng: random.Random) -
     two to four). ``relation``: left/right, above/below, over/under reversed. ``swap``: two
     groups of different shapes trade colours.
     """
-    from sanatool.shapes import COLORS, SHAPES
+    from sanatool.shapes import COLORS, SHAPES, tokens
     from sanatool.shapes.grammar import NUMBER_WORDS
 
-    words = caption.lower().replace(",", " , ").split()
+    words = tokens(caption.lower())
     where = _locate(words, spec)
     if where is None:
         return None
@@ -165,8 +176,10 @@ def _evaluation_prompts() -> frozenset[str]:
 
 
 def _mirror_words(caption: str) -> str:
+    from sanatool.shapes import tokens
+
     swap = {"left": "right", "right": "left"}
-    return _join([swap.get(word, word) for word in caption.lower().replace(",", " , ").split()])
+    return _join([swap.get(word, word) for word in tokens(caption.lower())])
 
 
 def split_key(caption: str) -> str:
@@ -175,8 +188,9 @@ def split_key(caption: str) -> str:
     Training on mirrored samples would otherwise train on a validation caption spelled by a
     training caption's mirror (``a red circle left of ...`` ↔ ``... right of ...``).
     """
-    plain = _join(caption.lower().replace(",", " , ").split())
-    return min(plain, _mirror_words(caption))
+    from sanatool.shapes import tokens
+
+    return min(_join(tokens(caption.lower())), _mirror_words(caption))
 
 
 def refer_targets(captions: Sequence[Caption], length: int, classes: Sequence[str]) -> tuple[Any, Any]:
@@ -187,7 +201,7 @@ def refer_targets(captions: Sequence[Caption], length: int, classes: Sequence[st
     every other word to the background class (index 0: refers to nothing). A caption whose
     shape words do not line up one-to-one with its spec's groups is masked out.
     """
-    from sanatool.shapes import COLORS, SHAPES, tokens
+    from sanatool.shapes import COLORS, tokens
 
     index = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(captions), length, len(classes)), dtype=np.float32)
@@ -195,14 +209,11 @@ def refer_targets(captions: Sequence[Caption], length: int, classes: Sequence[st
     mask = np.zeros((len(captions), length), dtype=np.float32)
     for row, caption in enumerate(captions):
         words = tokens(caption.text.lower())[:length]
-        shapes = [i for i, w in enumerate(words) if w in SHAPES or (w.endswith("s") and w[:-1] in SHAPES)]
-        groups = caption.spec["objects"]
-        if len(shapes) != len(groups) or any(
-            not words[i].startswith(obj["shape"]) for i, obj in zip(shapes, groups, strict=True)
-        ):
+        shapes = _shape_positions(words, caption.spec)
+        if shapes is None:
             continue
         mask[row, : len(words)] = 1.0
-        for i, obj in zip(shapes, groups, strict=True):
+        for i, obj in zip(shapes, caption.spec["objects"], strict=True):
             colors = [obj["color"]] if obj.get("color") else list(COLORS)
             target = np.zeros(len(classes), dtype=np.float32)
             for color in colors:
