@@ -2,9 +2,10 @@
 
 Depth-pruning work on DiTs (TinyFusion) argues that the blocks to keep are the ones that *heal*
 best, not the ones whose removal hurts least. This scores every K-of-N subset of ``--model``'s
-blocks by the loss ``finetune --teacher`` starts from: ‖v_subset − v_full‖² on ``--items`` noisy
-latents of a latent cache (logit-normal timesteps, the model's flow shift; the same draws for every
-subset), and says where the subset importance picks (``--importance``, the K best) ranks.
+blocks by the loss ``finetune --teacher`` starts from: ‖v_subset − v_full‖² on the first
+``--items`` latents of a latent cache, noised as in training (``paper/work.py``'s ``noisy_batch``:
+logit-normal timesteps, the model's flow shift; the same draws for every subset), and says where
+the subset importance picks (``--importance``, the K best) ranks.
 ``distill.py --keep-blocks`` then heals any of them for comparison.
 
     OMP_NUM_THREADS=1 python benchmarks/prune_subsets.py --cache WORK/cache/KEY --keep 4 \\
@@ -37,31 +38,23 @@ def main() -> None:
 
     import torch
     from diffusers import SanaTransformer2DModel
-    from diffusers.training_utils import compute_density_for_timestep_sampling
+    from paper.work import noisy_batch
 
-    from sanatool.arch import flow_shift, train_timesteps
     from sanatool.io.modeldir import as_model_dir
     from sanatool.training.cache import open_cache
 
     base = as_model_dir(args.model)
     model = SanaTransformer2DModel.from_pretrained(str(base.transformer.path)).eval()
-    scheduler = base.component_config("scheduler")
-    shift, timesteps = flow_shift(scheduler), train_timesteps(scheduler)
     cache = open_cache(args.cache)
     if cache is None:
         raise SystemExit(f"{args.cache} is not a latent-cache entry (no readable cache.json)")
-    generator = torch.Generator().manual_seed(args.seed)
-    items = min(args.items, cache.count)
-    batch = cache.reader().gather(torch.randperm(cache.count, generator=generator)[:items].tolist())
-    noise = torch.randn(batch["latents"].shape, generator=generator)
-    u = compute_density_for_timestep_sampling(
-        "logit_normal", items, logit_mean=0.0, logit_std=1.0, mode_scale=1.29, generator=generator
-    )
-    sigmas = (shift * u / (1 + (shift - 1) * u)).view(-1, 1, 1, 1)
-    noisy = (1 - sigmas) * batch["latents"].float() + sigmas * noise
+    batch = noisy_batch(cache, base, 1, args.seed, items=args.items)
+    items = len(batch["x0"])
+    sigmas = batch["sigmas"].view(-1, 1, 1, 1)
+    noisy = (1 - sigmas) * batch["x0"] + sigmas * batch["noise"]
     inputs = {
-        "encoder_hidden_states": batch["embeds"].float(),
-        "timestep": sigmas.flatten() * timesteps,
+        "encoder_hidden_states": batch["embeds"],
+        "timestep": batch["sigmas"] * batch["time_scale"],
         "encoder_attention_mask": batch["mask"],
         "return_dict": False,
     }

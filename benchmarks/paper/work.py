@@ -101,18 +101,20 @@ def prepare(e: Env, data_size: int, heldout_size: int, heldout_draws: int) -> No
     build_cache(base.path, load_dataset(e.data), e.cache, settings)
     heldout_dir = write_shapes_dataset(Path(e.work) / "heldout", heldout_size, seed=1, force=True)
     cache = build_cache(base.path, load_dataset(heldout_dir), e.cache, settings)
-    torch.save(_heldout_batch(cache, base, heldout_draws, e.seed), e.heldout_file)
+    torch.save(noisy_batch(cache, base, heldout_draws, e.seed), e.heldout_file)
     marker.write_text(json.dumps(wanted))
 
 
-def _heldout_batch(cache: Any, base: Any, draws: int, seed: int) -> dict[str, Any]:
-    """Every held-out item ``draws`` times (item-major), seeded noise and logit-normal timesteps as in training."""
+def noisy_batch(cache: Any, base: Any, draws: int, seed: int, items: int | None = None) -> dict[str, Any]:
+    """Every item of a latent cache (or its first ``items``) ``draws`` times (item-major), with seeded
+    noise and logit-normal timesteps as in training: the held-out batch, and ``prune_subsets.py``'s."""
     import torch
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
     from sanatool.arch import flow_shift, train_timesteps
 
-    indices = [i for i in range(cache.count) for _ in range(draws)]
+    count = cache.count if items is None else min(items, cache.count)
+    indices = [i for i in range(count) for _ in range(draws)]
     batch = cache.reader().gather(indices)
     generator = torch.Generator().manual_seed(seed + 7919)  # its own stream, apart from training's
     n = len(indices)
